@@ -1,0 +1,2 @@
+//! pgwarden: a TLS-terminating PostgreSQL proxy that gives every session a fresh credential.
+#![forbid(unsafe_code)]
