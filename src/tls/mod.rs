@@ -3,3 +3,4 @@
 //! Nothing here may skip certificate verification or rely on a process-wide crypto provider.
 
 pub mod channel_binding;
+pub mod pg_connector;
