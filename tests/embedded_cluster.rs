@@ -222,3 +222,14 @@ async fn stop_and_drop_remove_everything_and_close_the_port() {
     assert!(!dir.exists(), "{} still exists", dir.display());
     assert!(port_is_closed(port));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_cannot_start_reports_its_log() {
+    let opts = ClusterOptions {
+        settings: vec![("shared_buffers".to_owned(), "lots".to_owned())],
+        ..ClusterOptions::default()
+    };
+    let err = Cluster::start(opts).await.unwrap_err().to_string();
+    assert!(err.contains("PostgreSQL did not start"), "{err}");
+    assert!(err.contains("shared_buffers"), "{err}");
+}
