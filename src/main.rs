@@ -1,1 +1,92 @@
-fn main() {}
+//! The `pgwarden` binary: parse the command line, then hand over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "pgwarden",
+    version,
+    about = "A TLS-terminating PostgreSQL proxy that gives every session a fresh database credential"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        #[arg(long, short, env = "PGWARDEN_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a configuration and report every problem in it.
+    CheckConfig {
+        #[arg(long, short, env = "PGWARDEN_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print a SCRAM-SHA-256 verifier (for [[users]] scram_verifier), for a new
+    /// random password or one read from standard input.
+    ScramVerifier {
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Run pgwarden against a throwaway local PostgreSQL with the built-in
+    /// credential source: no Vault, nothing to configure.
+    Dev {
+        /// Port for pgwarden to listen on, on 127.0.0.1.
+        #[arg(long, default_value_t = 6432)]
+        port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::CheckConfig { config } => {
+            pgwarden::cli::check_config(&config, &mut std::io::stdout(), &mut std::io::stderr())
+        }
+        Command::ScramVerifier { password_stdin } => pgwarden::cli::scram_verifier(
+            password_stdin,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        ),
+        Command::Run { config } => runtime().block_on(run(config)),
+        Command::Dev { port } => runtime().block_on(pgwarden::dev::run(port)),
+    };
+    ExitCode::from(code as u8)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("cannot start the async runtime: {e}"))
+}
+
+async fn run(path: PathBuf) -> i32 {
+    let config = match pgwarden::config::load(&path, std::env::vars()) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{}: {} problem(s):", path.display(), errors.0.len());
+            for e in &errors.0 {
+                eprintln!("  - {e}");
+            }
+            return 1;
+        }
+    };
+    pgwarden::logging::init(config.log.format, &config.log.level);
+    let server = match pgwarden::server::Server::start(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "pgwarden could not start");
+            return 1;
+        }
+    };
+    pgwarden::server::wait_for_signal().await;
+    server.shutdown().await;
+    0
+}

@@ -1,6 +1,145 @@
-//! TLS for pgwarden's PostgreSQL legs: channel binding and the upstream-side connector.
+//! TLS for both legs: the listener's server config and the upstream client config.
 //!
-//! Nothing here may skip certificate verification or rely on a process-wide crypto provider.
+//! One crypto provider for the whole process (aws-lc-rs), passed explicitly to
+//! every builder. TLS 1.2 and 1.3 only; ALPN `postgresql` offered on both legs.
+//! Upstream verification is on unless a route says `tls = "disable"`; this module
+//! has no "trust anything" mode and must never grow one.
 
 pub mod channel_binding;
 pub mod pg_connector;
+mod verify_ca;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The ALPN protocol name PostgreSQL uses (PostgreSQL 17 direct TLS).
+pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} holds no PEM certificate")]
+    NoCertificate { path: String },
+    #[error("{path} holds no usable PEM private key")]
+    NoKey { path: String },
+    #[error("{path}: {detail}")]
+    Invalid { path: String, detail: String },
+    #[error("TLS configuration rejected: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The process's crypto provider.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Every certificate in a PEM file, in order (leaf first for a chain).
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Invalid {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    // The error of a failed key parse never quotes the file: it is a secret.
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|_| TlsError::NoKey {
+        path: path.display().to_string(),
+    })
+}
+
+/// A root store holding exactly the CA certificates in `path`.
+pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots.add(cert).map_err(|e| TlsError::Invalid {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+    }
+    Ok(roots)
+}
+
+/// The listener's TLS configuration: TLS ≥ 1.2, ALPN `postgresql`.
+pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs = load_certs(cert_file)?;
+    let key = load_key(key_file)?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// How the upstream certificate is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    /// Chain and host name.
+    Full,
+    /// Chain only.
+    CaOnly,
+}
+
+/// The client configuration for upstream connections to a server whose CA is in `ca_file`.
+pub fn upstream_config(
+    ca_file: &Path,
+    verification: Verification,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = Arc::new(load_roots(ca_file)?);
+    client_config(roots, verification)
+}
+
+/// A client configuration trusting exactly `roots`.
+pub fn client_config(
+    roots: Arc<RootCertStore>,
+    verification: Verification,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let mut config = match verification {
+        Verification::Full => builder.with_root_certificates(roots).with_no_client_auth(),
+        Verification::CaOnly => builder
+            .dangerous()
+            .with_custom_certificate_verifier(verify_ca::ChainOnly::new(roots)?)
+            .with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The `notAfter` of the first certificate in `path`, as Unix seconds.
+pub fn certificate_not_after(path: &Path) -> Result<i64, TlsError> {
+    let certs = load_certs(path)?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&certs[0]).map_err(|e| TlsError::Invalid {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+    Ok(cert.validity().not_after.timestamp())
+}

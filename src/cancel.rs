@@ -1,0 +1,184 @@
+//! Query cancellation through pgwarden.
+//!
+//! A client holds the upstream backend's *real* pid and a key of pgwarden's own.
+//! The map takes (pid, pgwarden key) to the upstream and the backend's real key,
+//! and forwards the cancel over the same kind of channel the session uses.
+//! Keys are compared in constant time; an unknown pair does nothing and says
+//! nothing (as PostgreSQL does). Cancels are rate-limited per source address.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::upstream::UpstreamTarget;
+
+/// Cancel requests one address may send per second, sustained.
+const CANCELS_PER_SECOND: f64 = 10.0;
+/// Short bursts allowed on top.
+const CANCEL_BURST: f64 = 50.0;
+
+/// Where a cancel for one session goes.
+pub struct CancelTarget {
+    pub upstream: Arc<UpstreamTarget>,
+    pub pid: i32,
+    pub key: Vec<u8>,
+}
+
+struct Entry {
+    id: u64,
+    client_key: Vec<u8>,
+    target: Arc<CancelTarget>,
+}
+
+/// Live sessions' cancel keys.
+#[derive(Default)]
+pub struct CancelMap {
+    /// By the pid the client was given; a pid may repeat across upstreams.
+    entries: Mutex<HashMap<i32, Vec<Entry>>>,
+    next_id: std::sync::atomic::AtomicU64,
+    limiter: RateLimiter,
+}
+
+/// Removes its entry from the map when the session ends.
+pub struct Registration {
+    map: Arc<CancelMap>,
+    pid: i32,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut entries = self.map.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = entries.get_mut(&self.pid) {
+            list.retain(|e| e.id != self.id);
+            if list.is_empty() {
+                entries.remove(&self.pid);
+            }
+        }
+    }
+}
+
+/// What became of a cancel request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    Forwarded,
+    UnknownKey,
+    RateLimited,
+    UpstreamFailed,
+}
+
+impl CancelOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelOutcome::Forwarded => "forwarded",
+            CancelOutcome::UnknownKey => "unknown_key",
+            CancelOutcome::RateLimited => "rate_limited",
+            CancelOutcome::UpstreamFailed => "upstream_failed",
+        }
+    }
+}
+
+impl CancelMap {
+    pub fn register(self: &Arc<Self>, client_key: Vec<u8>, target: CancelTarget) -> Registration {
+        let pid = target.pid;
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.entry(pid).or_default().push(Entry {
+            id,
+            client_key,
+            target: Arc::new(target),
+        });
+        Registration {
+            map: self.clone(),
+            pid,
+            id,
+        }
+    }
+
+    /// The target for `pid` and `key`, comparing keys in constant time.
+    pub fn lookup(&self, pid: i32, key: &[u8]) -> Option<Arc<CancelTarget>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut found = None;
+        for e in entries.get(&pid)? {
+            // Every entry is compared, so timing does not reveal which matched.
+            if aws_lc_rs::constant_time::verify_slices_are_equal(&e.client_key, key).is_ok() {
+                found = Some(e.target.clone());
+            }
+        }
+        found
+    }
+
+    /// Handles one CancelRequest from `peer`.
+    pub async fn cancel(&self, peer: IpAddr, pid: i32, key: &[u8]) -> CancelOutcome {
+        if !self.limiter.allow(peer) {
+            return CancelOutcome::RateLimited;
+        }
+        let Some(target) = self.lookup(pid, key) else {
+            return CancelOutcome::UnknownKey;
+        };
+        match target.upstream.cancel(target.pid, &target.key).await {
+            Ok(()) => CancelOutcome::Forwarded,
+            Err(e) => {
+                tracing::warn!(upstream = %target.upstream.endpoint(), error = %e, "could not forward cancel request");
+                CancelOutcome::UpstreamFailed
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A token bucket per source address.
+#[derive(Default)]
+struct RateLimiter {
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    fn allow(&self, peer: IpAddr) -> bool {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() > 10_000 {
+            // Forget addresses that have been quiet long enough to be full again.
+            buckets.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(10));
+        }
+        let (tokens, last) = buckets.entry(peer).or_insert((CANCEL_BURST, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * CANCELS_PER_SECOND)
+            .min(CANCEL_BURST);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_allows_a_burst_then_refuses() {
+        let l = RateLimiter::default();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let allowed = (0..200).filter(|_| l.allow(ip)).count();
+        assert!((50..60).contains(&allowed), "{allowed}");
+        assert!(l.allow("127.0.0.2".parse().unwrap()));
+    }
+}

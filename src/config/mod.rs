@@ -1,0 +1,247 @@
+//! Configuration: one TOML file, `PGWARDEN_*` overrides, validated all at once.
+//!
+//! [`load`] turns the file into a [`Config`] whose every value has been checked:
+//! addresses parse, CIDRs parse, files exist and hold what they should, routes
+//! name known users and credential sources. It reports *every* problem it finds,
+//! not just the first. Secrets (verifiers, passwords) are `SecretString`s from
+//! here on and never appear in an error message.
+
+mod env;
+pub mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use secrecy::SecretString;
+
+use crate::auth::UserAuth;
+pub use raw::{LogFormat, OnLeaseEnd, UpstreamTls};
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub listen: ListenConfig,
+    /// The admin listener (metrics, health), if any.
+    pub admin: Option<SocketAddr>,
+    pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
+    pub users: Vec<UserConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub credentials: BTreeMap<String, CredentialsConfig>,
+    pub vault: Option<VaultConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    pub address: SocketAddr,
+    /// Certificate chain and key files; required when `require_tls`.
+    pub tls: Option<TlsFiles>,
+    pub require_tls: bool,
+    /// Peers outside every network here are closed before a byte is read.
+    pub allow: Vec<IpNet>,
+    pub max_connections: usize,
+    /// One deadline for accept → relay.
+    pub handshake_timeout: Duration,
+    pub tcp_keepalive: Duration,
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShutdownConfig {
+    /// How long live sessions may go on after SIGTERM before they are ended.
+    pub grace: Duration,
+    /// How long outstanding leases get to be revoked at exit.
+    pub revoke_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct UserConfig {
+    pub name: String,
+    pub auth: UserAuth,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// The database name clients ask for.
+    pub database: String,
+    /// Users allowed on this route; `*` means every configured user.
+    pub users: Vec<String>,
+    pub upstream: UpstreamConfig,
+    /// Name of the credential source in `[credentials.*]`.
+    pub credentials: String,
+    /// The role the upstream session runs as, so what it creates is owned by it.
+    pub session_role: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub tls: UpstreamTls,
+    pub ca_file: Option<PathBuf>,
+    /// Name to verify the certificate against; defaults to `host`.
+    pub server_name: Option<String>,
+    pub connect_timeout: Duration,
+    pub allow_insecure_auth: bool,
+}
+
+impl UpstreamConfig {
+    /// `host:port`, for logs and maps (never a credential).
+    pub fn endpoint(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum CredentialsConfig {
+    Postgres(PostgresSourceConfig),
+    Vault(VaultSourceConfig),
+}
+
+impl CredentialsConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CredentialsConfig::Postgres(_) => "postgres",
+            CredentialsConfig::Vault(_) => "vault",
+        }
+    }
+
+    pub fn on_lease_end(&self) -> OnLeaseEnd {
+        match self {
+            CredentialsConfig::Postgres(p) => p.on_lease_end,
+            CredentialsConfig::Vault(v) => v.on_lease_end,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresSourceConfig {
+    pub admin_user: String,
+    pub admin_password: SecretString,
+    pub admin_database: String,
+    pub member_of: Vec<String>,
+    pub ttl: Duration,
+    pub max_ttl: Option<Duration>,
+    pub role_prefix: String,
+    pub on_lease_end: OnLeaseEnd,
+}
+
+#[derive(Debug, Clone)]
+pub struct VaultSourceConfig {
+    pub mount: String,
+    pub role: String,
+    pub prefetch: usize,
+    pub prefetch_max_age: Duration,
+    pub renew_increment: Option<Duration>,
+    pub on_lease_end: OnLeaseEnd,
+}
+
+#[derive(Debug, Clone)]
+pub struct VaultConfig {
+    pub address: String,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    pub namespace: Option<String>,
+    pub timeout: Duration,
+    pub auth: VaultAuthConfig,
+}
+
+#[derive(Debug, Clone)]
+pub enum VaultAuthConfig {
+    /// The secret id is read from its file at every login (it may be rotated).
+    Approle {
+        mount: String,
+        role_id: SecretString,
+        secret_id_file: PathBuf,
+    },
+    /// The service-account token is read from its file at every login.
+    Kubernetes {
+        mount: String,
+        role: String,
+        jwt_file: PathBuf,
+    },
+    Token {
+        token: SecretString,
+    },
+}
+
+/// Every problem found in a configuration, each one line.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads, overrides and validates the configuration at `path`.
+///
+/// `env` is the process environment (passed in, so tests never mutate it); only
+/// `PGWARDEN_*` variables and `VAULT_TOKEN` are looked at.
+pub fn load(
+    path: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![format!(
+            "cannot read configuration file {}: {e}",
+            path.display()
+        )])
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    from_str(&text, base, env)
+}
+
+/// Like [`load`], from text; relative paths in it are resolved against `base`.
+pub fn from_str(
+    text: &str,
+    base: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigErrors> {
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        ConfigErrors(vec![format!("configuration is not valid TOML: {e}")])
+    })?;
+    let env: Vec<(String, String)> = env.into_iter().collect();
+    let mut errors = Vec::new();
+    env::apply_overrides(&mut table, &env, &mut errors);
+    let vault_token_env = env
+        .iter()
+        .find(|(k, _)| k == "VAULT_TOKEN")
+        .map(|(_, v)| SecretString::from(v.clone()));
+    let config = validate::validate(table, base, vault_token_env, &mut errors);
+    match config {
+        Some(c) if errors.is_empty() => Ok(c),
+        _ => Err(ConfigErrors(errors)),
+    }
+}

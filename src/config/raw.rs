@@ -1,0 +1,321 @@
+//! The configuration file as written: serde shapes, every one `deny_unknown_fields`.
+//!
+//! Nothing here touches the file system or checks meaning; `validate` does that.
+//! Defaults are named constants so the example file and the code cannot drift.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::{Deserialize, Deserializer};
+
+pub const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:6432";
+pub const DEFAULT_MAX_CONNECTIONS: usize = 500;
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+pub const DEFAULT_REVOKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_UPSTREAM_PORT: u16 = 5432;
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(3600);
+pub const DEFAULT_ROLE_PREFIX: &str = "pgwarden_";
+pub const DEFAULT_ADMIN_DATABASE: &str = "postgres";
+pub const DEFAULT_VAULT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_VAULT_MOUNT: &str = "database";
+pub const DEFAULT_PREFETCH_MAX_AGE: Duration = Duration::from_secs(300);
+pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9187";
+
+/// Parses `"15s"`, `"1h 30m"`, … (humantime).
+pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    #[serde(default = "default_listen_address")]
+    pub address: String,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    #[serde(default = "yes")]
+    pub require_tls: bool,
+    pub allow: Option<Vec<String>>,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(
+        default = "default_handshake_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub handshake_timeout: Duration,
+    #[serde(default = "default_keepalive", deserialize_with = "de_duration")]
+    pub tcp_keepalive: Duration,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    #[serde(default = "default_admin_address")]
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    #[serde(default)]
+    pub format: LogFormat,
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shutdown {
+    #[serde(default = "default_grace", deserialize_with = "de_duration")]
+    pub grace: Duration,
+    #[serde(default = "default_revoke_timeout", deserialize_with = "de_duration")]
+    pub revoke_timeout: Duration,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self {
+            grace: DEFAULT_SHUTDOWN_GRACE,
+            revoke_timeout: DEFAULT_REVOKE_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UserAuthMethod {
+    #[default]
+    Scram,
+    Trust,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    #[serde(default)]
+    pub auth: UserAuthMethod,
+    pub scram_verifier: Option<SecretString>,
+    pub scram_verifier_file: Option<PathBuf>,
+    pub trust_from: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTls {
+    /// Verify the chain and that the certificate names the host.
+    #[default]
+    VerifyFull,
+    /// Verify the chain only.
+    VerifyCa,
+    /// No TLS at all: only for a database on the same host or pod.
+    Disable,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub host: String,
+    #[serde(default = "default_upstream_port")]
+    pub port: u16,
+    pub database: Option<String>,
+    #[serde(default)]
+    pub tls: UpstreamTls,
+    pub ca_file: Option<PathBuf>,
+    pub server_name: Option<String>,
+    #[serde(default = "default_connect_timeout", deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    /// Accept cleartext or MD5 password requests, or no authentication, from upstream.
+    #[serde(default)]
+    pub allow_insecure_auth: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub database: String,
+    pub users: Vec<String>,
+    pub upstream: Upstream,
+    pub credentials: String,
+    pub session_role: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnLeaseEnd {
+    #[default]
+    RecycleWhenIdle,
+    Terminate,
+    Keep,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "source", rename_all = "kebab-case")]
+pub enum Credentials {
+    Postgres(PostgresSource),
+    Vault(VaultSource),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSource {
+    pub admin_user: String,
+    pub admin_password: Option<SecretString>,
+    pub admin_password_file: Option<PathBuf>,
+    #[serde(default = "default_admin_database")]
+    pub admin_database: String,
+    #[serde(default)]
+    pub member_of: Vec<String>,
+    #[serde(default = "default_ttl", deserialize_with = "de_duration")]
+    pub ttl: Duration,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub max_ttl: Option<Duration>,
+    #[serde(default = "default_role_prefix")]
+    pub role_prefix: String,
+    #[serde(default)]
+    pub on_lease_end: OnLeaseEnd,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultSource {
+    #[serde(default = "default_vault_mount")]
+    pub mount: String,
+    pub role: String,
+    #[serde(default)]
+    pub prefetch: usize,
+    #[serde(default = "default_prefetch_max_age", deserialize_with = "de_duration")]
+    pub prefetch_max_age: Duration,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub renew_increment: Option<Duration>,
+    #[serde(default)]
+    pub on_lease_end: OnLeaseEnd,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vault {
+    pub address: String,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    pub namespace: Option<String>,
+    #[serde(default = "default_vault_timeout", deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    pub auth: VaultAuth,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "method", rename_all = "kebab-case")]
+pub enum VaultAuth {
+    Approle(VaultApprole),
+    Kubernetes(VaultKubernetes),
+    Token(VaultToken),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultApprole {
+    #[serde(default = "default_approle_mount")]
+    pub mount: String,
+    pub role_id: Option<SecretString>,
+    pub role_id_file: Option<PathBuf>,
+    pub secret_id_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultKubernetes {
+    #[serde(default = "default_kubernetes_mount")]
+    pub mount: String,
+    pub role: String,
+    #[serde(default = "default_jwt_file")]
+    pub jwt_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultToken {
+    /// A file holding the token; when absent, the `VAULT_TOKEN` environment variable.
+    pub token_file: Option<PathBuf>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_listen_address() -> String {
+    DEFAULT_LISTEN_ADDRESS.to_owned()
+}
+fn default_admin_address() -> String {
+    DEFAULT_ADMIN_ADDRESS.to_owned()
+}
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+fn default_handshake_timeout() -> Duration {
+    DEFAULT_HANDSHAKE_TIMEOUT
+}
+fn default_keepalive() -> Duration {
+    DEFAULT_TCP_KEEPALIVE
+}
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+fn default_grace() -> Duration {
+    DEFAULT_SHUTDOWN_GRACE
+}
+fn default_revoke_timeout() -> Duration {
+    DEFAULT_REVOKE_TIMEOUT
+}
+fn default_upstream_port() -> u16 {
+    DEFAULT_UPSTREAM_PORT
+}
+fn default_connect_timeout() -> Duration {
+    DEFAULT_CONNECT_TIMEOUT
+}
+fn default_admin_database() -> String {
+    DEFAULT_ADMIN_DATABASE.to_owned()
+}
+fn default_ttl() -> Duration {
+    DEFAULT_CREDENTIAL_TTL
+}
+fn default_role_prefix() -> String {
+    DEFAULT_ROLE_PREFIX.to_owned()
+}
+fn default_vault_mount() -> String {
+    DEFAULT_VAULT_MOUNT.to_owned()
+}
+fn default_prefetch_max_age() -> Duration {
+    DEFAULT_PREFETCH_MAX_AGE
+}
+fn default_vault_timeout() -> Duration {
+    DEFAULT_VAULT_TIMEOUT
+}
+fn default_approle_mount() -> String {
+    "approle".to_owned()
+}
+fn default_kubernetes_mount() -> String {
+    "kubernetes".to_owned()
+}
+fn default_jwt_file() -> PathBuf {
+    PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+}

@@ -1,0 +1,595 @@
+//! From a TOML table to a [`Config`], collecting every problem on the way.
+//!
+//! Each section, and each entry of `users`, `routes` and `credentials`, is
+//! deserialized on its own so that one bad entry does not hide the next one.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+
+use super::raw;
+use super::*;
+use crate::auth::ScramVerifier;
+
+const KNOWN_SECTIONS: &[&str] = &[
+    "listen",
+    "admin",
+    "log",
+    "shutdown",
+    "users",
+    "routes",
+    "credentials",
+    "vault",
+];
+
+pub(super) fn validate(
+    mut table: toml::Table,
+    base: &Path,
+    vault_token_env: Option<SecretString>,
+    errors: &mut Vec<String>,
+) -> Option<Config> {
+    for key in table.keys() {
+        if !KNOWN_SECTIONS.contains(&key.as_str()) {
+            errors.push(format!(
+                "unknown section or key `{key}` (known: {})",
+                KNOWN_SECTIONS.join(", ")
+            ));
+        }
+    }
+    let v = Validator { base, errors };
+    v.run(&mut table, vault_token_env)
+}
+
+struct Validator<'a> {
+    base: &'a Path,
+    errors: &'a mut Vec<String>,
+}
+
+impl Validator<'_> {
+    fn run(
+        mut self,
+        table: &mut toml::Table,
+        vault_token_env: Option<SecretString>,
+    ) -> Option<Config> {
+        let listen = match table.remove("listen") {
+            Some(v) => self.section::<raw::Listen>("[listen]", v),
+            None => {
+                self.err("[listen] is required (at least `allow`)".into());
+                None
+            }
+        };
+        let admin = self.optional::<raw::Admin>(table, "admin");
+        let log = self.optional::<raw::Log>(table, "log");
+        let shutdown = self.optional::<raw::Shutdown>(table, "shutdown");
+        let vault = self.optional::<raw::Vault>(table, "vault");
+        let users = self.array::<raw::User>(table, "users");
+        let routes = self.array::<raw::Route>(table, "routes");
+        let credentials = self.credentials(table);
+
+        let listen = listen.and_then(|l| self.listen(l));
+        let admin = admin
+            .flatten()
+            .and_then(|a| self.socket_addr("[admin] address", &a.address));
+        let log = log.flatten().unwrap_or_default();
+        self.log_level(&log.level);
+        let shutdown = shutdown.flatten().unwrap_or_default();
+        let users: Vec<UserConfig> = users
+            .into_iter()
+            .filter_map(|(i, u)| self.user(i, u))
+            .collect();
+        let credentials: BTreeMap<String, CredentialsConfig> = credentials
+            .into_iter()
+            .filter_map(|(name, c)| self.credential(&name, c).map(|c| (name, c)))
+            .collect();
+        let vault = vault.flatten().and_then(|v| self.vault(v, vault_token_env));
+        let routes: Vec<RouteConfig> = routes
+            .into_iter()
+            .filter_map(|(i, r)| self.route(i, r))
+            .collect();
+        self.cross_checks(&users, &routes, &credentials, vault.is_some());
+        Some(Config {
+            listen: listen?,
+            admin,
+            log: LogConfig {
+                format: log.format,
+                level: log.level,
+            },
+            shutdown: ShutdownConfig {
+                grace: shutdown.grace,
+                revoke_timeout: shutdown.revoke_timeout,
+            },
+            users,
+            routes,
+            credentials,
+            vault,
+        })
+    }
+
+    fn err(&mut self, e: String) {
+        self.errors.push(e);
+    }
+
+    fn section<T: DeserializeOwned>(&mut self, what: &str, value: toml::Value) -> Option<T> {
+        match value.try_into::<T>() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.err(format!("{what}: {}", e.to_string().trim()));
+                None
+            }
+        }
+    }
+
+    /// `Some(None)`: absent; `None`: present but invalid (already reported).
+    fn optional<T: DeserializeOwned>(
+        &mut self,
+        table: &mut toml::Table,
+        key: &str,
+    ) -> Option<Option<T>> {
+        match table.remove(key) {
+            None => Some(None),
+            Some(v) => self.section(&format!("[{key}]"), v).map(Some),
+        }
+    }
+
+    fn array<T: DeserializeOwned>(
+        &mut self,
+        table: &mut toml::Table,
+        key: &str,
+    ) -> Vec<(usize, T)> {
+        match table.remove(key) {
+            None => Vec::new(),
+            Some(toml::Value::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, v)| {
+                    self.section(&format!("[[{key}]] #{}", i + 1), v)
+                        .map(|t| (i, t))
+                })
+                .collect(),
+            Some(_) => {
+                self.err(format!("`{key}` must be an array of tables ([[{key}]])"));
+                Vec::new()
+            }
+        }
+    }
+
+    fn credentials(&mut self, table: &mut toml::Table) -> Vec<(String, raw::Credentials)> {
+        match table.remove("credentials") {
+            None => Vec::new(),
+            Some(toml::Value::Table(t)) => t
+                .into_iter()
+                .filter_map(|(name, v)| {
+                    self.section(&format!("[credentials.{name}]"), v)
+                        .map(|c| (name, c))
+                })
+                .collect(),
+            Some(_) => {
+                self.err("`credentials` must be a table of sources ([credentials.<name>])".into());
+                Vec::new()
+            }
+        }
+    }
+
+    fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn readable(&mut self, what: &str, p: &Path) -> Option<PathBuf> {
+        let p = self.path(p);
+        match std::fs::read(&p) {
+            Ok(_) => Some(p),
+            Err(e) => {
+                self.err(format!("{what}: cannot read {}: {e}", p.display()));
+                None
+            }
+        }
+    }
+
+    /// Reads a secret from a file, trimming one trailing newline.
+    fn secret_file(&mut self, what: &str, p: &Path) -> Option<SecretString> {
+        let p = self.path(p);
+        match std::fs::read_to_string(&p) {
+            Ok(s) => {
+                let s = s.strip_suffix('\n').unwrap_or(&s);
+                let s = s.strip_suffix('\r').unwrap_or(s);
+                if s.is_empty() {
+                    self.err(format!("{what}: {} is empty", p.display()));
+                    return None;
+                }
+                Some(SecretString::from(s.to_owned()))
+            }
+            Err(e) => {
+                self.err(format!("{what}: cannot read {}: {e}", p.display()));
+                None
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, what: &str, s: &str) -> Option<SocketAddr> {
+        match s.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(format!(
+                    "{what}: `{s}` is not an address:port (e.g. 0.0.0.0:6432 or [::]:6432)"
+                ));
+                None
+            }
+        }
+    }
+
+    fn cidrs(&mut self, what: &str, list: &[String]) -> Vec<IpNet> {
+        list.iter()
+            .filter_map(|s| match parse_cidr(s) {
+                Some(n) => Some(n),
+                None => {
+                    self.err(format!(
+                        "{what}: `{s}` is not a CIDR (e.g. 10.0.5.0/24, ::1/128) or IP address"
+                    ));
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn log_level(&mut self, level: &str) {
+        if level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            self.err(format!(
+                "[log] level: `{level}` is not a level or filter (error, warn, info, debug, trace)"
+            ));
+        }
+    }
+
+    fn listen(&mut self, l: raw::Listen) -> Option<ListenConfig> {
+        let address = self.socket_addr("[listen] address", &l.address);
+        let allow = match &l.allow {
+            Some(list) if !list.is_empty() => self.cidrs("[listen] allow", list),
+            _ => {
+                self.err("[listen] allow: required and non-empty; nothing is open by default (e.g. allow = [\"10.0.5.0/24\"])".into());
+                Vec::new()
+            }
+        };
+        let tls = match (&l.tls_cert_file, &l.tls_key_file) {
+            (Some(c), Some(k)) => {
+                let cert = self.readable("[listen] tls_cert_file", c);
+                let key = self.readable("[listen] tls_key_file", k);
+                if let (Some(cert_file), Some(key_file)) = (cert, key) {
+                    if let Err(e) = crate::tls::server_config(&cert_file, &key_file) {
+                        self.err(format!("[listen] TLS certificate/key: {e}"));
+                    }
+                    Some(TlsFiles {
+                        cert_file,
+                        key_file,
+                    })
+                } else {
+                    None
+                }
+            }
+            (None, None) => {
+                if l.require_tls {
+                    self.err(
+                        "[listen] require_tls = true needs tls_cert_file and tls_key_file".into(),
+                    );
+                }
+                None
+            }
+            _ => {
+                self.err("[listen] tls_cert_file and tls_key_file go together".into());
+                None
+            }
+        };
+        if l.max_connections == 0 {
+            self.err("[listen] max_connections must be at least 1".into());
+        }
+        if l.handshake_timeout.is_zero() {
+            self.err("[listen] handshake_timeout must be more than 0s".into());
+        }
+        Some(ListenConfig {
+            address: address?,
+            tls,
+            require_tls: l.require_tls,
+            allow,
+            max_connections: l.max_connections,
+            handshake_timeout: l.handshake_timeout,
+            tcp_keepalive: l.tcp_keepalive,
+            idle_timeout: l.idle_timeout.filter(|d| !d.is_zero()),
+        })
+    }
+
+    fn user(&mut self, i: usize, u: raw::User) -> Option<UserConfig> {
+        let what = format!("[[users]] #{} ({})", i + 1, u.name);
+        if u.name.is_empty() {
+            self.err(format!("{what}: name must not be empty"));
+            return None;
+        }
+        let auth = match u.auth {
+            raw::UserAuthMethod::Scram => {
+                if u.trust_from.is_some() {
+                    self.err(format!("{what}: trust_from is only for auth = \"trust\""));
+                }
+                let text = match (u.scram_verifier, &u.scram_verifier_file) {
+                    (Some(v), None) => Some(v),
+                    (None, Some(f)) => self.secret_file(&format!("{what} scram_verifier_file"), f),
+                    (Some(_), Some(_)) => {
+                        self.err(format!(
+                            "{what}: give scram_verifier or scram_verifier_file, not both"
+                        ));
+                        None
+                    }
+                    (None, None) => {
+                        self.err(format!("{what}: needs scram_verifier or scram_verifier_file (make one with `pgwarden scram-verifier`), or auth = \"trust\""));
+                        None
+                    }
+                }?;
+                match text.expose_secret().parse::<ScramVerifier>() {
+                    Ok(v) => UserAuth::Scram(v),
+                    Err(e) => {
+                        self.err(format!("{what}: {e}"));
+                        return None;
+                    }
+                }
+            }
+            raw::UserAuthMethod::Trust => {
+                if u.scram_verifier.is_some() || u.scram_verifier_file.is_some() {
+                    self.err(format!("{what}: a trust user has no verifier"));
+                }
+                match &u.trust_from {
+                    Some(list) if !list.is_empty() => UserAuth::Trust {
+                        from: self.cidrs(&format!("{what} trust_from"), list),
+                    },
+                    _ => {
+                        self.err(format!(
+                            "{what}: auth = \"trust\" needs a non-empty trust_from list of CIDRs"
+                        ));
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(UserConfig { name: u.name, auth })
+    }
+
+    fn credential(&mut self, name: &str, c: raw::Credentials) -> Option<CredentialsConfig> {
+        let what = format!("[credentials.{name}]");
+        match c {
+            raw::Credentials::Postgres(p) => {
+                let password = match (p.admin_password, &p.admin_password_file) {
+                    (Some(pw), None) => Some(pw),
+                    (None, Some(f)) => self.secret_file(&format!("{what} admin_password_file"), f),
+                    (Some(_), Some(_)) => {
+                        self.err(format!(
+                            "{what}: give admin_password or admin_password_file, not both"
+                        ));
+                        None
+                    }
+                    (None, None) => {
+                        self.err(format!(
+                            "{what}: needs admin_password_file (or admin_password)"
+                        ));
+                        None
+                    }
+                };
+                if p.ttl.as_secs() < 1 {
+                    self.err(format!("{what}: ttl must be at least 1s"));
+                }
+                if matches!(p.max_ttl, Some(m) if m < p.ttl) {
+                    self.err(format!("{what}: max_ttl must not be shorter than ttl"));
+                }
+                if p.role_prefix.is_empty() || p.role_prefix.len() > 32 {
+                    self.err(format!("{what}: role_prefix must be 1 to 32 characters"));
+                }
+                Some(CredentialsConfig::Postgres(PostgresSourceConfig {
+                    admin_user: p.admin_user,
+                    admin_password: password?,
+                    admin_database: p.admin_database,
+                    member_of: p.member_of,
+                    ttl: p.ttl,
+                    max_ttl: p.max_ttl,
+                    role_prefix: p.role_prefix,
+                    on_lease_end: p.on_lease_end,
+                }))
+            }
+            raw::Credentials::Vault(v) => {
+                if v.role.is_empty() || v.mount.is_empty() {
+                    self.err(format!("{what}: mount and role must not be empty"));
+                }
+                Some(CredentialsConfig::Vault(VaultSourceConfig {
+                    mount: v.mount.trim_matches('/').to_owned(),
+                    role: v.role,
+                    prefetch: v.prefetch,
+                    prefetch_max_age: v.prefetch_max_age,
+                    renew_increment: v.renew_increment,
+                    on_lease_end: v.on_lease_end,
+                }))
+            }
+        }
+    }
+
+    fn vault(&mut self, v: raw::Vault, token_env: Option<SecretString>) -> Option<VaultConfig> {
+        if !(v.address.starts_with("https://") || v.address.starts_with("http://")) {
+            self.err(format!(
+                "[vault] address: `{}` must start with https:// (or http://)",
+                v.address
+            ));
+        }
+        let ca_file = v
+            .ca_file
+            .as_deref()
+            .and_then(|f| self.readable("[vault] ca_file", f));
+        let client_cert_file = v
+            .client_cert_file
+            .as_deref()
+            .and_then(|f| self.readable("[vault] client_cert_file", f));
+        let client_key_file = v
+            .client_key_file
+            .as_deref()
+            .and_then(|f| self.readable("[vault] client_key_file", f));
+        if client_cert_file.is_some() != client_key_file.is_some() {
+            self.err("[vault] client_cert_file and client_key_file go together".into());
+        }
+        let auth = match v.auth {
+            raw::VaultAuth::Approle(a) => {
+                let role_id = match (a.role_id, &a.role_id_file) {
+                    (Some(r), None) => Some(r),
+                    (None, Some(f)) => self.secret_file("[vault] auth role_id_file", f),
+                    _ => {
+                        self.err(
+                            "[vault] auth: approle needs exactly one of role_id, role_id_file"
+                                .into(),
+                        );
+                        None
+                    }
+                };
+                let secret_id_file =
+                    self.readable("[vault] auth secret_id_file", &a.secret_id_file);
+                VaultAuthConfig::Approle {
+                    mount: a.mount,
+                    role_id: role_id?,
+                    secret_id_file: secret_id_file?,
+                }
+            }
+            raw::VaultAuth::Kubernetes(k) => VaultAuthConfig::Kubernetes {
+                mount: k.mount,
+                role: k.role,
+                jwt_file: self.readable("[vault] auth jwt_file", &k.jwt_file)?,
+            },
+            raw::VaultAuth::Token(t) => {
+                let token = match &t.token_file {
+                    Some(f) => self.secret_file("[vault] auth token_file", f),
+                    None => {
+                        if token_env.is_none() {
+                            self.err("[vault] auth: method = \"token\" needs token_file or the VAULT_TOKEN environment variable".into());
+                        }
+                        token_env
+                    }
+                };
+                VaultAuthConfig::Token { token: token? }
+            }
+        };
+        Some(VaultConfig {
+            address: v.address.trim_end_matches('/').to_owned(),
+            ca_file,
+            client_cert_file,
+            client_key_file,
+            namespace: v.namespace,
+            timeout: v.timeout,
+            auth,
+        })
+    }
+
+    fn route(&mut self, i: usize, r: raw::Route) -> Option<RouteConfig> {
+        let what = format!("[[routes]] #{} ({})", i + 1, r.database);
+        if r.users.is_empty() {
+            self.err(format!(
+                "{what}: users must name at least one user (or \"*\")"
+            ));
+        }
+        let u = r.upstream;
+        let ca_file = match (u.tls, &u.ca_file) {
+            (UpstreamTls::Disable, _) => None,
+            (_, Some(f)) => {
+                let f = self.readable(&format!("{what} upstream.ca_file"), f);
+                if let Some(Err(e)) = f.as_deref().map(crate::tls::load_roots) {
+                    self.err(format!("{what} upstream.ca_file: {e}"));
+                }
+                f
+            }
+            (_, None) => {
+                self.err(format!(
+                    "{what}: upstream.ca_file is required unless upstream.tls = \"disable\""
+                ));
+                None
+            }
+        };
+        let name = u.server_name.as_deref().unwrap_or(&u.host);
+        if rustls_pki_types::ServerName::try_from(name.to_owned()).is_err() {
+            self.err(format!(
+                "{what}: `{name}` is not a valid server name for TLS"
+            ));
+        }
+        Some(RouteConfig {
+            database: r.database.clone(),
+            users: r.users,
+            upstream: UpstreamConfig {
+                host: u.host,
+                port: u.port,
+                database: u.database.unwrap_or(r.database),
+                tls: u.tls,
+                ca_file,
+                server_name: u.server_name,
+                connect_timeout: u.connect_timeout,
+                allow_insecure_auth: u.allow_insecure_auth,
+            },
+            credentials: r.credentials,
+            session_role: r.session_role,
+        })
+    }
+
+    fn cross_checks(
+        &mut self,
+        users: &[UserConfig],
+        routes: &[RouteConfig],
+        credentials: &BTreeMap<String, CredentialsConfig>,
+        have_vault: bool,
+    ) {
+        let mut names = HashSet::new();
+        for u in users {
+            if !names.insert(u.name.as_str()) {
+                self.err(format!("[[users]]: user `{}` is defined twice", u.name));
+            }
+        }
+        if users.is_empty() {
+            self.err("[[users]]: at least one user is required".into());
+        }
+        if routes.is_empty() {
+            self.err("[[routes]]: at least one route is required".into());
+        }
+        let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
+        for (i, r) in routes.iter().enumerate() {
+            for u in &r.users {
+                if u != "*" && !names.contains(u.as_str()) {
+                    self.err(format!(
+                        "[[routes]] #{} ({}): user `{u}` is not defined in [[users]]",
+                        i + 1,
+                        r.database
+                    ));
+                }
+                if let Some(prev) = seen.insert((r.database.as_str(), u.as_str()), i) {
+                    self.err(format!(
+                        "[[routes]] #{} and #{} both route user `{u}` to database `{}`",
+                        prev + 1,
+                        i + 1,
+                        r.database
+                    ));
+                }
+            }
+            match credentials.get(&r.credentials) {
+                None => self.err(format!(
+                    "[[routes]] #{} ({}): credentials `{}` is not defined in [credentials.*]",
+                    i + 1,
+                    r.database,
+                    r.credentials
+                )),
+                Some(CredentialsConfig::Vault(_)) if !have_vault => self.err(format!(
+                    "[credentials.{}] uses source = \"vault\" but there is no valid [vault] section",
+                    r.credentials
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// A CIDR, or a bare address meaning just that host.
+pub fn parse_cidr(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}

@@ -1,0 +1,222 @@
+//! Credential sources: where each upstream connection's database login comes from.
+//!
+//! Every upstream connection gets a credential of its own, issued for it and
+//! never reused, and held as a [`Lease`]: an id, a duration, whether it can be
+//! renewed. [`lease::LeaseGuard`] renews it while the session lives and hands
+//! it to the [`revoker::Revoker`] however the session ends, so no exit path
+//! forgets a revocation. Passwords are `SecretString`s; lease ids are logged
+//! only as a short hash; errors carry no secret.
+
+pub mod lease;
+pub mod postgres;
+pub mod revoker;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+
+use crate::config::{CredentialsConfig, OnLeaseEnd, UpstreamConfig};
+
+/// A database login issued for one upstream connection.
+pub struct Credential {
+    pub username: String,
+    pub password: SecretString,
+    pub lease: Lease,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("username", &self.username)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a credential lives and how to renew or revoke it.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub id: LeaseId,
+    /// The database role the credential logs in as.
+    pub username: String,
+    /// The upstream `host:port` it was issued for.
+    pub endpoint: String,
+    /// Lifetime granted at issue.
+    pub duration: Duration,
+    pub renewable: bool,
+    pub issued_at: Instant,
+}
+
+/// A lease id. Shown only as a short hash, in `Debug` and `Display` alike.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct LeaseId(String);
+
+impl LeaseId {
+    pub fn new(id: impl Into<String>) -> Self {
+        LeaseId(id.into())
+    }
+
+    /// The id itself, for the request that renews or revokes it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// First 12 hex digits of the id's SHA-256: enough to correlate log lines.
+    pub fn hash(&self) -> String {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.0.as_bytes());
+        digest.as_ref()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+impl fmt::Debug for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LeaseId({})", self.hash())
+    }
+}
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hash())
+    }
+}
+
+/// The outcome of a successful renewal.
+#[derive(Debug, Clone, Copy)]
+pub struct Renewal {
+    /// Time left on the lease from now.
+    pub duration: Duration,
+}
+
+/// What kind of failure a credential operation met; decides retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Worth retrying: network, timeout, sealed, rate-limited, 5xx.
+    Unavailable,
+    /// The source said no (permission denied, bad request).
+    Refused,
+    /// The lease is unknown or expired: nothing left to renew or revoke.
+    LeaseGone,
+    /// The lease cannot be extended any further (max TTL reached).
+    NotRenewable,
+}
+
+/// A failed credential operation. `detail` is for the log only; it never holds
+/// a secret and never reaches a client.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{detail}")]
+pub struct CredentialError {
+    pub kind: ErrorKind,
+    pub detail: String,
+}
+
+impl CredentialError {
+    pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    /// The `outcome` label for metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Refused => "refused",
+            ErrorKind::LeaseGone => "lease_gone",
+            ErrorKind::NotRenewable => "not_renewable",
+        }
+    }
+}
+
+/// A configured credential source.
+pub struct CredentialSource {
+    /// Its name in `[credentials.<name>]`.
+    pub name: String,
+    pub on_lease_end: OnLeaseEnd,
+    kind: SourceKind,
+}
+
+enum SourceKind {
+    Postgres(postgres::PostgresSource),
+}
+
+impl CredentialSource {
+    /// Builds the source named `name` from its configuration.
+    pub fn new(name: &str, config: &CredentialsConfig) -> Result<Arc<Self>, CredentialError> {
+        let kind = match config {
+            CredentialsConfig::Postgres(p) => {
+                SourceKind::Postgres(postgres::PostgresSource::new(p.clone()))
+            }
+            CredentialsConfig::Vault(_) => {
+                return Err(CredentialError::new(
+                    ErrorKind::Refused,
+                    "the vault credential source is not built into this version",
+                ));
+            }
+        };
+        Ok(Arc::new(CredentialSource {
+            name: name.to_owned(),
+            on_lease_end: config.on_lease_end(),
+            kind,
+        }))
+    }
+
+    /// `postgres` or `vault`: the metric label and log field.
+    pub fn kind(&self) -> &'static str {
+        match self.kind {
+            SourceKind::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Issues a fresh credential for one connection to `upstream`.
+    pub async fn issue(&self, upstream: &UpstreamConfig) -> Result<Credential, CredentialError> {
+        match &self.kind {
+            SourceKind::Postgres(p) => p.issue(upstream).await,
+        }
+    }
+
+    /// Asks for `increment` more time on `lease`.
+    pub async fn renew(
+        &self,
+        lease: &Lease,
+        increment: Duration,
+    ) -> Result<Renewal, CredentialError> {
+        match &self.kind {
+            SourceKind::Postgres(p) => p.renew(lease, increment).await,
+        }
+    }
+
+    /// Ends `lease`: the credential stops working. A lease the source no
+    /// longer knows counts as revoked.
+    pub async fn revoke(&self, lease: &Lease) -> Result<(), CredentialError> {
+        match &self.kind {
+            SourceKind::Postgres(p) => p.revoke(lease).await,
+        }
+    }
+
+    /// How much more time to ask for at each renewal.
+    pub fn renew_increment(&self, _lease: &Lease) -> Duration {
+        match &self.kind {
+            SourceKind::Postgres(p) => p.ttl(),
+        }
+    }
+
+    /// Start-up housekeeping: removes leftovers of earlier runs where possible.
+    pub async fn start(&self, upstreams: &[&UpstreamConfig]) {
+        match &self.kind {
+            SourceKind::Postgres(p) => p.remove_expired_leftovers(upstreams).await,
+        }
+    }
+
+    /// Whether the source can issue credentials now, and if not, why.
+    pub fn readiness(&self) -> Result<(), String> {
+        match &self.kind {
+            SourceKind::Postgres(_) => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! The built-in `postgres` credential source: a LOGIN role per connection,
+//! created through an admin connection and dropped when the session ends.
+//!
+//! Each role gets a random name under the configured prefix, a random 40-character
+//! password sent to the server only as a SCRAM verifier (so not even the
+//! server's statement log sees it), `VALID UNTIL now + ttl`, and membership in
+//! the configured roles. Renewal moves `VALID UNTIL`; revocation drops the role.
+//! At start-up, roles under the prefix whose validity has passed are removed.
+//! This source never logs a password or a verifier.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use secrecy::ExposeSecret;
+use tokio::sync::Mutex;
+
+use super::{Credential, CredentialError, ErrorKind, Lease, LeaseId, Renewal};
+use crate::auth::verifier::{GENERATED_PASSWORD_LEN, ScramVerifier, generate_password};
+use crate::config::{PostgresSourceConfig, UpstreamConfig, UpstreamTls};
+
+/// Length of the random part of a role name.
+const ROLE_SUFFIX_LEN: usize = 20;
+
+pub struct PostgresSource {
+    config: PostgresSourceConfig,
+    /// One admin connection per upstream server, opened on first use and
+    /// reopened when it breaks.
+    admins: Mutex<HashMap<String, Arc<AdminConnection>>>,
+}
+
+struct AdminConnection {
+    upstream: UpstreamConfig,
+    client: Mutex<Option<Arc<tokio_postgres::Client>>>,
+}
+
+impl PostgresSource {
+    pub fn new(config: PostgresSourceConfig) -> Self {
+        Self {
+            config,
+            admins: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.config.ttl
+    }
+
+    pub async fn issue(&self, upstream: &UpstreamConfig) -> Result<Credential, CredentialError> {
+        let admin = self.admin(upstream).await;
+        let username = format!(
+            "{}{}",
+            self.config.role_prefix,
+            random_lowercase(ROLE_SUFFIX_LEN)
+        );
+        let password = generate_password(GENERATED_PASSWORD_LEN);
+        let verifier = ScramVerifier::from_password(&password).to_text();
+        let mut sql = format!(
+            "CREATE ROLE {} LOGIN PASSWORD {} VALID UNTIL {}",
+            quote_ident(&username),
+            quote_literal(verifier.expose_secret()),
+            quote_literal(&timestamp_in(self.config.ttl)),
+        );
+        if !self.config.member_of.is_empty() {
+            let roles: Vec<String> = self
+                .config
+                .member_of
+                .iter()
+                .map(|r| quote_ident(r))
+                .collect();
+            sql.push_str(" IN ROLE ");
+            sql.push_str(&roles.join(", "));
+        }
+        admin.execute(&sql, &self.config).await?;
+        Ok(Credential {
+            lease: Lease {
+                id: LeaseId::new(format!("postgres/{}/{}", upstream.endpoint(), username)),
+                username: username.clone(),
+                endpoint: upstream.endpoint(),
+                duration: self.config.ttl,
+                renewable: true,
+                issued_at: Instant::now(),
+            },
+            username,
+            password,
+        })
+    }
+
+    pub async fn renew(
+        &self,
+        lease: &Lease,
+        increment: Duration,
+    ) -> Result<Renewal, CredentialError> {
+        let mut duration = increment;
+        if let Some(max) = self.config.max_ttl {
+            let left = max.saturating_sub(lease.issued_at.elapsed());
+            if left < Duration::from_secs(1) {
+                return Err(CredentialError::new(
+                    ErrorKind::NotRenewable,
+                    "max_ttl reached",
+                ));
+            }
+            duration = duration.min(left);
+        }
+        let admin = self.existing_admin(&lease.endpoint).await?;
+        let sql = format!(
+            "ALTER ROLE {} VALID UNTIL {}",
+            quote_ident(&lease.username),
+            quote_literal(&timestamp_in(duration))
+        );
+        match admin.execute(&sql, &self.config).await {
+            Err(e) if e.detail.contains("42704") => Err(CredentialError::new(
+                ErrorKind::LeaseGone,
+                "role no longer exists",
+            )),
+            other => other.map(|_| Renewal { duration }),
+        }
+    }
+
+    pub async fn revoke(&self, lease: &Lease) -> Result<(), CredentialError> {
+        let admin = self.existing_admin(&lease.endpoint).await?;
+        admin.drop_role(&lease.username, &self.config).await
+    }
+
+    /// Drops roles under our prefix whose `VALID UNTIL` has passed: leftovers
+    /// of a run that could not revoke them.
+    pub async fn remove_expired_leftovers(&self, upstreams: &[&UpstreamConfig]) {
+        for upstream in upstreams {
+            let admin = self.admin(upstream).await;
+            let pattern = format!("{}%", like_escape(&self.config.role_prefix));
+            let rows = match admin
+                .query_names(
+                    "SELECT rolname FROM pg_roles WHERE rolname LIKE $1 AND rolvaliduntil < now()",
+                    &pattern,
+                    &self.config,
+                )
+                .await
+            {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(upstream = %upstream.endpoint(), error = %e, "could not look for leftover roles");
+                    continue;
+                }
+            };
+            for name in rows {
+                match admin.drop_role(&name, &self.config).await {
+                    Ok(()) => {
+                        tracing::info!(upstream = %upstream.endpoint(), role = %name, "removed expired leftover role")
+                    }
+                    Err(e) => {
+                        tracing::warn!(upstream = %upstream.endpoint(), role = %name, error = %e, "could not remove leftover role")
+                    }
+                }
+            }
+        }
+    }
+
+    async fn admin(&self, upstream: &UpstreamConfig) -> Arc<AdminConnection> {
+        let mut admins = self.admins.lock().await;
+        admins
+            .entry(upstream.endpoint())
+            .or_insert_with(|| {
+                Arc::new(AdminConnection {
+                    upstream: upstream.clone(),
+                    client: Mutex::new(None),
+                })
+            })
+            .clone()
+    }
+
+    async fn existing_admin(
+        &self,
+        endpoint: &str,
+    ) -> Result<Arc<AdminConnection>, CredentialError> {
+        self.admins
+            .lock()
+            .await
+            .get(endpoint)
+            .cloned()
+            .ok_or_else(|| {
+                CredentialError::new(ErrorKind::LeaseGone, "lease belongs to no known upstream")
+            })
+    }
+}
+
+impl AdminConnection {
+    async fn execute(
+        &self,
+        sql: &str,
+        config: &PostgresSourceConfig,
+    ) -> Result<(), CredentialError> {
+        let client = self.client(config).await?;
+        client.batch_execute(sql).await.map_err(|e| self.failed(e))
+    }
+
+    async fn query_names(
+        &self,
+        sql: &str,
+        param: &str,
+        config: &PostgresSourceConfig,
+    ) -> Result<Vec<String>, CredentialError> {
+        let client = self.client(config).await?;
+        let rows = client
+            .query(sql, &[&param])
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+    }
+
+    /// Drops a role. Should it own objects (no session_role was set), they are
+    /// handed to the admin user first so the role can go.
+    async fn drop_role(
+        &self,
+        name: &str,
+        config: &PostgresSourceConfig,
+    ) -> Result<(), CredentialError> {
+        let drop = format!("DROP ROLE IF EXISTS {}", quote_ident(name));
+        match self.execute(&drop, config).await {
+            Err(e) if e.detail.contains("2BP01") => {
+                // Membership in the role is what REASSIGN/DROP OWNED require.
+                let reassign = format!(
+                    "GRANT {0} TO CURRENT_USER; REASSIGN OWNED BY {0} TO {1}; DROP OWNED BY {0}; {2}",
+                    quote_ident(name),
+                    quote_ident(&config.admin_user),
+                    drop
+                );
+                self.execute(&reassign, config).await
+            }
+            other => other,
+        }
+    }
+
+    async fn client(
+        &self,
+        config: &PostgresSourceConfig,
+    ) -> Result<Arc<tokio_postgres::Client>, CredentialError> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        let client = Arc::new(self.connect(config).await?);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    async fn connect(
+        &self,
+        config: &PostgresSourceConfig,
+    ) -> Result<tokio_postgres::Client, CredentialError> {
+        let u = &self.upstream;
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(u.server_name.as_deref().unwrap_or(&u.host))
+            .hostaddr_if_ip(&u.host)
+            .port(u.port)
+            .user(&config.admin_user)
+            .password(config.admin_password.expose_secret())
+            .dbname(&config.admin_database)
+            .application_name("pgwarden-admin")
+            .connect_timeout(u.connect_timeout);
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+            CredentialError::new(
+                ErrorKind::Unavailable,
+                format!("admin connection to {}: {what}: {e}", u.endpoint()),
+            )
+        };
+        let client = match u.tls {
+            UpstreamTls::Disable => {
+                pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                let (client, conn) = pg
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| unavailable("connect", &e))?;
+                tokio::spawn(conn);
+                client
+            }
+            mode => {
+                let ca = u
+                    .ca_file
+                    .as_deref()
+                    .ok_or_else(|| unavailable("tls", &"no ca_file"))?;
+                let verification = if mode == UpstreamTls::VerifyCa {
+                    crate::tls::Verification::CaOnly
+                } else {
+                    crate::tls::Verification::Full
+                };
+                let tls_config = crate::tls::upstream_config(ca, verification)
+                    .map_err(|e| unavailable("tls", &e))?;
+                pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let connector = crate::tls::pg_connector::RustlsConnect::new(tls_config);
+                let (client, conn) = pg
+                    .connect(connector)
+                    .await
+                    .map_err(|e| unavailable("connect", &e))?;
+                tokio::spawn(conn);
+                client
+            }
+        };
+        Ok(client)
+    }
+
+    fn failed(&self, e: tokio_postgres::Error) -> CredentialError {
+        match e.as_db_error() {
+            // Keep the SQLSTATE in the detail: callers match on it.
+            Some(db) => CredentialError::new(
+                ErrorKind::Refused,
+                format!(
+                    "{}: {} ({})",
+                    self.upstream.endpoint(),
+                    db.message(),
+                    db.code().code()
+                ),
+            ),
+            None => CredentialError::new(
+                ErrorKind::Unavailable,
+                format!("admin connection to {}: {e}", self.upstream.endpoint()),
+            ),
+        }
+    }
+}
+
+trait HostAddr {
+    fn hostaddr_if_ip(&mut self, host: &str) -> &mut Self;
+}
+
+impl HostAddr for tokio_postgres::Config {
+    /// Connect to the literal address when `host` is one, while verifying the
+    /// certificate against the server name.
+    fn hostaddr_if_ip(&mut self, host: &str) -> &mut Self {
+        if let Ok(ip) = host.parse() {
+            self.hostaddr(ip);
+        }
+        self
+    }
+}
+
+/// `"name"`, with embedded quotes doubled.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `'text'`, with embedded quotes doubled (standard_conforming_strings is on).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+/// `now + d` as an ISO 8601 UTC timestamp PostgreSQL accepts.
+fn timestamp_in(d: Duration) -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now() + d).to_string()
+}
+
+fn random_lowercase(n: usize) -> String {
+    use secrecy::ExposeSecret;
+    // Letters and digits, lower-cased: role names stay unquoted-looking.
+    let raw = generate_password(n * 2);
+    raw.expose_secret()
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .take(n)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(like_escape("pg_w%"), "pg\\_w\\%");
+    }
+
+    #[test]
+    fn role_names_fit_postgres_limits() {
+        let n = format!(
+            "{}{}",
+            crate::config::raw::DEFAULT_ROLE_PREFIX,
+            random_lowercase(ROLE_SUFFIX_LEN)
+        );
+        assert!(n.len() <= 63);
+        assert!(
+            n.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        );
+    }
+}

@@ -1,0 +1,152 @@
+//! The revoker: every lease handed to it is revoked, eventually, or pgwarden
+//! says loudly at exit that it could not.
+//!
+//! Revocations run in the background so a closing session never waits on the
+//! credential source. A failed attempt is retried with exponential backoff
+//! (1 s doubling to 60 s) for as long as the process runs; a lease the source
+//! no longer knows counts as revoked. At shutdown, [`Revoker::drain`] cuts the
+//! backoff short and waits, up to a deadline, for the backlog to empty.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{CredentialSource, ErrorKind, Lease};
+use crate::metrics;
+
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(60);
+/// Revocations in flight at once, so a burst of closes cannot stampede the source.
+const CONCURRENCY: usize = 16;
+
+/// Handle to the revocation machinery; cheap to clone.
+#[derive(Clone)]
+pub struct Revoker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Leases handed over and not yet revoked.
+    pending: AtomicUsize,
+    /// Woken whenever `pending` drops, for `drain`.
+    drained: Notify,
+    /// Cancelled at shutdown: retries stop waiting out their backoff.
+    hurry: CancellationToken,
+    limit: Semaphore,
+    tasks: TaskTracker,
+}
+
+impl Default for Revoker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Revoker {
+    pub fn new() -> Self {
+        Revoker {
+            inner: Arc::new(Inner {
+                pending: AtomicUsize::new(0),
+                drained: Notify::new(),
+                hurry: CancellationToken::new(),
+                limit: Semaphore::new(CONCURRENCY),
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// Leases not yet revoked.
+    pub fn pending(&self) -> usize {
+        self.inner.pending.load(Ordering::Acquire)
+    }
+
+    /// Hands a lease over for revocation. Never blocks; usable from `Drop`.
+    pub fn submit(&self, source: Arc<CredentialSource>, lease: Lease) {
+        let count = self.inner.pending.fetch_add(1, Ordering::AcqRel) + 1;
+        ::metrics::gauge!(metrics::LEASE_REVOCATIONS_PENDING).set(count as f64);
+        let inner = self.inner.clone();
+        // Spawning needs a runtime; a Drop during runtime teardown has none, and
+        // then the lease is reported as abandoned below instead of silently lost.
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(event = "lease_revocation_abandoned", lease_id_hash = %lease.id, source = %source.name, "no runtime left to revoke this lease");
+            return;
+        };
+        let task = inner
+            .tasks
+            .track_future(revoke_until_done(inner.clone(), source, lease));
+        handle.spawn(task);
+    }
+
+    /// Retries now instead of after their backoff, and waits until every lease
+    /// is revoked or `timeout` passes. Returns how many are left.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        self.inner.hurry.cancel();
+        let wait = async {
+            loop {
+                let notified = self.inner.drained.notified();
+                if self.pending() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(timeout, wait).await;
+        let left = self.pending();
+        if left > 0 {
+            tracing::error!(
+                event = "lease_revocation_abandoned",
+                count = left,
+                "leases still unrevoked at exit; they expire at the end of their TTL"
+            );
+        }
+        left
+    }
+}
+
+async fn revoke_until_done(inner: Arc<Inner>, source: Arc<CredentialSource>, lease: Lease) {
+    let mut backoff = FIRST_RETRY;
+    let mut attempt = 1u32;
+    loop {
+        let result = {
+            let _permit = inner.limit.acquire().await;
+            source.revoke(&lease).await
+        };
+        match result {
+            Ok(()) => {
+                ::metrics::counter!(metrics::LEASE_REVOCATIONS, "outcome" => "success")
+                    .increment(1);
+                tracing::info!(event = "lease_revoked", lease_id_hash = %lease.id, upstream_user = %lease.username, source = %source.name, attempt);
+                break;
+            }
+            Err(e) if e.kind == ErrorKind::LeaseGone => {
+                ::metrics::counter!(metrics::LEASE_REVOCATIONS, "outcome" => "lease_gone")
+                    .increment(1);
+                tracing::info!(event = "lease_revoked", lease_id_hash = %lease.id, upstream_user = %lease.username, source = %source.name, attempt, note = "lease already gone");
+                break;
+            }
+            Err(e) => {
+                ::metrics::counter!(metrics::LEASE_REVOCATIONS, "outcome" => "failure")
+                    .increment(1);
+                tracing::warn!(event = "lease_revocation_failed", lease_id_hash = %lease.id, upstream_user = %lease.username, source = %source.name, attempt, retry_in_ms = backoff.as_millis() as u64, error = %e);
+                if !inner.hurry.is_cancelled() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = inner.hurry.cancelled() => {}
+                    }
+                } else {
+                    // Draining: retry promptly, but do not spin.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                backoff = (backoff * 2).min(MAX_RETRY);
+                attempt += 1;
+            }
+        }
+    }
+    let left = inner.pending.fetch_sub(1, Ordering::AcqRel) - 1;
+    ::metrics::gauge!(metrics::LEASE_REVOCATIONS_PENDING).set(left as f64);
+    inner.drained.notify_waiters();
+}

@@ -1,0 +1,32 @@
+//! Log output: text for people, JSON for collectors, both from `tracing`.
+//!
+//! Session fields live on the session span and are printed with every record
+//! of the session. Nothing that reaches a log line here may be a secret: the
+//! types that hold secrets do not print them, and no code logs message bodies.
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::FmtSpan;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. `level` is a level or an EnvFilter directive.
+pub fn init(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_span_events(FmtSpan::NONE)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    // Already installed (tests, or `dev` after `run` set-up): keep the first.
+    let _ = result;
+}

@@ -1,0 +1,195 @@
+//! Every metric pgwarden exports: names, descriptions and bounded label values.
+//!
+//! Names live here and nowhere else. Label values come from fixed enums or from
+//! the configuration (credential source kinds), never from client input, so the
+//! number of series is bounded whatever clients send.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+pub const CONNECTIONS_ACCEPTED: &str = "pgwarden_connections_accepted_total";
+pub const CONNECTIONS_REJECTED: &str = "pgwarden_connections_rejected_total";
+pub const SESSIONS_ACTIVE: &str = "pgwarden_sessions_active";
+pub const SESSIONS: &str = "pgwarden_sessions_total";
+pub const SESSION_DURATION: &str = "pgwarden_session_duration_seconds";
+pub const HANDSHAKE_DURATION: &str = "pgwarden_handshake_duration_seconds";
+pub const CREDENTIAL_REQUESTS: &str = "pgwarden_credential_requests_total";
+pub const CREDENTIAL_REQUEST_DURATION: &str = "pgwarden_credential_request_duration_seconds";
+pub const LEASES_ACTIVE: &str = "pgwarden_leases_active";
+pub const LEASE_RENEWALS: &str = "pgwarden_lease_renewals_total";
+pub const LEASE_REVOCATIONS: &str = "pgwarden_lease_revocations_total";
+pub const LEASE_REVOCATIONS_PENDING: &str = "pgwarden_lease_revocations_pending";
+pub const UPSTREAM_CONNECT_DURATION: &str = "pgwarden_upstream_connect_duration_seconds";
+pub const UPSTREAM_CONNECT_FAILURES: &str = "pgwarden_upstream_connect_failures_total";
+pub const RELAY_BYTES: &str = "pgwarden_relay_bytes_total";
+pub const CANCEL_REQUESTS: &str = "pgwarden_cancel_requests_total";
+pub const VAULT_TOKEN_RENEWALS: &str = "pgwarden_vault_token_renewals_total";
+pub const TLS_CERTIFICATE_EXPIRY: &str = "pgwarden_tls_certificate_expiry_timestamp_seconds";
+pub const BUILD_INFO: &str = "pgwarden_build_info";
+pub const CREDENTIAL_SOURCE_UP: &str = "pgwarden_credential_source_up";
+
+/// Why a connection was refused before its session began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    IpNotAllowed,
+    TooManyConnections,
+    TlsRequired,
+    TlsHandshake,
+    Protocol,
+    HandshakeTimeout,
+    AuthFailed,
+    UnknownDatabase,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 8] = [
+        RejectReason::IpNotAllowed,
+        RejectReason::TooManyConnections,
+        RejectReason::TlsRequired,
+        RejectReason::TlsHandshake,
+        RejectReason::Protocol,
+        RejectReason::HandshakeTimeout,
+        RejectReason::AuthFailed,
+        RejectReason::UnknownDatabase,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::IpNotAllowed => "ip_not_allowed",
+            RejectReason::TooManyConnections => "too_many_connections",
+            RejectReason::TlsRequired => "tls_required",
+            RejectReason::TlsHandshake => "tls_handshake",
+            RejectReason::Protocol => "protocol",
+            RejectReason::HandshakeTimeout => "handshake_timeout",
+            RejectReason::AuthFailed => "auth_failed",
+            RejectReason::UnknownDatabase => "unknown_database",
+        }
+    }
+}
+
+/// Which step of reaching the database failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    Connect,
+    Tls,
+    Auth,
+    Startup,
+    Credentials,
+}
+
+impl UpstreamFailure {
+    pub const ALL: [UpstreamFailure; 5] = [
+        UpstreamFailure::Connect,
+        UpstreamFailure::Tls,
+        UpstreamFailure::Auth,
+        UpstreamFailure::Startup,
+        UpstreamFailure::Credentials,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Tls => "tls",
+            UpstreamFailure::Auth => "auth",
+            UpstreamFailure::Startup => "startup",
+            UpstreamFailure::Credentials => "credentials",
+        }
+    }
+}
+
+pub fn rejected(reason: RejectReason) {
+    metrics::counter!(CONNECTIONS_REJECTED, "reason" => reason.as_str()).increment(1);
+}
+
+pub fn upstream_failure(failure: UpstreamFailure) {
+    metrics::counter!(UPSTREAM_CONNECT_FAILURES, "reason" => failure.as_str()).increment(1);
+}
+
+/// A gauge raised for as long as the guard lives.
+pub struct GaugeGuard(metrics::Gauge);
+
+impl GaugeGuard {
+    pub fn new(gauge: metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        GaugeGuard(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// Describes every metric; called once at start-up, before the first is touched.
+pub fn describe() {
+    describe_counter!(
+        CONNECTIONS_ACCEPTED,
+        "TCP connections accepted from allowed addresses"
+    );
+    describe_counter!(
+        CONNECTIONS_REJECTED,
+        "Connections refused before a session began, by reason"
+    );
+    describe_gauge!(SESSIONS_ACTIVE, "Sessions currently relaying");
+    describe_counter!(
+        SESSIONS,
+        "Sessions that reached the relay and ended, by close reason"
+    );
+    describe_histogram!(
+        SESSION_DURATION,
+        Unit::Seconds,
+        "Session duration, welcome to close"
+    );
+    describe_histogram!(
+        HANDSHAKE_DURATION,
+        Unit::Seconds,
+        "Accept to relay: TLS, auth, credential, upstream login"
+    );
+    describe_counter!(
+        CREDENTIAL_REQUESTS,
+        "Credential requests to credential sources, by source and outcome"
+    );
+    describe_histogram!(
+        CREDENTIAL_REQUEST_DURATION,
+        Unit::Seconds,
+        "Time to obtain one credential, by source"
+    );
+    describe_gauge!(
+        LEASES_ACTIVE,
+        "Credential leases held by live sessions or waiting in the prefetch pool"
+    );
+    describe_counter!(LEASE_RENEWALS, "Lease renewals, by outcome");
+    describe_counter!(LEASE_REVOCATIONS, "Lease revocation attempts, by outcome");
+    describe_gauge!(
+        LEASE_REVOCATIONS_PENDING,
+        "Leases whose revocation has not yet succeeded"
+    );
+    describe_histogram!(
+        UPSTREAM_CONNECT_DURATION,
+        Unit::Seconds,
+        "TCP connect to upstream ready-for-query"
+    );
+    describe_counter!(
+        UPSTREAM_CONNECT_FAILURES,
+        "Failed upstream connections, by failing step"
+    );
+    describe_counter!(RELAY_BYTES, Unit::Bytes, "Bytes relayed, by direction");
+    describe_counter!(CANCEL_REQUESTS, "Cancel requests received, by outcome");
+    describe_counter!(
+        VAULT_TOKEN_RENEWALS,
+        "Renewals and re-logins of pgwarden's own Vault token, by outcome"
+    );
+    describe_gauge!(
+        TLS_CERTIFICATE_EXPIRY,
+        Unit::Seconds,
+        "notAfter of each certificate pgwarden serves or trusts, Unix time"
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label says which build runs"
+    );
+    describe_gauge!(
+        CREDENTIAL_SOURCE_UP,
+        "1 when a credential source can issue credentials, else 0"
+    );
+}

@@ -1,0 +1,450 @@
+//! The relay: after the welcome, bytes flow both ways untouched.
+//!
+//! One task polls both directions (no locks, no split streams). Each direction
+//! is a [`Pump`] with its own buffer that reads, writes everything it read, and
+//! flushes whenever its reader has nothing more for now — so a request/response
+//! round trip costs one read and one write per leg, and bulk transfers move in
+//! large chunks. The server→client direction is followed by a header-only
+//! [`FrameTracker`], so the session can stop only at a message boundary (and,
+//! when recycling, only when the backend is idle between transactions).
+//!
+//! The relay never decodes, rewrites or logs message contents.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::task::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+use crate::protocol::frame::FrameTracker;
+
+/// Size of each direction's buffer; TLS records carry at most 16 KiB, so this
+/// takes several records per read on bulk transfers.
+pub const RELAY_BUFFER: usize = 64 * 1024;
+
+/// Why the relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// The client closed its side (normally after a Terminate message).
+    ClientClosed,
+    /// The upstream closed its side (backend exit or termination).
+    UpstreamClosed,
+    /// The client connection failed (reset, keepalive timeout, TLS error).
+    ClientError,
+    /// The upstream connection failed.
+    UpstreamError,
+    /// The upstream sent a message header no PostgreSQL server sends.
+    UpstreamProtocol,
+    /// Stopped on request at a message boundary (`Stop::Now`).
+    Stopped,
+    /// Stopped on request when the backend reported idle (`Stop::WhenIdle`).
+    StoppedIdle,
+    /// Nothing moved for the configured idle timeout.
+    IdleTimeout,
+    /// Cut at once on request (`Stop::Abort`), possibly mid-message.
+    Aborted,
+}
+
+impl RelayEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayEnd::ClientClosed => "client_closed",
+            RelayEnd::UpstreamClosed => "upstream_closed",
+            RelayEnd::ClientError => "client_error",
+            RelayEnd::UpstreamError => "upstream_error",
+            RelayEnd::UpstreamProtocol => "upstream_protocol",
+            RelayEnd::Stopped => "stopped",
+            RelayEnd::StoppedIdle => "stopped_idle",
+            RelayEnd::IdleTimeout => "idle_timeout",
+            RelayEnd::Aborted => "aborted",
+        }
+    }
+}
+
+/// A request to end the relay early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stop {
+    /// At the next point where the backend is idle outside a transaction.
+    WhenIdle,
+    /// At the next message boundary.
+    Now,
+    /// At once, even mid-message (a client that does not read, at shutdown).
+    Abort,
+}
+
+/// Where the session (lease end of life, shutdown) asks the relay to stop.
+/// Requests only ever strengthen: `WhenIdle` can become `Now`, never back.
+#[derive(Default)]
+pub struct StopSignal {
+    level: AtomicU8,
+    waker: AtomicWaker,
+}
+
+impl StopSignal {
+    pub fn request(&self, stop: Stop) {
+        let level = match stop {
+            Stop::WhenIdle => 1,
+            Stop::Now => 2,
+            Stop::Abort => 3,
+        };
+        self.level.fetch_max(level, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// The strongest stop requested so far.
+    pub fn requested(&self) -> Option<Stop> {
+        match self.level.load(Ordering::Acquire) {
+            0 => None,
+            1 => Some(Stop::WhenIdle),
+            2 => Some(Stop::Now),
+            _ => Some(Stop::Abort),
+        }
+    }
+
+    fn poll_requested(&self, cx: &mut Context<'_>) -> Option<Stop> {
+        self.waker.register(cx.waker());
+        self.requested()
+    }
+}
+
+/// What moved, and how it ended.
+#[derive(Debug, Clone)]
+pub struct RelayOutcome {
+    pub end: RelayEnd,
+    pub bytes_client_to_upstream: u64,
+    pub bytes_upstream_to_client: u64,
+    /// Whether the server→client stream rests at a message boundary, so a
+    /// message of pgwarden's own can be sent to the client.
+    pub client_at_boundary: bool,
+    /// The I/O error that ended the relay, for the log.
+    pub error: Option<String>,
+}
+
+/// One direction: read into the buffer, write it all out, flush when idle.
+struct Pump {
+    buf: Box<[u8]>,
+    pos: usize,
+    cap: usize,
+    /// The reader reached EOF.
+    eof: bool,
+    /// Bytes written but not yet flushed.
+    unflushed: bool,
+    bytes: u64,
+}
+
+enum PumpState {
+    /// Everything read has been written and flushed; waiting on the reader.
+    Idle,
+    /// The reader reached EOF and everything was written.
+    Done,
+}
+
+impl Pump {
+    fn new(leftover: BytesMut) -> Self {
+        let mut buf = vec![0u8; RELAY_BUFFER.max(leftover.len())].into_boxed_slice();
+        buf[..leftover.len()].copy_from_slice(&leftover);
+        Pump {
+            buf,
+            pos: 0,
+            cap: leftover.len(),
+            eof: false,
+            unflushed: false,
+            bytes: leftover.len() as u64,
+        }
+    }
+
+    /// Moves bytes until the reader has nothing more (`Ready(Idle)` means it
+    /// returned Pending with everything flushed) or reaches EOF (`Ready(Done)`).
+    /// `observe` sees every chunk read, before it is written.
+    fn poll_pump<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+        mut observe: impl FnMut(&[u8]) -> bool,
+    ) -> Poll<Result<PumpState, PumpError>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            while self.pos < self.cap {
+                let n = ready!(
+                    writer
+                        .as_mut()
+                        .poll_write(cx, &self.buf[self.pos..self.cap])
+                )
+                .map_err(PumpError::Write)?;
+                if n == 0 {
+                    return Poll::Ready(Err(PumpError::Write(io::ErrorKind::WriteZero.into())));
+                }
+                self.pos += n;
+                self.unflushed = true;
+            }
+            if self.eof {
+                if self.unflushed {
+                    ready!(writer.as_mut().poll_flush(cx)).map_err(PumpError::Write)?;
+                    self.unflushed = false;
+                }
+                return Poll::Ready(Ok(PumpState::Done));
+            }
+            let mut rb = ReadBuf::new(&mut self.buf);
+            match reader.as_mut().poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    self.pos = 0;
+                    self.cap = n;
+                    if n == 0 {
+                        self.eof = true;
+                    } else {
+                        self.bytes += n as u64;
+                        if !observe(&self.buf[..n]) {
+                            return Poll::Ready(Err(PumpError::Protocol));
+                        }
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Read(e))),
+                Poll::Pending => {
+                    if self.unflushed {
+                        ready!(writer.as_mut().poll_flush(cx)).map_err(PumpError::Write)?;
+                        self.unflushed = false;
+                    }
+                    return Poll::Ready(Ok(PumpState::Idle));
+                }
+            }
+        }
+    }
+}
+
+enum PumpError {
+    Read(io::Error),
+    Write(io::Error),
+    Protocol,
+}
+
+/// Relays until one side closes, an error, or a requested stop.
+///
+/// `stop` is checked on every wake-up and wakes the relay when a stop is
+/// requested. `client_leftover`/`upstream_leftover` are bytes already read from
+/// each side during the handshake; they are forwarded first.
+pub async fn relay<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    client_leftover: BytesMut,
+    upstream_leftover: BytesMut,
+    idle_timeout: Option<Duration>,
+    stop: &StopSignal,
+) -> RelayOutcome
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut c2u = Pump::new(client_leftover);
+    let mut u2c = Pump::new(upstream_leftover);
+    let mut tracker = FrameTracker::default();
+    if tracker.observe(&u2c.buf[..u2c.cap]).is_err() {
+        return outcome(RelayEnd::UpstreamProtocol, &c2u, &u2c, &tracker);
+    }
+    let mut idle = idle_timeout.map(|d| (d, Box::pin(tokio::time::sleep(d))));
+    let mut last_bytes = 0u64;
+
+    let (end, error) = poll_fn(|cx| {
+        if stop.poll_requested(cx) == Some(Stop::Abort) {
+            return Poll::Ready((RelayEnd::Aborted, None));
+        }
+        let c2u_state =
+            match c2u.poll_pump(cx, Pin::new(&mut *client), Pin::new(&mut *upstream), |_| {
+                true
+            }) {
+                Poll::Ready(Ok(s)) => Some(s),
+                Poll::Ready(Err(PumpError::Read(e))) => {
+                    return Poll::Ready((RelayEnd::ClientError, Some(e.to_string())));
+                }
+                Poll::Ready(Err(PumpError::Write(e))) => {
+                    return Poll::Ready((RelayEnd::UpstreamError, Some(e.to_string())));
+                }
+                Poll::Ready(Err(PumpError::Protocol)) => {
+                    return Poll::Ready((RelayEnd::UpstreamProtocol, None));
+                }
+                Poll::Pending => None,
+            };
+        if matches!(c2u_state, Some(PumpState::Done)) {
+            return Poll::Ready((RelayEnd::ClientClosed, None));
+        }
+        let u2c_state = match u2c.poll_pump(
+            cx,
+            Pin::new(&mut *upstream),
+            Pin::new(&mut *client),
+            |chunk| tracker.observe(chunk).is_ok(),
+        ) {
+            Poll::Ready(Ok(s)) => Some(s),
+            Poll::Ready(Err(PumpError::Read(e))) => {
+                return Poll::Ready((RelayEnd::UpstreamError, Some(e.to_string())));
+            }
+            Poll::Ready(Err(PumpError::Write(e))) => {
+                return Poll::Ready((RelayEnd::ClientError, Some(e.to_string())));
+            }
+            Poll::Ready(Err(PumpError::Protocol)) => {
+                return Poll::Ready((RelayEnd::UpstreamProtocol, None));
+            }
+            Poll::Pending => None,
+        };
+        if matches!(u2c_state, Some(PumpState::Done)) {
+            return Poll::Ready((RelayEnd::UpstreamClosed, None));
+        }
+        // Both pumps are waiting. A stop is honoured only once everything the
+        // upstream sent has reached the client, at a message boundary.
+        let drained = matches!(u2c_state, Some(PumpState::Idle));
+        match stop.poll_requested(cx) {
+            Some(Stop::Now) if drained && tracker.at_boundary() => {
+                return Poll::Ready((RelayEnd::Stopped, None));
+            }
+            Some(Stop::WhenIdle) if drained && tracker.ready_status() == Some(b'I') => {
+                return Poll::Ready((RelayEnd::StoppedIdle, None));
+            }
+            _ => {}
+        }
+        if let Some((limit, sleep)) = idle.as_mut() {
+            let moved = c2u.bytes + u2c.bytes;
+            if moved != last_bytes {
+                last_bytes = moved;
+                sleep.as_mut().reset(Instant::now() + *limit);
+            }
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready((RelayEnd::IdleTimeout, None));
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    let mut out = outcome(end, &c2u, &u2c, &tracker);
+    out.error = error;
+    out
+}
+
+fn outcome(end: RelayEnd, c2u: &Pump, u2c: &Pump, tracker: &FrameTracker) -> RelayOutcome {
+    RelayOutcome {
+        end,
+        error: None,
+        bytes_client_to_upstream: c2u.bytes,
+        bytes_upstream_to_client: u2c.bytes,
+        client_at_boundary: u2c.pos == u2c.cap && tracker.at_boundary(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[tokio::test]
+    async fn forwards_leftovers_first_and_counts_bytes() {
+        let (mut client_far, mut client) = duplex(1 << 16);
+        let (mut upstream_far, mut upstream) = duplex(1 << 16);
+        let task = tokio::spawn(async move {
+            relay(
+                &mut client,
+                &mut upstream,
+                BytesMut::from(&b"early"[..]),
+                BytesMut::from(&msg(b'N', b"x\0")[..]),
+                None,
+                &StopSignal::default(),
+            )
+            .await
+        });
+        client_far.write_all(b"-late").await.unwrap();
+        let mut got = [0u8; 10];
+        upstream_far.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"early-late");
+        let mut got = vec![0u8; 7];
+        client_far.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, msg(b'N', b"x\0"));
+        drop(client_far);
+        let out = task.await.unwrap();
+        assert_eq!(out.end, RelayEnd::ClientClosed);
+        assert_eq!(out.bytes_client_to_upstream, 10);
+        assert_eq!(out.bytes_upstream_to_client, 7);
+    }
+
+    #[tokio::test]
+    async fn stop_when_idle_waits_for_ready_for_query_idle() {
+        let (mut client_far, mut client) = duplex(1 << 16);
+        let (mut upstream_far, mut upstream) = duplex(1 << 16);
+        let task = tokio::spawn(async move {
+            let stop = StopSignal::default();
+            stop.request(Stop::WhenIdle);
+            relay(
+                &mut client,
+                &mut upstream,
+                BytesMut::new(),
+                BytesMut::new(),
+                None,
+                &stop,
+            )
+            .await
+        });
+        // In a transaction: not idle, keeps relaying.
+        let mut in_tx = msg(b'C', b"BEGIN\0");
+        in_tx.extend(msg(b'Z', b"T"));
+        upstream_far.write_all(&in_tx).await.unwrap();
+        let mut got = vec![0u8; in_tx.len()];
+        client_far.read_exact(&mut got).await.unwrap();
+        assert!(!task.is_finished());
+        // Idle: the relay stops, after the client has the ReadyForQuery.
+        let mut done = msg(b'C', b"COMMIT\0");
+        done.extend(msg(b'Z', b"I"));
+        upstream_far.write_all(&done).await.unwrap();
+        let mut got = vec![0u8; done.len()];
+        client_far.read_exact(&mut got).await.unwrap();
+        let out = task.await.unwrap();
+        assert_eq!(out.end, RelayEnd::StoppedIdle);
+        assert!(out.client_at_boundary);
+    }
+
+    #[tokio::test]
+    async fn upstream_close_ends_relay() {
+        let (_client_far, mut client) = duplex(1024);
+        let (upstream_far, mut upstream) = duplex(1024);
+        drop(upstream_far);
+        let out = relay(
+            &mut client,
+            &mut upstream,
+            BytesMut::new(),
+            BytesMut::new(),
+            None,
+            &StopSignal::default(),
+        )
+        .await;
+        assert_eq!(out.end, RelayEnd::UpstreamClosed);
+    }
+
+    #[tokio::test]
+    async fn bad_upstream_header_ends_relay() {
+        let (_client_far, mut client) = duplex(1024);
+        let (mut upstream_far, mut upstream) = duplex(1024);
+        upstream_far.write_all(&[b'D', 0, 0, 0, 1]).await.unwrap();
+        let out = relay(
+            &mut client,
+            &mut upstream,
+            BytesMut::new(),
+            BytesMut::new(),
+            None,
+            &StopSignal::default(),
+        )
+        .await;
+        assert_eq!(out.end, RelayEnd::UpstreamProtocol);
+    }
+}

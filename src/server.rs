@@ -1,0 +1,108 @@
+//! A running pgwarden: listener, background work, and orderly shutdown.
+//!
+//! Shutdown (SIGTERM or SIGINT in `pgwarden run`) goes in stages: stop
+//! accepting; let live sessions finish for up to `[shutdown] grace`; then ask
+//! the rest to end at a message boundary (FATAL 57P01), cutting any that cannot
+//! within a few seconds; finally revoke every outstanding lease, bounded by
+//! `[shutdown] revoke_timeout`. Tests drive the same code in-process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::state::{BuildError, State};
+
+pub struct Server {
+    /// The address the proxy listens on (the real port when 0 was asked).
+    pub addr: SocketAddr,
+    pub state: Arc<State>,
+    accept: JoinHandle<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Build(#[from] BuildError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl Server {
+    /// Builds the state, binds the listener and starts accepting.
+    pub async fn start(config: Config) -> Result<Server, StartError> {
+        crate::metrics::describe();
+        let addr = config.listen.address;
+        let state = State::build(config)?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+        state.start_sources().await;
+        let accept = tokio::spawn(crate::listener::serve(state.clone(), listener));
+        tracing::info!(event = "listening", address = %addr, tls = state.negotiator.tls.is_some(), require_tls = state.config.listen.require_tls);
+        Ok(Server {
+            addr,
+            state,
+            accept,
+        })
+    }
+
+    /// Shuts down as described above. Returns how many leases were left unrevoked.
+    pub async fn shutdown(self) -> usize {
+        let state = &self.state;
+        let grace = state.config.shutdown.grace;
+        state.shutdown.stop_accepting.cancel();
+        let _ = self.accept.await;
+        state.sessions.close();
+        let live = state.sessions.len();
+        if live > 0 {
+            tracing::info!(
+                event = "shutdown_draining",
+                sessions = live,
+                grace_s = grace.as_secs()
+            );
+            if tokio::time::timeout(grace, state.sessions.wait())
+                .await
+                .is_err()
+            {
+                tracing::info!(
+                    event = "shutdown_ending_sessions",
+                    sessions = state.sessions.len()
+                );
+                state.shutdown.end_sessions.cancel();
+                state.sessions.wait().await;
+            }
+        }
+        let left = state
+            .revoker
+            .drain(state.config.shutdown.revoke_timeout)
+            .await;
+        tracing::info!(event = "shutdown_complete", unrevoked_leases = left);
+        left
+    }
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C will stop pgwarden");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!(event = "signal", signal = "SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!(event = "signal", signal = "SIGINT"),
+    }
+}

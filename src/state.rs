@@ -1,0 +1,195 @@
+//! The shared state every session reads: built once from a validated
+//! configuration and handed down as `Arc<State>`. Nothing in pgwarden is global.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Authenticator, ScramServer, UserAuth};
+use crate::cancel::CancelMap;
+use crate::config::{Config, CredentialsConfig, UpstreamTls};
+use crate::credentials::CredentialSource;
+use crate::credentials::revoker::Revoker;
+use crate::handshake::Negotiator;
+use crate::route::{Route, Routes};
+use crate::tls::Verification;
+use crate::upstream::UpstreamTarget;
+
+/// Most refused connections handled at once beyond `max_connections` (they
+/// are walked through TLS so they can be told 53300).
+const REJECTION_SLOTS: usize = 64;
+
+pub struct State {
+    pub config: Arc<Config>,
+    pub negotiator: Negotiator,
+    pub authenticator: Authenticator,
+    pub routes: Routes,
+    /// Every credential source by name (for start-up work and readiness).
+    pub sources: HashMap<String, Arc<CredentialSource>>,
+    pub cancel: Arc<CancelMap>,
+    pub revoker: Revoker,
+    /// One permit per session, `max_connections` in all.
+    pub permits: Arc<Semaphore>,
+    /// Connections over the limit being told so.
+    pub rejection_slots: Arc<Semaphore>,
+    pub shutdown: Shutdown,
+    /// Every session task, so shutdown can wait for them.
+    pub sessions: TaskTracker,
+    pub reject_log: RateLimitedLog,
+}
+
+/// The two stages of shutdown.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    /// Stop accepting connections.
+    pub stop_accepting: CancellationToken,
+    /// Ask live sessions to end (at a message boundary).
+    pub end_sessions: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BuildError(pub String);
+
+impl State {
+    pub fn build(config: Config) -> Result<Arc<State>, BuildError> {
+        let config = Arc::new(config);
+        let (server_tls, listener_cert_pem) = match &config.listen.tls {
+            Some(files) => {
+                let server = crate::tls::server_config(&files.cert_file, &files.key_file)
+                    .map_err(|e| BuildError(format!("listener TLS: {e}")))?;
+                let pem = std::fs::read(&files.cert_file)
+                    .map_err(|e| BuildError(format!("listener certificate: {e}")))?;
+                (Some(server), Some(pem))
+            }
+            None => (None, None),
+        };
+        let users: HashMap<String, UserAuth> = config
+            .users
+            .iter()
+            .map(|u| (u.name.clone(), u.auth.clone()))
+            .collect();
+        let authenticator =
+            Authenticator::new(users, ScramServer::new(listener_cert_pem.as_deref()));
+
+        let mut sources = HashMap::new();
+        for (name, c) in &config.credentials {
+            let source = CredentialSource::new(name, c)
+                .map_err(|e| BuildError(format!("[credentials.{name}]: {e}")))?;
+            sources.insert(name.clone(), source);
+        }
+        let mut routes = Routes::default();
+        for r in &config.routes {
+            let tls = match (r.upstream.tls, &r.upstream.ca_file) {
+                (UpstreamTls::Disable, _) => None,
+                (mode, Some(ca)) => {
+                    let v = if mode == UpstreamTls::VerifyCa {
+                        Verification::CaOnly
+                    } else {
+                        Verification::Full
+                    };
+                    Some(
+                        crate::tls::upstream_config(ca, v)
+                            .map_err(|e| BuildError(format!("route {}: {e}", r.database)))?,
+                    )
+                }
+                (_, None) => {
+                    return Err(BuildError(format!(
+                        "route {}: upstream ca_file missing",
+                        r.database
+                    )));
+                }
+            };
+            let target = UpstreamTarget::new(r.upstream.clone(), tls, config.listen.tcp_keepalive)
+                .map_err(|e| BuildError(format!("route {}: {e}", r.database)))?;
+            let source = sources.get(&r.credentials).cloned().ok_or_else(|| {
+                BuildError(format!(
+                    "route {}: unknown credentials {}",
+                    r.database, r.credentials
+                ))
+            })?;
+            if let (CredentialsConfig::Postgres(_), UpstreamTls::Disable) =
+                (&config.credentials[&r.credentials], r.upstream.tls)
+            {
+                tracing::warn!(route = %r.database, "upstream TLS is disabled: credentials travel unencrypted to the database");
+            }
+            routes.add(Route::new(
+                r.database.clone(),
+                r.users.clone(),
+                Arc::new(target),
+                source,
+                r.session_role.clone(),
+            ));
+        }
+        Ok(Arc::new(State {
+            negotiator: Negotiator {
+                tls: crate::handshake::acceptor(server_tls),
+                require_tls: config.listen.require_tls,
+            },
+            authenticator,
+            routes,
+            sources,
+            cancel: Arc::new(CancelMap::default()),
+            revoker: Revoker::new(),
+            permits: Arc::new(Semaphore::new(config.listen.max_connections)),
+            rejection_slots: Arc::new(Semaphore::new(REJECTION_SLOTS)),
+            shutdown: Shutdown::default(),
+            sessions: TaskTracker::new(),
+            reject_log: RateLimitedLog::new(20),
+            config,
+        }))
+    }
+
+    /// Start-up work of the credential sources (leftover clean-up).
+    pub async fn start_sources(&self) {
+        for source in self.sources.values() {
+            let upstreams: Vec<_> = self
+                .routes
+                .all()
+                .filter(|r| Arc::ptr_eq(&r.source, source))
+                .map(|r| &r.upstream.config)
+                .collect();
+            source.start(&upstreams).await;
+        }
+    }
+}
+
+/// Lets through at most `per_second` records a second and counts the rest,
+/// so a flood of bad connections cannot flood the log.
+pub struct RateLimitedLog {
+    per_second: u32,
+    window: Mutex<(Instant, u32, u64)>,
+}
+
+impl RateLimitedLog {
+    pub fn new(per_second: u32) -> Self {
+        Self {
+            per_second,
+            window: Mutex::new((Instant::now(), 0, 0)),
+        }
+    }
+
+    /// `Some(n)`: log this record, and say `n` were suppressed before it.
+    pub fn admit(&self) -> Option<u64> {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if now.duration_since(w.0) >= Duration::from_secs(1) {
+            w.0 = now;
+            w.1 = 0;
+        }
+        if w.1 < self.per_second {
+            w.1 += 1;
+            let suppressed = w.2;
+            w.2 = 0;
+            Some(suppressed)
+        } else {
+            w.2 += 1;
+            None
+        }
+    }
+}
