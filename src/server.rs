@@ -20,6 +20,8 @@ pub struct Server {
     pub addr: SocketAddr,
     pub state: Arc<State>,
     accept: JoinHandle<()>,
+    /// Token upkeep and health probes; stopped at shutdown.
+    background: Vec<JoinHandle<()>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,29 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
+        let mut background = Vec::new();
+        if let Some(vault) = &state.vault {
+            // Log in now (failures are retried in the background), keep the
+            // token alive, and keep readiness current.
+            if let Err(e) = vault.login().await {
+                tracing::error!(event = "vault_login_failed", error = %e, "cannot log in to Vault yet; new connections will fail until it works");
+            }
+            let v = vault.clone();
+            background.push(tokio::spawn(async move { v.maintain_token().await }));
+            let v = vault.clone();
+            let every = state
+                .config
+                .vault
+                .as_ref()
+                .map(|c| c.health_check_interval)
+                .unwrap_or_default();
+            background.push(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    v.check_health().await;
+                }
+            }));
+        }
         state.start_sources().await;
         let accept = tokio::spawn(crate::listener::serve(state.clone(), listener));
         tracing::info!(event = "listening", address = %addr, tls = state.negotiator.tls.is_some(), require_tls = state.config.listen.require_tls);
@@ -52,6 +77,7 @@ impl Server {
             addr,
             state,
             accept,
+            background,
         })
     }
 
@@ -81,10 +107,14 @@ impl Server {
                 state.sessions.wait().await;
             }
         }
+        state.stop_sources();
         let left = state
             .revoker
             .drain(state.config.shutdown.revoke_timeout)
             .await;
+        for task in &self.background {
+            task.abort();
+        }
         tracing::info!(event = "shutdown_complete", unrevoked_leases = left);
         left
     }

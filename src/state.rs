@@ -15,6 +15,7 @@ use crate::cancel::CancelMap;
 use crate::config::{Config, CredentialsConfig, UpstreamTls};
 use crate::credentials::CredentialSource;
 use crate::credentials::revoker::Revoker;
+use crate::credentials::vault::Vault;
 use crate::handshake::Negotiator;
 use crate::route::{Route, Routes};
 use crate::tls::Verification;
@@ -33,6 +34,8 @@ pub struct State {
     pub sources: HashMap<String, Arc<CredentialSource>>,
     pub cancel: Arc<CancelMap>,
     pub revoker: Revoker,
+    /// pgwarden's Vault connection, when `[vault]` is configured.
+    pub vault: Option<Arc<Vault>>,
     /// One permit per session, `max_connections` in all.
     pub permits: Arc<Semaphore>,
     /// Connections over the limit being told so.
@@ -77,9 +80,14 @@ impl State {
         let authenticator =
             Authenticator::new(users, ScramServer::new(listener_cert_pem.as_deref()));
 
+        let vault = match &config.vault {
+            Some(v) => Some(Arc::new(Vault::new(v).map_err(BuildError)?)),
+            None => None,
+        };
+        let revoker = Revoker::new();
         let mut sources = HashMap::new();
         for (name, c) in &config.credentials {
-            let source = CredentialSource::new(name, c)
+            let source = CredentialSource::new(name, c, vault.as_ref(), revoker.clone())
                 .map_err(|e| BuildError(format!("[credentials.{name}]: {e}")))?;
             sources.insert(name.clone(), source);
         }
@@ -135,7 +143,8 @@ impl State {
             routes,
             sources,
             cancel: Arc::new(CancelMap::default()),
-            revoker: Revoker::new(),
+            revoker,
+            vault,
             permits: Arc::new(Semaphore::new(config.listen.max_connections)),
             rejection_slots: Arc::new(Semaphore::new(REJECTION_SLOTS)),
             shutdown: Shutdown::default(),
@@ -145,7 +154,7 @@ impl State {
         }))
     }
 
-    /// Start-up work of the credential sources (leftover clean-up).
+    /// Start-up work of the credential sources (leftover clean-up, prefetch).
     pub async fn start_sources(&self) {
         for source in self.sources.values() {
             let upstreams: Vec<_> = self
@@ -155,6 +164,13 @@ impl State {
                 .map(|r| &r.upstream.config)
                 .collect();
             source.start(&upstreams).await;
+        }
+    }
+
+    /// Shutdown: sources hand what they hold in reserve to the revoker.
+    pub fn stop_sources(&self) {
+        for source in self.sources.values() {
+            source.stop();
         }
     }
 }

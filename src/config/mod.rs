@@ -165,6 +165,8 @@ pub struct VaultConfig {
     pub client_key_file: Option<PathBuf>,
     pub namespace: Option<String>,
     pub timeout: Duration,
+    /// How often `sys/health` is probed to keep readiness current.
+    pub health_check_interval: Duration,
     pub auth: VaultAuthConfig,
 }
 

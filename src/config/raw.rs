@@ -21,6 +21,7 @@ pub const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_ROLE_PREFIX: &str = "pgwarden_";
 pub const DEFAULT_ADMIN_DATABASE: &str = "postgres";
 pub const DEFAULT_VAULT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_VAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_VAULT_MOUNT: &str = "database";
 pub const DEFAULT_PREFETCH_MAX_AGE: Duration = Duration::from_secs(300);
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9187";
@@ -221,6 +222,11 @@ pub struct Vault {
     pub namespace: Option<String>,
     #[serde(default = "default_vault_timeout", deserialize_with = "de_duration")]
     pub timeout: Duration,
+    #[serde(
+        default = "default_health_check_interval",
+        deserialize_with = "de_duration"
+    )]
+    pub health_check_interval: Duration,
     pub auth: VaultAuth,
 }
 
@@ -309,6 +315,9 @@ fn default_prefetch_max_age() -> Duration {
 }
 fn default_vault_timeout() -> Duration {
     DEFAULT_VAULT_TIMEOUT
+}
+fn default_health_check_interval() -> Duration {
+    DEFAULT_VAULT_HEALTH_CHECK_INTERVAL
 }
 fn default_approle_mount() -> String {
     "approle".to_owned()

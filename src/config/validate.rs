@@ -480,6 +480,9 @@ impl Validator<'_> {
             client_key_file,
             namespace: v.namespace,
             timeout: v.timeout,
+            health_check_interval: v
+                .health_check_interval
+                .max(std::time::Duration::from_millis(100)),
             auth,
         })
     }

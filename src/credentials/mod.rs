@@ -10,6 +10,7 @@
 pub mod lease;
 pub mod postgres;
 pub mod revoker;
+pub mod vault;
 
 use std::fmt;
 use std::sync::Arc;
@@ -139,30 +140,43 @@ pub struct CredentialSource {
     pub name: String,
     pub on_lease_end: OnLeaseEnd,
     kind: SourceKind,
+    /// Told when the source proves healthy, so failed revocations retry now.
+    revoker: revoker::Revoker,
 }
 
 enum SourceKind {
     Postgres(postgres::PostgresSource),
+    Vault(Arc<vault::VaultSource>),
 }
 
 impl CredentialSource {
-    /// Builds the source named `name` from its configuration.
-    pub fn new(name: &str, config: &CredentialsConfig) -> Result<Arc<Self>, CredentialError> {
+    /// Builds the source named `name` from its configuration. `vault` is the
+    /// process's Vault connection, required by `vault` sources.
+    pub fn new(
+        name: &str,
+        config: &CredentialsConfig,
+        vault: Option<&Arc<vault::Vault>>,
+        revoker: revoker::Revoker,
+    ) -> Result<Arc<Self>, CredentialError> {
         let kind = match config {
             CredentialsConfig::Postgres(p) => {
                 SourceKind::Postgres(postgres::PostgresSource::new(p.clone()))
             }
-            CredentialsConfig::Vault(_) => {
-                return Err(CredentialError::new(
-                    ErrorKind::Refused,
-                    "the vault credential source is not built into this version",
-                ));
+            CredentialsConfig::Vault(v) => {
+                let vault = vault.ok_or_else(|| {
+                    CredentialError::new(
+                        ErrorKind::Refused,
+                        "a vault source needs a [vault] section",
+                    )
+                })?;
+                SourceKind::Vault(Arc::new(vault::VaultSource::new(v.clone(), vault.clone())))
             }
         };
         Ok(Arc::new(CredentialSource {
             name: name.to_owned(),
             on_lease_end: config.on_lease_end(),
             kind,
+            revoker,
         }))
     }
 
@@ -170,14 +184,20 @@ impl CredentialSource {
     pub fn kind(&self) -> &'static str {
         match self.kind {
             SourceKind::Postgres(_) => "postgres",
+            SourceKind::Vault(_) => "vault",
         }
     }
 
     /// Issues a fresh credential for one connection to `upstream`.
     pub async fn issue(&self, upstream: &UpstreamConfig) -> Result<Credential, CredentialError> {
-        match &self.kind {
+        let result = match &self.kind {
             SourceKind::Postgres(p) => p.issue(upstream).await,
+            SourceKind::Vault(v) => v.issue(&upstream.endpoint()).await,
+        };
+        if result.is_ok() {
+            self.revoker.nudge();
         }
+        result
     }
 
     /// Asks for `increment` more time on `lease`.
@@ -188,6 +208,7 @@ impl CredentialSource {
     ) -> Result<Renewal, CredentialError> {
         match &self.kind {
             SourceKind::Postgres(p) => p.renew(lease, increment).await,
+            SourceKind::Vault(v) => v.renew(lease, increment).await,
         }
     }
 
@@ -196,20 +217,31 @@ impl CredentialSource {
     pub async fn revoke(&self, lease: &Lease) -> Result<(), CredentialError> {
         match &self.kind {
             SourceKind::Postgres(p) => p.revoke(lease).await,
+            SourceKind::Vault(v) => v.revoke(lease).await,
         }
     }
 
     /// How much more time to ask for at each renewal.
-    pub fn renew_increment(&self, _lease: &Lease) -> Duration {
+    pub fn renew_increment(&self, lease: &Lease) -> Duration {
         match &self.kind {
             SourceKind::Postgres(p) => p.ttl(),
+            SourceKind::Vault(v) => v.renew_increment(lease),
         }
     }
 
-    /// Start-up housekeeping: removes leftovers of earlier runs where possible.
-    pub async fn start(&self, upstreams: &[&UpstreamConfig]) {
+    /// Start-up work: removes leftovers of earlier runs (postgres), starts the
+    /// prefetch pool (vault).
+    pub async fn start(self: &Arc<Self>, upstreams: &[&UpstreamConfig]) {
         match &self.kind {
             SourceKind::Postgres(p) => p.remove_expired_leftovers(upstreams).await,
+            SourceKind::Vault(v) => v.start(self.clone(), self.revoker.clone()),
+        }
+    }
+
+    /// Shutdown: credentials held in reserve go to the revoker.
+    pub fn stop(&self) {
+        if let SourceKind::Vault(v) = &self.kind {
+            v.stop();
         }
     }
 
@@ -217,6 +249,7 @@ impl CredentialSource {
     pub fn readiness(&self) -> Result<(), String> {
         match &self.kind {
             SourceKind::Postgres(_) => Ok(()),
+            SourceKind::Vault(v) => v.vault().readiness(),
         }
     }
 }

@@ -36,6 +36,8 @@ struct Inner {
     drained: Notify,
     /// Cancelled at shutdown: retries stop waiting out their backoff.
     hurry: CancellationToken,
+    /// Woken when a source proves healthy again: retries need not wait.
+    nudged: Notify,
     limit: Semaphore,
     tasks: TaskTracker,
 }
@@ -53,6 +55,7 @@ impl Revoker {
                 pending: AtomicUsize::new(0),
                 drained: Notify::new(),
                 hurry: CancellationToken::new(),
+                nudged: Notify::new(),
                 limit: Semaphore::new(CONCURRENCY),
                 tasks: TaskTracker::new(),
             }),
@@ -79,6 +82,13 @@ impl Revoker {
             .tasks
             .track_future(revoke_until_done(inner.clone(), source, lease));
         handle.spawn(task);
+    }
+
+    /// A credential source just worked: failed revocations retry now.
+    pub fn nudge(&self) {
+        if self.pending() > 0 {
+            self.inner.nudged.notify_waiters();
+        }
     }
 
     /// Retries now instead of after their backoff, and waits until every lease
@@ -136,6 +146,7 @@ async fn revoke_until_done(inner: Arc<Inner>, source: Arc<CredentialSource>, lea
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = inner.hurry.cancelled() => {}
+                        _ = inner.nudged.notified() => {}
                     }
                 } else {
                     // Draining: retry promptly, but do not spin.

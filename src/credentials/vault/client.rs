@@ -1,0 +1,468 @@
+//! pgwarden's connection to Vault: its own token, and the raw lease requests.
+//!
+//! Login, token renewal, lookup and health go through vaultrs. Issuing
+//! credentials and renewing/revoking leases are raw requests on the HTTP client
+//! vaultrs configured (same TLS, same namespace): vaultrs drops `lease_id` from
+//! `database/creds` and has no lease API. The token is logged in at start,
+//! renewed at ~2/3 of its TTL, and logged in again when renewal fails, the
+//! token is revoked, or it nears its max TTL. Every setting vaultrs would
+//! otherwise read from the environment (VAULT_SKIP_VERIFY among them) is set
+//! explicitly. No token, secret id or JWT ever reaches a log line or an error.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::RwLock;
+use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
+
+use crate::config::{VaultAuthConfig, VaultConfig};
+use crate::credentials::{CredentialError, ErrorKind};
+use crate::metrics;
+
+/// Retries of a failed login or token renewal wait at most this long.
+const MAX_TOKEN_RETRY: Duration = Duration::from_secs(30);
+
+/// pgwarden's current Vault token.
+struct Token {
+    value: SecretString,
+    /// TTL granted at the last login or renewal; zero means it never expires.
+    ttl: Duration,
+    /// TTL granted at login, to tell a capped renewal.
+    login_ttl: Duration,
+    renewable: bool,
+    since: Instant,
+}
+
+/// A response envelope, as far as pgwarden reads it.
+#[derive(Deserialize)]
+pub struct Envelope {
+    #[serde(default)]
+    pub lease_id: String,
+    #[serde(default)]
+    pub lease_duration: u64,
+    #[serde(default)]
+    pub renewable: bool,
+    pub data: Option<Value>,
+}
+
+pub struct Vault {
+    /// vaultrs' client; its token is swapped at each login.
+    client: RwLock<VaultClient>,
+    /// The HTTP client vaultrs built (TLS, timeout), for raw requests.
+    http: reqwest::Client,
+    address: String,
+    namespace: Option<String>,
+    auth: VaultAuthConfig,
+    pub timeout: Duration,
+    token: Mutex<Option<Token>>,
+    /// One login at a time; others wait for its result.
+    login_lock: tokio::sync::Mutex<()>,
+    /// Whether the last exchange with Vault succeeded (for readiness).
+    reachable: AtomicBool,
+    /// Why Vault is not usable, when it is not.
+    last_error: Mutex<Option<String>>,
+}
+
+impl Vault {
+    pub fn new(config: &VaultConfig) -> Result<Vault, String> {
+        let mut settings = VaultClientSettingsBuilder::default();
+        settings
+            .address(&config.address)
+            .token("")
+            .verify(true)
+            .timeout(Some(config.timeout))
+            .namespace(config.namespace.clone())
+            .ca_certs(
+                config
+                    .ca_file
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect(),
+            )
+            .identity(identity(config)?);
+        let settings = settings.build().map_err(|e| format!("[vault]: {e}"))?;
+        let client = VaultClient::new(settings).map_err(|e| format!("[vault]: {e}"))?;
+        let http = client.http.http.clone();
+        Ok(Vault {
+            client: RwLock::new(client),
+            http,
+            address: config.address.clone(),
+            namespace: config.namespace.clone(),
+            auth: config.auth.clone(),
+            timeout: config.timeout,
+            token: Mutex::new(None),
+            login_lock: tokio::sync::Mutex::new(()),
+            reachable: AtomicBool::new(false),
+            last_error: Mutex::new(Some("not logged in to Vault yet".into())),
+        })
+    }
+
+    /// `Ok` when pgwarden holds a live token and Vault answered last time.
+    pub fn readiness(&self) -> Result<(), String> {
+        let has_token = self.current_token().is_some();
+        if has_token && self.reachable.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let why = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Err(why.unwrap_or_else(|| "Vault is not reachable".into()))
+    }
+
+    fn mark(&self, result: Result<(), &str>) {
+        self.reachable.store(result.is_ok(), Ordering::Release);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+            result.err().map(str::to_owned);
+    }
+
+    fn current_token(&self) -> Option<SecretString> {
+        let guard = self.token.lock().unwrap_or_else(|p| p.into_inner());
+        let t = guard.as_ref()?;
+        let expired = !t.ttl.is_zero() && t.since.elapsed() >= t.ttl;
+        (!expired).then(|| t.value.clone())
+    }
+
+    /// Logs in with the configured method (one login at a time).
+    pub async fn login(&self) -> Result<(), CredentialError> {
+        let _one = self.login_lock.lock().await;
+        let result = self.login_once().await;
+        match &result {
+            Ok(()) => {
+                ::metrics::counter!(metrics::VAULT_TOKEN_RENEWALS, "outcome" => "login")
+                    .increment(1);
+                self.mark(Ok(()));
+            }
+            Err(e) => {
+                ::metrics::counter!(metrics::VAULT_TOKEN_RENEWALS, "outcome" => "login_failure")
+                    .increment(1);
+                self.mark(Err(&format!("Vault login failed: {e}")));
+            }
+        }
+        result
+    }
+
+    async fn login_once(&self) -> Result<(), CredentialError> {
+        let mut client = self.client.write().await;
+        let login = |e: vaultrs::error::ClientError| classify_client_error("login", &e);
+        let (value, ttl, renewable) = match &self.auth {
+            VaultAuthConfig::Approle {
+                mount,
+                role_id,
+                secret_id_file,
+            } => {
+                let secret_id = read_secret(secret_id_file)?;
+                let auth = vaultrs::auth::approle::login(
+                    &*client,
+                    mount,
+                    role_id.expose_secret(),
+                    secret_id.expose_secret(),
+                )
+                .await
+                .map_err(login)?;
+                (
+                    SecretString::from(auth.client_token),
+                    auth.lease_duration,
+                    auth.renewable,
+                )
+            }
+            VaultAuthConfig::Kubernetes {
+                mount,
+                role,
+                jwt_file,
+            } => {
+                let jwt = read_secret(jwt_file)?;
+                let auth =
+                    vaultrs::auth::kubernetes::login(&*client, mount, role, jwt.expose_secret())
+                        .await
+                        .map_err(login)?;
+                (
+                    SecretString::from(auth.client_token),
+                    auth.lease_duration,
+                    auth.renewable,
+                )
+            }
+            VaultAuthConfig::Token { token } => {
+                client.set_token(token.expose_secret());
+                let info = vaultrs::token::lookup_self(&*client).await.map_err(login)?;
+                (token.clone(), info.ttl, info.renewable.unwrap_or(false))
+            }
+        };
+        client.set_token(value.expose_secret());
+        let ttl = Duration::from_secs(ttl);
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(Token {
+            value,
+            ttl,
+            login_ttl: ttl,
+            renewable,
+            since: Instant::now(),
+        });
+        tracing::info!(event = "vault_login", ttl_s = ttl.as_secs(), renewable);
+        Ok(())
+    }
+
+    /// Keeps the token alive for as long as the process runs: renews at ~2/3
+    /// of its TTL, logs in again when renewal is refused or the max TTL nears,
+    /// retries with backoff while Vault is unreachable.
+    pub async fn maintain_token(&self) {
+        let mut retry = Duration::from_secs(1);
+        loop {
+            let wait = {
+                let guard = self.token.lock().unwrap_or_else(|p| p.into_inner());
+                match guard.as_ref() {
+                    None => None,
+                    Some(t) if t.ttl.is_zero() => Some(Duration::from_secs(3600)),
+                    Some(t) => Some((t.ttl * 2 / 3).saturating_sub(t.since.elapsed())),
+                }
+            };
+            let outcome = match wait {
+                None => self.login().await,
+                Some(w) => {
+                    tokio::time::sleep(w).await;
+                    self.renew_or_login().await
+                }
+            };
+            match outcome {
+                Ok(()) => retry = Duration::from_secs(1),
+                Err(e) => {
+                    tracing::warn!(event = "vault_token_failed", error = %e, retry_in_ms = retry.as_millis() as u64);
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(MAX_TOKEN_RETRY);
+                }
+            }
+        }
+    }
+
+    async fn renew_or_login(&self) -> Result<(), CredentialError> {
+        let current = {
+            let guard = self.token.lock().unwrap_or_else(|p| p.into_inner());
+            guard.as_ref().map(|t| (t.renewable, t.login_ttl, t.ttl))
+        };
+        let Some((renewable, login_ttl, ttl)) = current else {
+            return self.login().await;
+        };
+        if ttl.is_zero() {
+            return Ok(());
+        }
+        if !renewable {
+            return self.login().await;
+        }
+        let renewed = {
+            let client = self.client.read().await;
+            vaultrs::token::renew_self(&*client, None).await
+        };
+        match renewed {
+            Ok(auth) => {
+                let new_ttl = Duration::from_secs(auth.lease_duration);
+                ::metrics::counter!(metrics::VAULT_TOKEN_RENEWALS, "outcome" => "renewed")
+                    .increment(1);
+                tracing::info!(event = "vault_token_renewed", ttl_s = new_ttl.as_secs());
+                self.mark(Ok(()));
+                let capped = new_ttl + Duration::from_secs(1) < login_ttl;
+                if let Some(t) = self
+                    .token
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_mut()
+                {
+                    t.ttl = new_ttl;
+                    t.since = Instant::now();
+                    // Near the token's max TTL renewals get shorter: log in again
+                    // at 2/3 of what is left rather than let it run out.
+                    t.renewable = !capped;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let err = classify_client_error("token renewal", &e);
+                ::metrics::counter!(metrics::VAULT_TOKEN_RENEWALS, "outcome" => "failure")
+                    .increment(1);
+                if err.kind == ErrorKind::Unavailable {
+                    self.mark(Err(&err.detail));
+                    return Err(err);
+                }
+                // Refused (revoked, expired, past max TTL): a new login.
+                self.login().await
+            }
+        }
+    }
+
+    /// A raw request with pgwarden's token. On 403 it logs in again once and
+    /// retries: the token may have been revoked behind pgwarden's back.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Option<Envelope>, CredentialError> {
+        let mut relogged = false;
+        loop {
+            let token = match self.current_token() {
+                Some(t) => t,
+                None => {
+                    self.login().await?;
+                    relogged = true;
+                    self.current_token().ok_or_else(|| {
+                        CredentialError::new(ErrorKind::Unavailable, "no Vault token after login")
+                    })?
+                }
+            };
+            match self.send(method.clone(), path, body.as_ref(), &token).await {
+                Err(e)
+                    if e.kind == ErrorKind::Refused && e.detail.starts_with("403") && !relogged =>
+                {
+                    relogged = true;
+                    self.login().await?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        token: &SecretString,
+    ) -> Result<Option<Envelope>, CredentialError> {
+        let url = format!("{}/v1/{}", self.address, path);
+        let mut req = self
+            .http
+            .request(method, &url)
+            .timeout(self.timeout)
+            .header("X-Vault-Token", token.expose_secret());
+        if let Some(ns) = &self.namespace {
+            req = req.header("X-Vault-Namespace", ns);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let response = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let detail = format!("{path}: {}", without_url(&e));
+                self.mark(Err(&detail));
+                return Err(CredentialError::new(ErrorKind::Unavailable, detail));
+            }
+        };
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if status.is_success() {
+            self.mark(Ok(()));
+            if status == StatusCode::NO_CONTENT || text.trim().is_empty() {
+                return Ok(None);
+            }
+            return serde_json::from_str(&text).map(Some).map_err(|e| {
+                CredentialError::new(
+                    ErrorKind::Unavailable,
+                    format!("{path}: unreadable response: {e}"),
+                )
+            });
+        }
+        let errors = error_text(&text);
+        let detail = format!("{} {path}: {errors}", status.as_u16());
+        let kind = match status.as_u16() {
+            429 | 500..=599 => {
+                self.mark(Err(&detail));
+                ErrorKind::Unavailable
+            }
+            _ => {
+                // Vault answered: reachable, even if it said no.
+                self.mark(Ok(()));
+                ErrorKind::Refused
+            }
+        };
+        Err(CredentialError::new(kind, detail))
+    }
+
+    /// Probes `sys/health` (no token needed) to keep readiness current.
+    pub async fn check_health(&self) {
+        let result = {
+            let client = self.client.read().await;
+            vaultrs::sys::health(&*client).await
+        };
+        match result {
+            Ok(_) if self.current_token().is_some() => self.mark(Ok(())),
+            Ok(_) => self.mark(Err("Vault is up but pgwarden holds no valid token")),
+            Err(e) => self.mark(Err(&classify_client_error("health", &e).detail)),
+        }
+    }
+}
+
+fn identity(config: &VaultConfig) -> Result<Option<reqwest::Identity>, String> {
+    match (&config.client_cert_file, &config.client_key_file) {
+        (Some(cert), Some(key)) => {
+            let mut pem =
+                std::fs::read(cert).map_err(|e| format!("[vault] client_cert_file: {e}"))?;
+            pem.extend(std::fs::read(key).map_err(|e| format!("[vault] client_key_file: {e}"))?);
+            // The key's bytes must not leak through the error: report only the kind.
+            reqwest::Identity::from_pem(&pem)
+                .map(Some)
+                .map_err(|_| "[vault] client certificate or key is not valid PEM".to_owned())
+        }
+        _ => Ok(None),
+    }
+}
+
+fn read_secret(path: &std::path::Path) -> Result<SecretString, CredentialError> {
+    std::fs::read_to_string(path)
+        .map(|s| SecretString::from(s.trim_end_matches(['\n', '\r']).to_owned()))
+        .map_err(|e| {
+            CredentialError::new(
+                ErrorKind::Refused,
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })
+}
+
+/// `errors` of a Vault error body, joined; or the (truncated) body.
+fn error_text(body: &str) -> String {
+    #[derive(Deserialize)]
+    struct Errors {
+        errors: Vec<String>,
+    }
+    match serde_json::from_str::<Errors>(body) {
+        Ok(e) => e.errors.join("; ").replace('\n', " ").trim().to_owned(),
+        Err(_) => body.chars().take(200).collect(),
+    }
+}
+
+/// A reqwest error without the URL (it carries no secret, but keep lines short).
+fn without_url(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    match std::error::Error::source(e) {
+        Some(s) => format!("{kind}: {s}"),
+        None => kind.to_owned(),
+    }
+}
+
+fn classify_client_error(what: &str, e: &vaultrs::error::ClientError) -> CredentialError {
+    use vaultrs::error::ClientError as E;
+    match e {
+        E::APIError { code, errors } => {
+            let kind = if *code == 429 || *code >= 500 {
+                ErrorKind::Unavailable
+            } else {
+                ErrorKind::Refused
+            };
+            CredentialError::new(
+                kind,
+                format!("{what}: {code} {}", errors.join("; ").replace('\n', " ")),
+            )
+        }
+        other => CredentialError::new(ErrorKind::Unavailable, format!("{what}: {other}")),
+    }
+}
