@@ -145,7 +145,7 @@ pub struct CredentialSource {
 }
 
 enum SourceKind {
-    Postgres(postgres::PostgresSource),
+    Postgres(Box<postgres::PostgresSource>),
     Vault(Arc<vault::VaultSource>),
 }
 
@@ -160,7 +160,7 @@ impl CredentialSource {
     ) -> Result<Arc<Self>, CredentialError> {
         let kind = match config {
             CredentialsConfig::Postgres(p) => {
-                SourceKind::Postgres(postgres::PostgresSource::new(p.clone()))
+                SourceKind::Postgres(Box::new(postgres::PostgresSource::new(p.clone())))
             }
             CredentialsConfig::Vault(v) => {
                 let vault = vault.ok_or_else(|| {
