@@ -83,6 +83,9 @@ require_tls = true
 allow = ["127.0.0.0/8", "::1/128"]
 max_connections = 100
 
+[admin]
+address = "127.0.0.1:0"
+
 [[users]]
 name = "{CLIENT_USER}"
 scram_verifier_file = "client.verifier"
@@ -227,6 +230,9 @@ pub async fn run(port: u16) -> i32 {
     println!("{}", env.libpq_uri(port));
     println!("{}", env.jdbc_url(port));
     println!();
+    if let Some(admin) = server.admin_addr {
+        println!("Metrics: http://{admin}/metrics   Readiness: http://{admin}/readyz");
+    }
     println!(
         "Configuration: {}   (Ctrl-C to stop and remove everything)",
         env.config_path.display()

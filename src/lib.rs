@@ -1,6 +1,7 @@
 //! pgwarden: a TLS-terminating PostgreSQL proxy that gives every session a fresh credential.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod cancel;
 pub mod cli;

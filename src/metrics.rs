@@ -4,7 +4,10 @@
 //! the configuration (credential source kinds), never from client input, so the
 //! number of series is bounded whatever clients send.
 
+use std::sync::OnceLock;
+
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const CONNECTIONS_ACCEPTED: &str = "pgwarden_connections_accepted_total";
 pub const CONNECTIONS_REJECTED: &str = "pgwarden_connections_rejected_total";
@@ -118,6 +121,68 @@ impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.decrement(1.0);
     }
+}
+
+/// Buckets of the `_seconds` histograms: 1 ms to 5 min.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+/// Session durations run longer: 1 s to 1 day.
+const SESSION_BUCKETS: &[f64] = &[
+    1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder once per process and describes every
+/// metric; returns the handle `/metrics` renders from.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(SESSION_DURATION.to_owned()), SESSION_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Suffix("_seconds".to_owned()),
+                        SECONDS_BUCKETS,
+                    )
+                });
+            let recorder = match builder {
+                Ok(b) => b.build_recorder(),
+                Err(_) => PrometheusBuilder::new().build_recorder(),
+            };
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first (an embedding
+            // program's); then pgwarden's metrics go there and /metrics is empty.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            zero_counters();
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+/// Counters with fixed label sets start at zero, so `rate()` and alerts see
+/// them before the first event.
+fn zero_counters() {
+    metrics::counter!(CONNECTIONS_ACCEPTED).absolute(0);
+    for r in RejectReason::ALL {
+        metrics::counter!(CONNECTIONS_REJECTED, "reason" => r.as_str()).absolute(0);
+    }
+    for f in UpstreamFailure::ALL {
+        metrics::counter!(UPSTREAM_CONNECT_FAILURES, "reason" => f.as_str()).absolute(0);
+    }
+    for d in ["client_to_upstream", "upstream_to_client"] {
+        metrics::counter!(RELAY_BYTES, "direction" => d).absolute(0);
+    }
+    for o in ["success", "failure", "lease_gone"] {
+        metrics::counter!(LEASE_REVOCATIONS, "outcome" => o).absolute(0);
+    }
+    metrics::counter!(LEASE_RENEWALS, "outcome" => "success").absolute(0);
+    metrics::gauge!(SESSIONS_ACTIVE).set(0.0);
+    metrics::gauge!(LEASES_ACTIVE).set(0.0);
+    metrics::gauge!(LEASE_REVOCATIONS_PENDING).set(0.0);
 }
 
 /// Describes every metric; called once at start-up, before the first is touched.

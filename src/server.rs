@@ -18,6 +18,8 @@ use crate::state::{BuildError, State};
 pub struct Server {
     /// The address the proxy listens on (the real port when 0 was asked).
     pub addr: SocketAddr,
+    /// The admin listener's address, when `[admin]` is configured.
+    pub admin_addr: Option<SocketAddr>,
     pub state: Arc<State>,
     accept: JoinHandle<()>,
     /// Token upkeep and health probes; stopped at shutdown.
@@ -38,7 +40,7 @@ pub enum StartError {
 impl Server {
     /// Builds the state, binds the listener and starts accepting.
     pub async fn start(config: Config) -> Result<Server, StartError> {
-        crate::metrics::describe();
+        let metrics_handle = crate::metrics::install();
         let addr = config.listen.address;
         let state = State::build(config)?;
         let listener = TcpListener::bind(addr)
@@ -71,10 +73,26 @@ impl Server {
             }));
         }
         state.start_sources().await;
+        record_certificate_expiry(&state);
+        let admin_addr = match state.config.admin {
+            Some(admin) => {
+                let (bound, task) = crate::admin::start(admin, state.clone(), metrics_handle)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        addr: admin,
+                        source,
+                    })?;
+                background.push(task);
+                tracing::info!(event = "admin_listening", address = %bound);
+                Some(bound)
+            }
+            None => None,
+        };
         let accept = tokio::spawn(crate::listener::serve(state.clone(), listener));
         tracing::info!(event = "listening", address = %addr, tls = state.negotiator.tls.is_some(), require_tls = state.config.listen.require_tls);
         Ok(Server {
             addr,
+            admin_addr,
             state,
             accept,
             background,
@@ -117,6 +135,34 @@ impl Server {
         }
         tracing::info!(event = "shutdown_complete", unrevoked_leases = left);
         left
+    }
+}
+
+/// `pgwarden_tls_certificate_expiry_timestamp_seconds` for every certificate
+/// pgwarden serves or trusts: the listener's, each upstream CA, Vault's CA.
+fn record_certificate_expiry(state: &State) {
+    let mut certs: Vec<(String, &std::path::Path)> = Vec::new();
+    if let Some(tls) = &state.config.listen.tls {
+        certs.push(("listener".into(), &tls.cert_file));
+    }
+    for r in &state.config.routes {
+        if let Some(ca) = &r.upstream.ca_file {
+            certs.push((format!("upstream_ca:{}", r.database), ca));
+        }
+    }
+    if let Some(ca) = state.config.vault.as_ref().and_then(|v| v.ca_file.as_ref()) {
+        certs.push(("vault_ca".into(), ca));
+    }
+    for (label, path) in certs {
+        match crate::tls::certificate_not_after(path) {
+            Ok(t) => {
+                ::metrics::gauge!(crate::metrics::TLS_CERTIFICATE_EXPIRY, "certificate" => label)
+                    .set(t as f64)
+            }
+            Err(e) => {
+                tracing::warn!(certificate = %label, error = %e, "cannot read certificate expiry")
+            }
+        }
     }
 }
 
