@@ -65,6 +65,7 @@ impl Validator<'_> {
         let admin = self.optional::<raw::Admin>(table, "admin");
         let log = self.optional::<raw::Log>(table, "log");
         let shutdown = self.optional::<raw::Shutdown>(table, "shutdown");
+        let declared = Declared::of(table);
         let vault = self.optional::<raw::Vault>(table, "vault");
         let users = self.array::<raw::User>(table, "users");
         let routes = self.array::<raw::Route>(table, "routes");
@@ -90,7 +91,7 @@ impl Validator<'_> {
             .into_iter()
             .filter_map(|(i, r)| self.route(i, r))
             .collect();
-        self.cross_checks(&users, &routes, &credentials, vault.is_some());
+        self.cross_checks(&declared, &users, &routes, &credentials, vault.is_some());
         Some(Config {
             listen: listen?,
             admin,
@@ -535,8 +536,11 @@ impl Validator<'_> {
         })
     }
 
+    /// Checks between sections. Names come from `declared`, so an entry that
+    /// was itself invalid (and already reported) does not cause more errors.
     fn cross_checks(
         &mut self,
+        declared: &Declared,
         users: &[UserConfig],
         routes: &[RouteConfig],
         credentials: &BTreeMap<String, CredentialsConfig>,
@@ -548,16 +552,16 @@ impl Validator<'_> {
                 self.err(format!("[[users]]: user `{}` is defined twice", u.name));
             }
         }
-        if users.is_empty() {
+        if declared.users == 0 {
             self.err("[[users]]: at least one user is required".into());
         }
-        if routes.is_empty() {
+        if declared.routes == 0 {
             self.err("[[routes]]: at least one route is required".into());
         }
         let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
         for (i, r) in routes.iter().enumerate() {
             for u in &r.users {
-                if u != "*" && !names.contains(u.as_str()) {
+                if u != "*" && !declared.user_names.contains(u) {
                     self.err(format!(
                         "[[routes]] #{} ({}): user `{u}` is not defined in [[users]]",
                         i + 1,
@@ -574,18 +578,58 @@ impl Validator<'_> {
                 }
             }
             match credentials.get(&r.credentials) {
+                None if declared.credentials.contains(&r.credentials) => {}
                 None => self.err(format!(
                     "[[routes]] #{} ({}): credentials `{}` is not defined in [credentials.*]",
                     i + 1,
                     r.database,
                     r.credentials
                 )),
-                Some(CredentialsConfig::Vault(_)) if !have_vault => self.err(format!(
-                    "[credentials.{}] uses source = \"vault\" but there is no valid [vault] section",
-                    r.credentials
-                )),
+                Some(CredentialsConfig::Vault(_)) if !have_vault && !declared.vault => {
+                    self.err(format!(
+                        "[credentials.{}] uses source = \"vault\" but there is no [vault] section",
+                        r.credentials
+                    ))
+                }
                 Some(_) => {}
             }
+        }
+    }
+}
+
+/// What the file declares, read before validation: names of users and
+/// credential sources, and how many users and routes there are.
+struct Declared {
+    users: usize,
+    routes: usize,
+    user_names: HashSet<String>,
+    credentials: HashSet<String>,
+    vault: bool,
+}
+
+impl Declared {
+    fn of(table: &toml::Table) -> Declared {
+        let array = |key: &str| {
+            table
+                .get(key)
+                .and_then(|v| v.as_array())
+                .cloned()
+                .unwrap_or_default()
+        };
+        let users = array("users");
+        Declared {
+            users: users.len(),
+            routes: array("routes").len(),
+            user_names: users
+                .iter()
+                .filter_map(|u| u.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+                .collect(),
+            vault: table.contains_key("vault"),
+            credentials: table
+                .get("credentials")
+                .and_then(|c| c.as_table())
+                .map(|t| t.keys().cloned().collect())
+                .unwrap_or_default(),
         }
     }
 }
