@@ -173,6 +173,45 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
+    fn target(pid: i32) -> CancelTarget {
+        let config = crate::config::UpstreamConfig {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            database: "db".into(),
+            tls: crate::config::UpstreamTls::Disable,
+            ca_file: None,
+            server_name: None,
+            connect_timeout: Duration::from_secs(1),
+            allow_insecure_auth: false,
+        };
+        CancelTarget {
+            upstream: Arc::new(UpstreamTarget::new(config, None, Duration::ZERO).unwrap()),
+            pid,
+            key: vec![9, 9, 9, 9],
+        }
+    }
+
+    #[test]
+    fn lookup_needs_pid_and_key_and_ends_with_the_session() {
+        let map = Arc::new(CancelMap::default());
+        let a = map.register(vec![1, 2, 3, 4], target(100));
+        // Same pid on another upstream, another key.
+        let b = map.register(vec![5, 6, 7, 8], target(100));
+        assert_eq!(
+            map.lookup(100, &[1, 2, 3, 4]).unwrap().key,
+            vec![9, 9, 9, 9]
+        );
+        assert!(map.lookup(100, &[5, 6, 7, 8]).is_some());
+        assert!(map.lookup(100, &[1, 2, 3, 5]).is_none());
+        assert!(map.lookup(101, &[1, 2, 3, 4]).is_none());
+        assert!(map.lookup(100, &[1, 2, 3]).is_none());
+        drop(a);
+        assert!(map.lookup(100, &[1, 2, 3, 4]).is_none());
+        assert_eq!(map.len(), 1);
+        drop(b);
+        assert!(map.is_empty());
+    }
+
     #[test]
     fn rate_limiter_allows_a_burst_then_refuses() {
         let l = RateLimiter::default();
