@@ -5,19 +5,33 @@
 //! types that hold secrets do not print them, and no code logs message bodies.
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. `level` is a level or an EnvFilter directive.
+/// Installs the global subscriber, writing to stderr. `level` is a level or an
+/// EnvFilter directive.
 pub fn init(format: LogFormat, level: &str) {
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Already installed (tests, or `dev` after `run` set-up): keep the first.
+    let _ = init_with_writer(format, level, std::io::stderr, ansi);
+}
+
+/// Installs the global subscriber with the same format and filtering as
+/// [`init`], writing to `writer` (the tests capture what pgwarden logs this
+/// way). Returns false if a global subscriber was already installed.
+pub fn init_with_writer<W>(format: LogFormat, level: &str, writer: W, ansi: bool) -> bool
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_span_events(FmtSpan::NONE)
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(writer);
     let result = match format {
         LogFormat::Json => builder
             .json()
@@ -27,6 +41,5 @@ pub fn init(format: LogFormat, level: &str) {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
-    // Already installed (tests, or `dev` after `run` set-up): keep the first.
-    let _ = result;
+    result.is_ok()
 }
