@@ -4,11 +4,28 @@
 //! of the session. Nothing that reaches a log line here may be a secret: the
 //! types that hold secrets do not print them, and no code logs message bodies.
 
+use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::FmtSpan;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
+
+/// Libraries that log the text of SQL statements at debug level. The built-in
+/// credential source sends `CREATE ROLE … PASSWORD '<verifier>'` through
+/// tokio-postgres, so these never get past info, whatever level is asked for.
+const SQL_TEXT_TARGETS: &[&str] = &["tokio_postgres"];
+
+/// Whether a record may be logged at all (independently of the level filter).
+fn not_sql_text(meta: &Metadata<'_>) -> bool {
+    *meta.level() <= Level::INFO
+        || !SQL_TEXT_TARGETS
+            .iter()
+            .any(|t| meta.target().starts_with(t))
+}
 
 /// Installs the global subscriber, writing to stderr. `level` is a level or an
 /// EnvFilter directive.
@@ -32,14 +49,17 @@ where
         .with_target(false)
         .with_ansi(ansi)
         .with_writer(writer);
+    let no_sql = filter_fn(not_sql_text);
     let result = match format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
+            .finish()
+            .with(no_sql)
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.finish().with(no_sql).try_init(),
     };
     result.is_ok()
 }
