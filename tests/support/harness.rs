@@ -63,6 +63,17 @@ pub enum UserAuth {
     Trust(Vec<String>),
 }
 
+/// A route besides the `keycloak` one, to the same cluster database and credential source.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The database name clients ask for.
+    pub database: String,
+    pub users: Vec<String>,
+    pub upstream_ca: UpstreamCa,
+    /// The database asked for upstream; `None`: `keycloak`.
+    pub upstream_database: Option<String>,
+}
+
 /// What to configure; `Default` is the `pgwarden dev` configuration on a random port.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -73,6 +84,7 @@ pub struct Options {
     /// Users besides `keycloak`; every user may use the route.
     pub users: Vec<User>,
     pub upstream_ca: UpstreamCa,
+    pub extra_routes: Vec<Route>,
     pub ttl: String,
     pub max_ttl: Option<String>,
     pub on_lease_end: Option<String>,
@@ -89,6 +101,7 @@ impl Default for Options {
             handshake_timeout: "60s".into(),
             users: Vec::new(),
             upstream_ca: UpstreamCa::Right,
+            extra_routes: Vec::new(),
             ttl: "1h".into(),
             max_ttl: None,
             on_lease_end: None,
@@ -159,11 +172,10 @@ impl Harness {
         write("admin_password", admin_password.expose_secret());
         let client_password = generate_password(GENERATED_PASSWORD_LEN);
         write("client.verifier", verifier(&client_password).as_str());
-        let upstream_ca = match opts.upstream_ca {
-            UpstreamCa::Right => pki.ca_cert_pem().to_owned(),
-            UpstreamCa::Unrelated => Pki::new("unrelated CA").unwrap().ca_cert_pem().to_owned(),
-        };
-        write("upstream-ca.crt", &upstream_ca);
+        write(
+            "unrelated-ca.crt",
+            Pki::new("unrelated CA").unwrap().ca_cert_pem(),
+        );
 
         let config_text = config_text(&opts, cluster.port());
         let config = pgwarden::config::from_str(&config_text, dir.path(), std::iter::empty())
@@ -369,13 +381,28 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
             }
         }
     }
-    t += &format!(
-        "[[routes]]\ndatabase = {db}\nusers = [\"*\"]\n\
-         upstream = {{ host = \"127.0.0.1\", port = {pg_port}, database = {db}, tls = \"verify-full\", ca_file = \"upstream-ca.crt\" }}\n\
-         credentials = \"test\"\nsession_role = {owner}\n\n",
-        db = q(DATABASE),
-        owner = q(OWNER_ROLE),
-    );
+    let main = Route {
+        database: DATABASE.into(),
+        users: vec!["*".into()],
+        upstream_ca: opts.upstream_ca,
+        upstream_database: None,
+    };
+    for r in std::iter::once(&main).chain(&opts.extra_routes) {
+        let ca = match r.upstream_ca {
+            UpstreamCa::Right => "ca.crt",
+            UpstreamCa::Unrelated => "unrelated-ca.crt",
+        };
+        t += &format!(
+            "[[routes]]\ndatabase = {}\nusers = [{}]\n\
+             upstream = {{ host = \"127.0.0.1\", port = {pg_port}, database = {}, tls = \"verify-full\", ca_file = {} }}\n\
+             credentials = \"test\"\nsession_role = {}\n\n",
+            q(&r.database),
+            list(&r.users),
+            q(r.upstream_database.as_deref().unwrap_or(DATABASE)),
+            q(ca),
+            q(OWNER_ROLE),
+        );
+    }
     t += &format!(
         "[credentials.test]\nsource = \"postgres\"\nadmin_user = {}\nadmin_password_file = \"admin_password\"\n\
          member_of = [{}]\nttl = {}\n",

@@ -106,6 +106,15 @@ pub async fn connect(addr: SocketAddr) -> TcpStream {
     TcpStream::connect(addr).await.expect("connect to pgwarden")
 }
 
+/// A connection from a local address of our choosing (any of 127.0.0.0/8 works on Linux).
+pub async fn connect_from(local: &str, addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(local.parse().unwrap(), 0))
+        .unwrap_or_else(|e| panic!("bind to {local}: {e}"));
+    socket.connect(addr).await.expect("connect to pgwarden")
+}
+
 /// Writes `bytes` in one call.
 pub async fn send<S: AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) {
     s.write_all(bytes).await.expect("write");
