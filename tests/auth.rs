@@ -148,13 +148,10 @@ async fn scram_sha_256_plus_is_offered_on_tls_and_used_by_libpq_and_tokio_postgr
         .psql(&h.conninfo("channel_binding=disable"), password, "SELECT 1")
         .await;
     assert!(out.success, "{}", out.stderr);
-    wait_until(GENEROUS, "three sessions are recorded", async || {
-        h.logs.events("session_end").len() == 3
-    })
-    .await;
     let mut methods: Vec<String> = h
         .logs
-        .events("session_end")
+        .wait_for("session_end", 3)
+        .await
         .iter()
         .map(|e| e["span"]["auth_method"].as_str().unwrap().to_owned())
         .collect();
@@ -244,7 +241,7 @@ async fn the_allowlist_closes_other_addresses_before_a_byte() {
         let _ = tokio::io::AsyncWriteExt::write_all(&mut tcp, &request).await;
         assert_eq!(wire::closed_without_a_byte(&mut tcp).await, Ok(()));
     }
-    let rejected = h.logs.events("connection_rejected");
+    let rejected = h.logs.wait_for("connection_rejected", 2).await;
     assert_eq!(rejected.len(), 2, "{rejected:?}");
     for e in &rejected {
         assert_eq!(e["reason"], "ip_not_allowed");
@@ -372,7 +369,7 @@ async fn a_route_whose_ca_does_not_match_the_server_gives_a_generic_08006() {
     assert_generic(&err, "could not obtain database credentials");
     assert_eq!(h.dynamic_roles().await, Vec::<String>::new());
     // The reason is in the log, not in the client's message.
-    let failed = h.logs.events("session_failed");
+    let failed = h.logs.wait_for("session_failed", 1).await;
     assert_eq!(failed.len(), 1, "{failed:?}");
     let detail = failed[0]["detail"].as_str().unwrap().to_lowercase();
     assert!(detail.contains("certificate"), "{detail}");
@@ -395,13 +392,13 @@ async fn an_upstream_login_failure_gives_a_generic_08006_and_revokes_the_credent
     assert_generic(&err, "could not connect to the database server");
     // The credential issued for the attempt is revoked; the upstream's answer is logged.
     h.wait_for_no_dynamic_roles().await;
-    let failed = h.logs.events("session_failed");
+    let failed = h.logs.wait_for("session_failed", 1).await;
     assert_eq!(failed.len(), 1, "{failed:?}");
     let detail = failed[0]["detail"].as_str().unwrap();
     assert!(
         detail.contains("no_such_upstream_db") && detail.contains("3D000"),
         "{detail}"
     );
-    let revoked = h.logs.events("lease_revoked");
+    let revoked = h.logs.wait_for("lease_revoked", 1).await;
     assert_eq!(revoked.len(), 1, "{revoked:?}");
 }

@@ -334,7 +334,8 @@ async fn the_handshake_deadline_ends_silent_and_stuck_clients() {
         .assert_fatal("57014", "canceling authentication due to timeout");
     let timeouts = h
         .logs
-        .events("connection_rejected")
+        .wait_for("connection_rejected", 3)
+        .await
         .into_iter()
         .filter(|e| e["reason"] == "handshake_timeout")
         .count();

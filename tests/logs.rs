@@ -6,7 +6,7 @@ mod support;
 
 use secrecy::ExposeSecret;
 use serde_json::Value;
-use support::harness::{GENEROUS, Harness, Options, User, UserAuth, wait_until};
+use support::harness::{Harness, Options, User, UserAuth};
 
 const ALICE_PASSWORD: &str = "alice-Password-0123456789";
 const WRONG_PASSWORD: &str = "wrong-Password-0123456789";
@@ -79,10 +79,7 @@ async fn sessions_are_recorded_and_no_secret_reaches_any_log_line() {
     }
     drop(client);
     h.wait_for_no_dynamic_roles().await;
-    wait_until(GENEROUS, "both sessions are recorded", async || {
-        h.logs.events("session_end").len() == 2
-    })
-    .await;
+    h.logs.wait_for("session_end", 2).await;
 
     // One start and one end record per session, with the session's facts on its span.
     let starts = h.logs.events("session_start");
@@ -116,7 +113,7 @@ async fn sessions_are_recorded_and_no_secret_reaches_any_log_line() {
         span(alice_end, "auth_method").as_deref(),
         Some("SCRAM-SHA-256-PLUS")
     );
-    let rejected = h.logs.events("connection_rejected");
+    let rejected = h.logs.wait_for("connection_rejected", 2).await;
     assert_eq!(rejected.len(), 2, "{rejected:?}");
     assert!(
         rejected.iter().all(|e| e["reason"] == "auth_failed"),

@@ -154,7 +154,7 @@ async fn role_is_dropped_when_the_client_dies_mid_query() {
         !h.dynamic_roles().await.contains(&session_user)
     })
     .await;
-    let ends = h.logs.events("session_end");
+    let ends = h.logs.wait_for("session_end", 1).await;
     assert_eq!(ends.len(), 1, "{ends:?}");
     assert_eq!(ends[0]["span"]["upstream_user"], session_user.as_str());
 }

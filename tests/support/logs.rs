@@ -66,6 +66,25 @@ impl Logs {
             .collect()
     }
 
+    /// Waits (up to a minute) until at least `n` lines have `event` = `name`, and returns
+    /// them all. Many records are written just after the client was answered, so a test
+    /// that has seen the answer must still wait for the record.
+    pub async fn wait_for(&self, name: &str, n: usize) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let found = self.events(name);
+            if found.len() >= n {
+                return found;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} `{name}` records expected, {} logged: {found:?}",
+                found.len()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Fails the test, naming the secret (not showing it), if any line contains `secret`.
     pub fn assert_absent(&self, what: &str, secret: &str) {
         assert!(
