@@ -328,9 +328,21 @@ pub async fn query<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     sql: &str,
 ) -> Result<Vec<Vec<Option<String>>>, Message> {
+    send_query(s, sql).await;
+    read_result(s).await
+}
+
+/// Sends a simple query without waiting for its result.
+pub async fn send_query<S: AsyncWrite + Unpin>(s: &mut S, sql: &str) {
     let mut out = BytesMut::new();
     frontend::query(sql, &mut out).unwrap();
     send(s, &out).await;
+}
+
+/// Reads a query's result up to ReadyForQuery.
+pub async fn read_result<S: AsyncRead + Unpin>(
+    s: &mut S,
+) -> Result<Vec<Vec<Option<String>>>, Message> {
     let mut rows = Vec::new();
     let mut error = None;
     loop {
