@@ -269,7 +269,7 @@ impl AdminConnection {
                 let (client, conn) = pg
                     .connect(tokio_postgres::NoTls)
                     .await
-                    .map_err(|e| unavailable("connect", &e))?;
+                    .map_err(|e| unavailable("connect", &causes(&e)))?;
                 tokio::spawn(conn);
                 client
             }
@@ -290,7 +290,7 @@ impl AdminConnection {
                 let (client, conn) = pg
                     .connect(connector)
                     .await
-                    .map_err(|e| unavailable("connect", &e))?;
+                    .map_err(|e| unavailable("connect", &causes(&e)))?;
                 tokio::spawn(conn);
                 client
             }
@@ -312,10 +312,28 @@ impl AdminConnection {
             ),
             None => CredentialError::new(
                 ErrorKind::Unavailable,
-                format!("admin connection to {}: {e}", self.upstream.endpoint()),
+                format!(
+                    "admin connection to {}: {}",
+                    self.upstream.endpoint(),
+                    causes(&e)
+                ),
             ),
         }
     }
+}
+
+/// An error and its sources, joined with ": ". tokio-postgres's own text stops
+/// at "error performing TLS handshake"; the reason (an unknown issuer, say) is
+/// in the source, and the log should say it.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(source) = next {
+        text.push_str(": ");
+        text.push_str(&source.to_string());
+        next = source.source();
+    }
+    text
 }
 
 trait HostAddr {

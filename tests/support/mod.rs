@@ -1,1 +1,7 @@
+// Every integration-test binary includes this module and uses a different part of it.
+#![allow(dead_code)]
+
+pub mod harness;
+pub mod logs;
 pub mod vault_double;
+pub mod wire;

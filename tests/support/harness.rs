@@ -1,0 +1,423 @@
+//! pgwarden in front of a throwaway PostgreSQL, in-process, for one test.
+//!
+//! [`Harness::start`] starts a TLS + SCRAM cluster and prepares it the way `pgwarden dev`
+//! does (a NOLOGIN owner role owning the `keycloak` database, a CREATEROLE admin), writes
+//! certificates, secrets and a configuration built from [`Options`] into a temporary
+//! directory, and starts pgwarden on 127.0.0.1 with a random port. It then offers clients of
+//! every kind through pgwarden, a superuser connection straight to the cluster for
+//! assertions, and the captured logs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgwarden::auth::ScramVerifier;
+use pgwarden::auth::verifier::{GENERATED_PASSWORD_LEN, generate_password};
+use pgwarden::dev::{ADMIN_ROLE, CLIENT_USER, DATABASE, OWNER_ROLE};
+use pgwarden::embedded::cluster::{Cluster, ClusterOptions};
+use pgwarden::embedded::pki::Pki;
+use pgwarden::server::Server;
+use pgwarden::tls::pg_connector::{RustlsConnect, RustlsStream, verify_full_client_config};
+use secrecy::{ExposeSecret, SecretString};
+use tokio_postgres::config::{ChannelBinding, SslMode};
+use tokio_postgres::{Client, Connection, Socket};
+
+use super::logs::{self, Logs};
+
+/// Deadline for anything that should happen "soon" on a loaded two-core machine.
+pub const GENEROUS: Duration = Duration::from_secs(60);
+
+/// How the listener treats TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenTls {
+    /// No certificate: SSLRequest is answered `N`.
+    Off,
+    /// TLS offered, plaintext allowed.
+    Optional,
+    /// TLS offered and required (the default, as in production).
+    Required,
+}
+
+/// Which CA the route trusts for the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamCa {
+    /// The CA that signed the cluster's certificate.
+    Right,
+    /// A CA that has nothing to do with the cluster.
+    Unrelated,
+}
+
+/// An extra `[[users]]` entry.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub auth: UserAuth,
+}
+
+#[derive(Debug, Clone)]
+pub enum UserAuth {
+    /// SCRAM with a verifier made from this password.
+    Password(String),
+    /// `auth = "trust"` from these CIDRs.
+    Trust(Vec<String>),
+}
+
+/// A route besides the `keycloak` one, to the same cluster database and credential source.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The database name clients ask for.
+    pub database: String,
+    pub users: Vec<String>,
+    pub upstream_ca: UpstreamCa,
+    /// The database asked for upstream; `None`: `keycloak`.
+    pub upstream_database: Option<String>,
+}
+
+/// What to configure; `Default` is the `pgwarden dev` configuration on a random port.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub tls: ListenTls,
+    pub allow: Vec<String>,
+    pub max_connections: usize,
+    pub handshake_timeout: String,
+    /// Users besides `keycloak`; every user may use the route.
+    pub users: Vec<User>,
+    pub upstream_ca: UpstreamCa,
+    pub extra_routes: Vec<Route>,
+    pub ttl: String,
+    pub max_ttl: Option<String>,
+    pub on_lease_end: Option<String>,
+    /// `None`: the default prefix.
+    pub role_prefix: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            tls: ListenTls::Required,
+            allow: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            max_connections: 100,
+            handshake_timeout: "60s".into(),
+            users: Vec::new(),
+            upstream_ca: UpstreamCa::Right,
+            extra_routes: Vec::new(),
+            ttl: "1h".into(),
+            max_ttl: None,
+            on_lease_end: None,
+            role_prefix: None,
+        }
+    }
+}
+
+/// A running pgwarden with its cluster.
+pub struct Harness {
+    pub proxy_addr: SocketAddr,
+    /// The CA of both the listener and the cluster.
+    pub ca_path: PathBuf,
+    pub ca_pem: String,
+    pub client_user: &'static str,
+    pub client_password: SecretString,
+    pub admin_password: SecretString,
+    pub role_prefix: String,
+    /// The configuration pgwarden runs with, for failure messages.
+    pub config_text: String,
+    pub logs: Logs,
+    pub cluster: Cluster,
+    direct: Client,
+    server: Option<Server>,
+    /// Certificates, secrets, configuration; removed on drop.
+    _dir: tempfile::TempDir,
+}
+
+/// What a `psql` run gave.
+#[derive(Debug)]
+pub struct Psql {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Harness {
+    pub async fn start(opts: Options) -> Harness {
+        let logs = logs::capture();
+        let pki = Arc::new(Pki::new("pgwarden test CA").expect("CA"));
+        let cluster = Cluster::start(ClusterOptions {
+            pki: Some(pki.clone()),
+            ..ClusterOptions::default()
+        })
+        .await
+        .expect("start the cluster");
+        let admin_password = pgwarden::dev::prepare_cluster(&cluster)
+            .await
+            .expect("prepare the cluster");
+        let direct = cluster
+            .connect(DATABASE)
+            .await
+            .expect("superuser connection");
+
+        let dir = tempfile::Builder::new()
+            .prefix("pgwarden-test-")
+            .tempdir()
+            .expect("temporary directory");
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.path().join(name), text).expect("write a test file")
+        };
+        let listener = pki
+            .issue_server(&["localhost", "127.0.0.1", "::1"])
+            .expect("listener certificate");
+        write("ca.crt", pki.ca_cert_pem());
+        write("server.crt", &listener.cert_pem);
+        write("server.key", listener.key_pem.expose_secret());
+        write("admin_password", admin_password.expose_secret());
+        let client_password = generate_password(GENERATED_PASSWORD_LEN);
+        write("client.verifier", verifier(&client_password).as_str());
+        write(
+            "unrelated-ca.crt",
+            Pki::new("unrelated CA").unwrap().ca_cert_pem(),
+        );
+
+        let config_text = config_text(&opts, cluster.port());
+        let config = pgwarden::config::from_str(&config_text, dir.path(), std::iter::empty())
+            .unwrap_or_else(|e| panic!("test configuration is invalid:\n{e}\n---\n{config_text}"));
+        let server = Server::start(config).await.expect("start pgwarden");
+        Harness {
+            proxy_addr: server.addr,
+            ca_path: dir.path().join("ca.crt"),
+            ca_pem: pki.ca_cert_pem().to_owned(),
+            client_user: CLIENT_USER,
+            client_password,
+            admin_password,
+            role_prefix: opts.role_prefix.clone().unwrap_or("pgwarden_".into()),
+            config_text,
+            logs,
+            cluster,
+            direct,
+            server: Some(server),
+            _dir: dir,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.proxy_addr.port()
+    }
+
+    /// tokio-postgres settings for `keycloak` through pgwarden: verify-full with the test CA
+    /// (the connector checks the certificate names 127.0.0.1), SCRAM, channel binding if offered.
+    pub fn pg_config(&self) -> tokio_postgres::Config {
+        self.pg_config_as(CLIENT_USER, self.client_password.expose_secret(), DATABASE)
+    }
+
+    pub fn pg_config_as(&self, user: &str, password: &str, db: &str) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host("127.0.0.1")
+            .port(self.port())
+            .user(user)
+            .password(password)
+            .dbname(db)
+            .application_name("pgwarden-tests")
+            .ssl_mode(SslMode::Require)
+            .channel_binding(ChannelBinding::Prefer)
+            .connect_timeout(GENEROUS);
+        c
+    }
+
+    /// The TLS connector for tokio-postgres, trusting only the test CA.
+    pub fn tls(&self) -> RustlsConnect {
+        RustlsConnect::new(verify_full_client_config(self.ca_pem.as_bytes()).unwrap())
+    }
+
+    /// A tokio-postgres client through pgwarden; its connection runs in a spawned task.
+    pub async fn connect(&self) -> Client {
+        self.try_connect(&self.pg_config())
+            .await
+            .expect("connect through pgwarden")
+    }
+
+    pub async fn try_connect(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> Result<Client, tokio_postgres::Error> {
+        let (client, connection) = self.connect_parts(config).await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    /// Client and connection, for tests that drive (or kill) the connection themselves.
+    pub async fn connect_parts(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> Result<(Client, Connection<Socket, RustlsStream<Socket>>), tokio_postgres::Error> {
+        config.connect(self.tls()).await
+    }
+
+    /// The conninfo psql uses to reach pgwarden as `keycloak`, plus `extra`.
+    pub fn conninfo(&self, extra: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={CLIENT_USER} dbname={DATABASE} sslmode=verify-full \
+             sslrootcert={} connect_timeout=60 application_name=pgwarden-tests {extra}",
+            self.port(),
+            self.ca_path.display()
+        )
+    }
+
+    /// Runs the system psql with `conninfo` (see [`Harness::conninfo`]) and PGPASSWORD set in
+    /// the child's environment only.
+    pub async fn psql(&self, conninfo: &str, password: &str, sql: &str) -> Psql {
+        let mut cmd = tokio::process::Command::new("psql");
+        cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .arg(conninfo)
+            .env("PGPASSWORD", password)
+            .kill_on_drop(true);
+        for var in [
+            "PGSERVICE",
+            "PGSSLMODE",
+            "PGHOST",
+            "PGPORT",
+            "PGUSER",
+            "PGDATABASE",
+        ] {
+            cmd.env_remove(var);
+        }
+        let out = tokio::time::timeout(GENEROUS, cmd.output())
+            .await
+            .expect("psql finishes")
+            .expect("psql runs (postgresql-client installed?)");
+        Psql {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// A superuser connection straight to the cluster's `keycloak` database.
+    pub fn direct(&self) -> &Client {
+        &self.direct
+    }
+
+    /// Roles under the credential source's prefix, sorted. The admin role is left out: the
+    /// dev names put it under the default prefix (`pgwarden_admin`).
+    pub async fn dynamic_roles(&self) -> Vec<String> {
+        self.direct
+            .query(
+                "SELECT rolname::text FROM pg_roles \
+                 WHERE starts_with(rolname, $1) AND rolname <> $2 ORDER BY 1",
+                &[&self.role_prefix, &ADMIN_ROLE],
+            )
+            .await
+            .expect("list dynamic roles")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    /// Waits until no role under the prefix is left.
+    pub async fn wait_for_no_dynamic_roles(&self) {
+        wait_until(GENEROUS, "every dynamic role is dropped", async || {
+            self.dynamic_roles().await.is_empty()
+        })
+        .await;
+    }
+
+    /// Shuts pgwarden down as SIGTERM would; returns how many leases were left unrevoked.
+    pub async fn shutdown(&mut self) -> usize {
+        let server = self.server.take().expect("pgwarden is running");
+        tokio::time::timeout(GENEROUS, server.shutdown())
+            .await
+            .expect("shutdown finishes")
+    }
+}
+
+/// Polls `check` every 100 ms until it is true; fails the test with `what` after `deadline`.
+pub async fn wait_until(deadline: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn verifier(password: &SecretString) -> String {
+    ScramVerifier::from_password(password)
+        .to_text()
+        .expose_secret()
+        .to_owned()
+}
+
+fn config_text(opts: &Options, pg_port: u16) -> String {
+    let q = |s: &str| format!("{s:?}");
+    let list = |v: &[String]| v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ");
+    let mut t = String::from("[listen]\naddress = \"127.0.0.1:0\"\n");
+    if opts.tls != ListenTls::Off {
+        t.push_str("tls_cert_file = \"server.crt\"\ntls_key_file = \"server.key\"\n");
+    }
+    t += &format!(
+        "require_tls = {}\nallow = [{}]\nmax_connections = {}\nhandshake_timeout = {}\n\n",
+        opts.tls == ListenTls::Required,
+        list(&opts.allow),
+        opts.max_connections,
+        q(&opts.handshake_timeout),
+    );
+    t += "[shutdown]\ngrace = \"2s\"\nrevoke_timeout = \"30s\"\n\n";
+    t += &format!(
+        "[[users]]\nname = {}\nscram_verifier_file = \"client.verifier\"\n\n",
+        q(CLIENT_USER)
+    );
+    for u in &opts.users {
+        t += &format!("[[users]]\nname = {}\n", q(&u.name));
+        match &u.auth {
+            UserAuth::Password(p) => {
+                let v = verifier(&SecretString::from(p.clone()));
+                t += &format!("scram_verifier = {}\n\n", q(&v));
+            }
+            UserAuth::Trust(from) => {
+                t += &format!("auth = \"trust\"\ntrust_from = [{}]\n\n", list(from));
+            }
+        }
+    }
+    let main = Route {
+        database: DATABASE.into(),
+        users: vec!["*".into()],
+        upstream_ca: opts.upstream_ca,
+        upstream_database: None,
+    };
+    for r in std::iter::once(&main).chain(&opts.extra_routes) {
+        let ca = match r.upstream_ca {
+            UpstreamCa::Right => "ca.crt",
+            UpstreamCa::Unrelated => "unrelated-ca.crt",
+        };
+        t += &format!(
+            "[[routes]]\ndatabase = {}\nusers = [{}]\n\
+             upstream = {{ host = \"127.0.0.1\", port = {pg_port}, database = {}, tls = \"verify-full\", ca_file = {} }}\n\
+             credentials = \"test\"\nsession_role = {}\n\n",
+            q(&r.database),
+            list(&r.users),
+            q(r.upstream_database.as_deref().unwrap_or(DATABASE)),
+            q(ca),
+            q(OWNER_ROLE),
+        );
+    }
+    t += &format!(
+        "[credentials.test]\nsource = \"postgres\"\nadmin_user = {}\nadmin_password_file = \"admin_password\"\n\
+         member_of = [{}]\nttl = {}\n",
+        q(ADMIN_ROLE),
+        q(OWNER_ROLE),
+        q(&opts.ttl),
+    );
+    if let Some(m) = &opts.max_ttl {
+        t += &format!("max_ttl = {}\n", q(m));
+    }
+    if let Some(o) = &opts.on_lease_end {
+        t += &format!("on_lease_end = {}\n", q(o));
+    }
+    if let Some(p) = &opts.role_prefix {
+        t += &format!("role_prefix = {}\n", q(p));
+    }
+    t
+}
