@@ -92,8 +92,9 @@ async fn renew_while_alive(lease: Lease, source: Arc<CredentialSource>, stop: Ar
                 expires = now + r.duration;
                 next = now + r.duration * 2 / 3;
                 if r.duration + Duration::from_secs(1) < increment {
-                    // Capped: the lease will not get longer than this.
-                    tokio::time::sleep_until(next).await;
+                    // Capped: the lease ends within one increment and will not
+                    // get longer. Recycling starts now, to leave the session the
+                    // whole remaining time to become idle.
                     return end_of_life(&source, &lease, &stop, "lease reached its maximum TTL");
                 }
             }

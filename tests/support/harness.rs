@@ -24,6 +24,9 @@ use tokio_postgres::config::{ChannelBinding, SslMode};
 use tokio_postgres::{Client, Connection, Socket};
 
 use super::logs::{self, Logs};
+use super::vault_double::VaultDouble;
+#[allow(unused_imports)]
+pub use super::vault_setup::{VaultAuth, VaultOptions, VaultSetup};
 
 /// Deadline for anything that should happen "soon" on a loaded two-core machine.
 pub const GENEROUS: Duration = Duration::from_secs(60);
@@ -90,6 +93,8 @@ pub struct Options {
     pub on_lease_end: Option<String>,
     /// `None`: the default prefix.
     pub role_prefix: Option<String>,
+    /// Credentials from a Vault double instead of the built-in source.
+    pub vault: Option<VaultOptions>,
 }
 
 impl Default for Options {
@@ -106,6 +111,7 @@ impl Default for Options {
             max_ttl: None,
             on_lease_end: None,
             role_prefix: None,
+            vault: None,
         }
     }
 }
@@ -126,6 +132,7 @@ pub struct Harness {
     pub cluster: Cluster,
     direct: Client,
     server: Option<Server>,
+    vault: Option<VaultSetup>,
     /// Certificates, secrets, configuration; removed on drop.
     _dir: tempfile::TempDir,
 }
@@ -177,7 +184,22 @@ impl Harness {
             Pki::new("unrelated CA").unwrap().ca_cert_pem(),
         );
 
-        let config_text = config_text(&opts, cluster.port());
+        let vault = match &opts.vault {
+            Some(v) => {
+                let sql = Arc::new(
+                    cluster
+                        .connect("postgres")
+                        .await
+                        .expect("superuser connection for the Vault double"),
+                );
+                Some(VaultSetup::start(v, sql, &pki, dir.path()).await)
+            }
+            None => None,
+        };
+        let mut config_text = config_text(&opts, cluster.port());
+        if let (Some(setup), Some(v)) = (&vault, &opts.vault) {
+            config_text += &setup.config(v);
+        }
         let config = pgwarden::config::from_str(&config_text, dir.path(), std::iter::empty())
             .unwrap_or_else(|e| panic!("test configuration is invalid:\n{e}\n---\n{config_text}"));
         let server = Server::start(config).await.expect("start pgwarden");
@@ -188,12 +210,17 @@ impl Harness {
             client_user: CLIENT_USER,
             client_password,
             admin_password,
-            role_prefix: opts.role_prefix.clone().unwrap_or("pgwarden_".into()),
+            role_prefix: match &opts.vault {
+                // Vault's username template: v-<display name>-<role>-…
+                Some(_) => "v-".into(),
+                None => opts.role_prefix.clone().unwrap_or("pgwarden_".into()),
+            },
             config_text,
             logs,
             cluster,
             direct,
             server: Some(server),
+            vault,
             _dir: dir,
         }
     }
@@ -319,6 +346,50 @@ impl Harness {
         .await;
     }
 
+    /// The Vault double (tests started with `Options::vault`).
+    pub fn vault(&self) -> &VaultDouble {
+        &self
+            .vault
+            .as_ref()
+            .expect("this harness runs with a Vault double")
+            .double
+    }
+
+    /// Leases handed to the revoker and not yet revoked.
+    pub fn pending_revocations(&self) -> usize {
+        self.server
+            .as_ref()
+            .expect("pgwarden is running")
+            .state
+            .revoker
+            .pending()
+    }
+
+    /// The running server (for its state and admin address).
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("pgwarden is running")
+    }
+
+    /// No password, verifier, secret id, JWT or token of this test in any captured line.
+    pub fn assert_no_secrets_logged(&self) {
+        self.logs
+            .assert_absent("the client password", self.client_password.expose_secret());
+        self.logs
+            .assert_absent("the admin password", self.admin_password.expose_secret());
+        self.logs.assert_absent(
+            "the superuser password",
+            self.cluster.superuser_password().expose_secret(),
+        );
+        if let Some(v) = &self.vault {
+            for (i, s) in v.secrets().iter().enumerate() {
+                self.logs.assert_absent(
+                    &format!("Vault secret #{i} (secret id, JWT, token or issued password)"),
+                    s,
+                );
+            }
+        }
+    }
+
     /// Shuts pgwarden down as SIGTERM would; returns how many leases were left unrevoked.
     pub async fn shutdown(&mut self) -> usize {
         let server = self.server.take().expect("pgwarden is running");
@@ -402,6 +473,9 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
             q(ca),
             q(OWNER_ROLE),
         );
+    }
+    if opts.vault.is_some() {
+        return t;
     }
     t += &format!(
         "[credentials.test]\nsource = \"postgres\"\nadmin_user = {}\nadmin_password_file = \"admin_password\"\n\

@@ -4,4 +4,5 @@
 pub mod harness;
 pub mod logs;
 pub mod vault_double;
+pub mod vault_setup;
 pub mod wire;

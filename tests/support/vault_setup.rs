@@ -1,0 +1,181 @@
+//! The Vault side of the harness: a Vault double whose database role creates
+//! real roles in the test cluster, the pgwarden configuration that uses it,
+//! and the secrets (secret id, JWT, token, issued passwords) a test must never
+//! find in a log.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pgwarden::auth::verifier::generate_password;
+use pgwarden::dev::OWNER_ROLE;
+use secrecy::ExposeSecret;
+
+use super::vault_double::{DoubleConfig, RoleDef, SqlRunner, VaultDouble};
+
+/// How pgwarden logs in to Vault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VaultAuth {
+    Approle,
+    Kubernetes,
+    Token,
+}
+
+/// The Vault source's settings for one test.
+#[derive(Debug, Clone)]
+pub struct VaultOptions {
+    pub auth: VaultAuth,
+    /// The database role's lease TTLs.
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+    /// pgwarden's own token's TTLs.
+    pub token_ttl: Duration,
+    pub token_max_ttl: Duration,
+    /// `[vault] timeout`.
+    pub timeout: String,
+    pub prefetch: usize,
+    pub prefetch_max_age: String,
+    pub on_lease_end: Option<String>,
+    /// Serve the double over TLS (with the test CA) rather than plain HTTP.
+    pub tls: bool,
+    /// Revocation also ends the role's backends (as the deployment's
+    /// statements do); false: Vault's default, which only drops the role.
+    pub terminate_on_revoke: bool,
+}
+
+impl Default for VaultOptions {
+    fn default() -> Self {
+        VaultOptions {
+            auth: VaultAuth::Approle,
+            default_ttl: Duration::from_secs(3600),
+            max_ttl: Duration::from_secs(24 * 3600),
+            token_ttl: Duration::from_secs(3600),
+            token_max_ttl: Duration::from_secs(24 * 3600),
+            timeout: "3s".into(),
+            prefetch: 0,
+            prefetch_max_age: "5m".into(),
+            on_lease_end: None,
+            tls: true,
+            terminate_on_revoke: true,
+        }
+    }
+}
+
+/// The running double and everything secret it handed out.
+pub struct VaultSetup {
+    pub double: VaultDouble,
+    /// Secret id, JWT, root token, and every password the double issued.
+    secrets: Arc<Mutex<Vec<String>>>,
+}
+
+/// The role the tests use, in the Keycloak pattern: logins are members of the
+/// NOLOGIN owner role; revocation ends the role's backends and drops it.
+fn keycloak_role(opts: &VaultOptions) -> RoleDef {
+    RoleDef {
+        creation_statements: format!(
+            "CREATE ROLE \"{{{{name}}}}\" WITH LOGIN PASSWORD '{{{{password}}}}' VALID UNTIL '{{{{expiration}}}}' IN ROLE \"{OWNER_ROLE}\";"
+        ),
+        renew_statements: "ALTER ROLE \"{{name}}\" VALID UNTIL '{{expiration}}';".into(),
+        revocation_statements: if opts.terminate_on_revoke {
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}'; DROP ROLE IF EXISTS \"{{name}}\";".into()
+        } else {
+            "DROP ROLE IF EXISTS \"{{name}}\";".into()
+        },
+        default_ttl: opts.default_ttl,
+        max_ttl: opts.max_ttl,
+    }
+}
+
+impl VaultSetup {
+    /// Starts the double; `sql` reaches the test cluster as a superuser.
+    /// Writes role_id/secret_id/jwt/token files into `dir`.
+    pub async fn start(
+        opts: &VaultOptions,
+        sql: Arc<tokio_postgres::Client>,
+        pki: &pgwarden::embedded::pki::Pki,
+        dir: &Path,
+    ) -> VaultSetup {
+        let secrets = Arc::new(Mutex::new(Vec::new()));
+        let runner: SqlRunner = Arc::new(move |statement: String| {
+            let sql = sql.clone();
+            Box::pin(async move {
+                sql.batch_execute(&statement)
+                    .await
+                    .map_err(|e| format!("{e:?}"))
+            })
+        });
+        let secret = |prefix: &str| format!("{prefix}{}", generate_password(32).expose_secret());
+        let role_id = secret("role-");
+        let secret_id = secret("sid-");
+        let jwt = secret("jwt.");
+        let root = secret("hvs.root");
+        secrets
+            .lock()
+            .unwrap()
+            .extend([secret_id.clone(), jwt.clone(), root.clone()]);
+        let mut config = DoubleConfig::new(runner);
+        config.roles = HashMap::from([("keycloak".to_owned(), keycloak_role(opts))]);
+        config.approle = Some((role_id.clone(), secret_id.clone()));
+        config.kubernetes = Some(("pgwarden".to_owned(), jwt.clone()));
+        config.root_token = Some(root.clone());
+        config.token_ttl = opts.token_ttl;
+        config.token_max_ttl = opts.token_max_ttl;
+        if opts.tls {
+            let cert = pki
+                .issue_server(&["127.0.0.1", "localhost"])
+                .expect("Vault double certificate");
+            config.tls = Some((cert.cert_pem, cert.key_pem.expose_secret().to_owned()));
+        }
+        let issued = secrets.clone();
+        config.password_generator = Some(Arc::new(move || {
+            let p = generate_password(36).expose_secret().to_owned();
+            issued.lock().unwrap().push(p.clone());
+            p
+        }));
+        let double = VaultDouble::start(config).await;
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.join(name), text).expect("write a Vault test file")
+        };
+        write("vault_role_id", &role_id);
+        write("vault_secret_id", &secret_id);
+        write("vault_jwt", &jwt);
+        write("vault_token", &root);
+        VaultSetup { double, secrets }
+    }
+
+    /// The `[vault]` and `[credentials.test]` sections.
+    pub fn config(&self, opts: &VaultOptions) -> String {
+        let auth = match opts.auth {
+            VaultAuth::Approle => {
+                r#"{ method = "approle", role_id_file = "vault_role_id", secret_id_file = "vault_secret_id" }"#
+            }
+            VaultAuth::Kubernetes => {
+                r#"{ method = "kubernetes", role = "pgwarden", jwt_file = "vault_jwt" }"#
+            }
+            VaultAuth::Token => r#"{ method = "token", token_file = "vault_token" }"#,
+        };
+        let mut t = format!(
+            "[vault]\naddress = {:?}\ntimeout = {:?}\nhealth_check_interval = \"500ms\"\nauth = {auth}\n",
+            self.double.url(),
+            opts.timeout
+        );
+        if opts.tls {
+            t += "ca_file = \"ca.crt\"\n";
+        }
+        t += &format!(
+            "\n[credentials.test]\nsource = \"vault\"\nmount = \"database\"\nrole = \"keycloak\"\nprefetch = {}\nprefetch_max_age = {:?}\n",
+            opts.prefetch, opts.prefetch_max_age
+        );
+        if let Some(o) = &opts.on_lease_end {
+            t += &format!("on_lease_end = {o:?}\n");
+        }
+        t
+    }
+
+    /// Every secret handed out so far (tokens pgwarden was given at login are
+    /// the double's to know; these are the ones the test can see).
+    pub fn secrets(&self) -> Vec<String> {
+        self.secrets.lock().unwrap().clone()
+    }
+}
