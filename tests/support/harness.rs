@@ -95,6 +95,8 @@ pub struct Options {
     pub role_prefix: Option<String>,
     /// Credentials from a Vault double instead of the built-in source.
     pub vault: Option<VaultOptions>,
+    /// Run the admin listener (metrics, health) on a random port.
+    pub admin: bool,
 }
 
 impl Default for Options {
@@ -112,6 +114,7 @@ impl Default for Options {
             on_lease_end: None,
             role_prefix: None,
             vault: None,
+            admin: false,
         }
     }
 }
@@ -365,6 +368,29 @@ impl Harness {
             .pending()
     }
 
+    /// GET on the admin listener: status and body.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let addr = self
+            .server()
+            .admin_addr
+            .expect("the harness was started with admin = true");
+        let response = reqwest::Client::new()
+            .get(format!("http://{addr}{path}"))
+            .timeout(GENEROUS)
+            .send()
+            .await
+            .expect("the admin listener answers");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("a body"))
+    }
+
+    /// The current value of one series in /metrics (`name{labels}` exactly as
+    /// rendered, or a bare name), or 0 when it is absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.admin_get("/metrics").await;
+        parse_metric(&body, series).unwrap_or(0.0)
+    }
+
     /// The running server (for its state and admin address).
     pub fn server(&self) -> &Server {
         self.server.as_ref().expect("pgwarden is running")
@@ -474,6 +500,9 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
             q(OWNER_ROLE),
         );
     }
+    if opts.admin {
+        t += "[admin]\naddress = \"127.0.0.1:0\"\n\n";
+    }
     if opts.vault.is_some() {
         return t;
     }
@@ -494,4 +523,32 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
         t += &format!("role_prefix = {}\n", q(p));
     }
     t
+}
+
+/// The value of `series` in a Prometheus text exposition, if present. Labels
+/// may come in any order: `series` matches when the name is equal and every
+/// `label="value"` it gives appears.
+pub fn parse_metric(body: &str, series: &str) -> Option<f64> {
+    let (name, labels) = match series.split_once('{') {
+        Some((n, l)) => (
+            n,
+            l.trim_end_matches('}')
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>(),
+        ),
+        None => (series, Vec::new()),
+    };
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            let (n, l) = match key.split_once('{') {
+                Some((n, l)) => (n, l.trim_end_matches('}')),
+                None => (key, ""),
+            };
+            let have: Vec<&str> = l.split(',').collect();
+            (n == name && labels.iter().all(|want| have.contains(want)))
+                .then(|| value.parse().ok())?
+        })
 }
