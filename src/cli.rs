@@ -1,7 +1,12 @@
-//! The small commands: `check-config` and `scram-verifier`.
+//! The small commands: `check-config`, `scram-verifier` and `healthcheck`.
+//!
+//! They print to the writers they are given and return the exit code; they
+//! never print a secret they were not asked to make (`scram-verifier` prints
+//! the password it generated, since nobody else knows it).
 
 use std::io::{BufRead, Write};
 use std::path::Path;
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -80,4 +85,66 @@ pub fn scram_verifier(password_stdin: bool, out: &mut impl Write, err: &mut impl
         verifier.to_text().expose_secret()
     );
     0
+}
+
+/// The URL `pgwarden healthcheck` asks by default: the admin listener's
+/// readiness on its default port, from inside the same container or host.
+pub const DEFAULT_HEALTHCHECK_URL: &str = "http://127.0.0.1:9187/readyz";
+
+/// How much of an unhealthy answer's body is echoed (it names what is not ready).
+const HEALTHCHECK_BODY_LIMIT: usize = 300;
+
+/// GETs `url` and returns 0 for a 2xx answer, 1 for anything else or no answer
+/// within `timeout`: a health probe for images that ship no HTTP client (the
+/// distroless runtime image has no shell, curl or wget). Proxy variables in the
+/// environment are ignored, redirects are not followed.
+pub async fn healthcheck(
+    url: &str,
+    timeout: Duration,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> i32 {
+    let client = match reqwest::Client::builder()
+        .timeout(timeout)
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(err, "unhealthy: cannot build an HTTP client: {e}");
+            return 1;
+        }
+    };
+    let response = match client.get(url).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(err, "unhealthy: no answer from {url}: {}", with_causes(&e));
+            return 1;
+        }
+    };
+    let status = response.status();
+    if status.is_success() {
+        let _ = writeln!(out, "healthy: {url} answered {status}");
+        return 0;
+    }
+    let body = response.text().await.unwrap_or_default();
+    let body: String = body.trim().chars().take(HEALTHCHECK_BODY_LIMIT).collect();
+    let _ = writeln!(err, "unhealthy: {url} answered {status} {body}");
+    1
+}
+
+/// An error and its causes on one line (reqwest's own text omits them).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text.push_str(": ");
+            text.push_str(&c_text);
+        }
+        cause = c.source();
+    }
+    text
 }

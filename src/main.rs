@@ -34,6 +34,15 @@ enum Command {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Exit 0 when the admin listener answers 2xx at URL, else 1 (a probe for
+    /// container health checks; the runtime image has no HTTP client).
+    Healthcheck {
+        #[arg(long, default_value = pgwarden::cli::DEFAULT_HEALTHCHECK_URL)]
+        url: String,
+        /// How long to wait for the answer (e.g. 5s, 500ms).
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Run pgwarden against a throwaway local PostgreSQL with the built-in
     /// credential source: no Vault, nothing to configure.
     Dev {
@@ -54,6 +63,21 @@ fn main() -> ExitCode {
             &mut std::io::stdout(),
             &mut std::io::stderr(),
         ),
+        Command::Healthcheck { url, timeout } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|rt| {
+                rt.block_on(pgwarden::cli::healthcheck(
+                    &url,
+                    timeout,
+                    &mut std::io::stdout(),
+                    &mut std::io::stderr(),
+                ))
+            })
+            .unwrap_or_else(|e| {
+                eprintln!("unhealthy: cannot start the async runtime: {e}");
+                1
+            }),
         Command::Run { config } => runtime().block_on(run(config)),
         Command::Dev { port } => runtime().block_on(pgwarden::dev::run(port)),
     };

@@ -225,10 +225,52 @@ pub fn load(
     from_str(&text, base, env)
 }
 
+/// Like [`load`], for a configuration as another file system will show it — a
+/// container image, a host where systemd lays out credentials — so deployment
+/// files can be checked where they are written.
+///
+/// `path` and every path in the file are first resolved as pgwarden would
+/// resolve them there (relative ones against the file's directory), then looked
+/// up under `root`: `/etc/pgwarden/tls/server.crt` is read from
+/// `<root>/etc/pgwarden/tls/server.crt`. Every check [`load`] makes is made, on
+/// those files. The paths in the result are the looked-up ones, so it is for
+/// inspection, not for running. `root` is a lookup prefix, not a security
+/// boundary (`..` is not confined).
+pub fn load_in_root(
+    root: &Path,
+    path: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigErrors> {
+    let real = under_root(root, path);
+    let text = std::fs::read_to_string(&real).map_err(|e| {
+        ConfigErrors(vec![format!(
+            "cannot read configuration file {} (as {}): {e}",
+            path.display(),
+            real.display()
+        )])
+    })?;
+    let base = path.parent().unwrap_or(Path::new("/"));
+    parse(&text, base, Some(root), env)
+}
+
+/// `path` looked up under `root` (absolute paths lose their leading `/`).
+fn under_root(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
 /// Like [`load`], from text; relative paths in it are resolved against `base`.
 pub fn from_str(
     text: &str,
     base: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigErrors> {
+    parse(text, base, None, env)
+}
+
+fn parse(
+    text: &str,
+    base: &Path,
+    root: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigErrors> {
     let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
@@ -241,7 +283,7 @@ pub fn from_str(
         .iter()
         .find(|(k, _)| k == "VAULT_TOKEN")
         .map(|(_, v)| SecretString::from(v.clone()));
-    let config = validate::validate(table, base, vault_token_env, &mut errors);
+    let config = validate::validate(table, base, root, vault_token_env, &mut errors);
     match config {
         Some(c) if errors.is_empty() => Ok(c),
         _ => Err(ConfigErrors(errors)),

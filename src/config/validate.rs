@@ -29,6 +29,7 @@ const KNOWN_SECTIONS: &[&str] = &[
 pub(super) fn validate(
     mut table: toml::Table,
     base: &Path,
+    root: Option<&Path>,
     vault_token_env: Option<SecretString>,
     errors: &mut Vec<String>,
 ) -> Option<Config> {
@@ -40,12 +41,14 @@ pub(super) fn validate(
             ));
         }
     }
-    let v = Validator { base, errors };
+    let v = Validator { base, root, errors };
     v.run(&mut table, vault_token_env)
 }
 
 struct Validator<'a> {
     base: &'a Path,
+    /// Where files are looked up, for [`super::load_in_root`].
+    root: Option<&'a Path>,
     errors: &'a mut Vec<String>,
 }
 
@@ -176,10 +179,14 @@ impl Validator<'_> {
     }
 
     fn path(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
+        let p = if p.is_absolute() {
             p.to_owned()
         } else {
             self.base.join(p)
+        };
+        match self.root {
+            Some(root) => super::under_root(root, &p),
+            None => p,
         }
     }
 
