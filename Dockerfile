@@ -18,6 +18,8 @@ FROM rust:1.94.1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# Cargo.toml declares the benchmarks; cargo refuses a manifest whose targets are missing.
+COPY benches ./benches
 # The registry and the target directory are BuildKit caches, so rebuilds after a
 # source change do not recompile every dependency. --locked: exactly the
 # dependency versions the repository was tested with.
