@@ -731,6 +731,7 @@ fn cargo_target_paths(manifest: &toml::Table) -> Vec<String> {
                     let name = t["name"].as_str().unwrap();
                     match kind {
                         "bin" => format!("src/bin/{name}.rs"),
+                        "bench" => format!("benches/{name}.rs"),
                         k => format!("{k}s/{name}.rs"),
                     }
                 });
