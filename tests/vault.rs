@@ -431,3 +431,42 @@ async fn prefetched_credentials_too_old_are_revoked_not_used() {
     drop(c);
     finish(h).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_the_database_refuses_is_retried_and_counted_until_it_succeeds() {
+    let h = Harness::start(Options {
+        admin: true,
+        ..vault(VaultOptions::default())
+    })
+    .await;
+    let c = h.connect().await;
+    let role = session_user(&c).await;
+    // Vault answers 400 (the revocation statements failed), as when the database is
+    // unreachable from Vault or refuses the DROP.
+    h.vault().set_revocation_failure(true);
+    drop(c);
+    let failures = "pgwarden_lease_revocations_total{outcome=\"failure\"}";
+    wait_until(
+        GENEROUS,
+        "the revocation failed and was tried again",
+        async || h.metric(failures).await >= 2.0,
+    )
+    .await;
+    assert_eq!(h.pending_revocations(), 1, "kept, not forgotten");
+    assert_eq!(h.metric("pgwarden_lease_revocations_pending").await, 1.0);
+    assert!(h.dynamic_roles().await.contains(&role), "not yet dropped");
+    assert_eq!(h.vault().leases().len(), 1, "Vault still holds the lease");
+    h.vault().set_revocation_failure(false);
+    wait_until(GENEROUS, "a retry succeeds", async || {
+        h.pending_revocations() == 0
+    })
+    .await;
+    assert!(h.vault().revoked().contains(&role));
+    assert!(!h.dynamic_roles().await.contains(&role));
+    assert_eq!(
+        h.metric("pgwarden_lease_revocations_total{outcome=\"success\"}")
+            .await,
+        1.0
+    );
+    finish(h).await;
+}

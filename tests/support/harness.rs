@@ -158,9 +158,16 @@ impl Harness {
         })
         .await
         .expect("start the cluster");
-        let admin_password = pgwarden::dev::prepare_cluster(&cluster)
-            .await
-            .expect("prepare the cluster");
+        let shipped = opts.vault.as_ref().is_some_and(|v| v.shipped);
+        // Shipped Vault wiring: the cluster as config/vault/bootstrap.sql leaves it, and
+        // admin_password is vault_admin's.
+        let admin_password = if shipped {
+            super::shipped::bootstrap(&cluster).await
+        } else {
+            pgwarden::dev::prepare_cluster(&cluster)
+                .await
+                .expect("prepare the cluster")
+        };
         let direct = cluster
             .connect(DATABASE)
             .await
@@ -189,13 +196,7 @@ impl Harness {
 
         let vault = match &opts.vault {
             Some(v) => {
-                let sql = Arc::new(
-                    cluster
-                        .connect("postgres")
-                        .await
-                        .expect("superuser connection for the Vault double"),
-                );
-                Some(VaultSetup::start(v, sql, &pki, dir.path()).await)
+                Some(VaultSetup::start(v, &cluster, &admin_password, &pki, dir.path()).await)
             }
             None => None,
         };
@@ -358,6 +359,13 @@ impl Harness {
             .double
     }
 
+    /// The Vault double's wiring: issued passwords, statements run (Vault tests only).
+    pub fn vault_setup(&self) -> &VaultSetup {
+        self.vault
+            .as_ref()
+            .expect("this harness runs with a Vault double")
+    }
+
     /// Leases handed to the revoker and not yet revoked.
     pub fn pending_revocations(&self) -> usize {
         self.server
@@ -484,6 +492,8 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
         upstream_ca: opts.upstream_ca,
         upstream_database: None,
     };
+    // The shipped Vault roles set their session role themselves (ALTER ROLE … SET role).
+    let shipped = opts.vault.as_ref().is_some_and(|v| v.shipped);
     for r in std::iter::once(&main).chain(&opts.extra_routes) {
         let ca = match r.upstream_ca {
             UpstreamCa::Right => "ca.crt",
@@ -492,13 +502,16 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
         t += &format!(
             "[[routes]]\ndatabase = {}\nusers = [{}]\n\
              upstream = {{ host = \"127.0.0.1\", port = {pg_port}, database = {}, tls = \"verify-full\", ca_file = {} }}\n\
-             credentials = \"test\"\nsession_role = {}\n\n",
+             credentials = \"test\"\n",
             q(&r.database),
             list(&r.users),
             q(r.upstream_database.as_deref().unwrap_or(DATABASE)),
             q(ca),
-            q(OWNER_ROLE),
         );
+        if !shipped {
+            t += &format!("session_role = {}\n", q(OWNER_ROLE));
+        }
+        t += "\n";
     }
     if opts.admin {
         t += "[admin]\naddress = \"127.0.0.1:0\"\n\n";

@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 pub mod harness;
+pub mod hcl;
 pub mod logs;
+pub mod shipped;
 pub mod vault_double;
 pub mod vault_setup;
 pub mod wire;

@@ -112,6 +112,9 @@ pub struct DoubleConfig {
     pub sql: SqlRunner,
     /// Password maker; default: 32 characters of `[A-Za-z0-9-]`, each class at least once.
     pub password_generator: Option<PasswordGenerator>,
+    /// The connection's `password_authentication = "scram-sha-256"` (Vault 1.14+): `{{password}}`
+    /// in creation statements is a SCRAM-SHA-256 verifier of the password, never the password.
+    pub scram_passwords: bool,
 }
 
 impl DoubleConfig {
@@ -128,6 +131,7 @@ impl DoubleConfig {
             tls: None,
             sql,
             password_generator: None,
+            scram_passwords: false,
         }
     }
 }
@@ -192,6 +196,7 @@ impl VaultDouble {
             password: cfg
                 .password_generator
                 .unwrap_or_else(|| Arc::new(default_password)),
+            scram_passwords: cfg.scram_passwords,
             runtime: tokio::runtime::Handle::current(),
             tls,
             port,
@@ -293,6 +298,12 @@ impl VaultDouble {
             self.state().expire_leases_of(&[token.to_owned()]);
         }
         removed
+    }
+
+    /// Revokes one lease now, as an operator's `vault lease revoke` would: runs the role's
+    /// revocation statements. `Ok(false)`: no such lease.
+    pub async fn revoke_lease(&self, lease_id: &str) -> Result<bool, String> {
+        self.state().revoke(lease_id, false).await
     }
 
     /// Revokes every token, the root token included.

@@ -2,6 +2,12 @@
 //! real roles in the test cluster, the pgwarden configuration that uses it,
 //! and the secrets (secret id, JWT, token, issued passwords) a test must never
 //! find in a log.
+//!
+//! With [`VaultOptions::shipped`] the double is wired the way `config/vault/`
+//! tells users to wire Vault: the cluster is prepared by `bootstrap.sql`, both
+//! roles' statements are the shipped files verbatim, run as `vault_admin` on
+//! connections of their own; passwords follow `password-policy.hcl` and reach
+//! PostgreSQL only as SCRAM verifiers (`password_authentication`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,10 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgwarden::auth::verifier::generate_password;
-use pgwarden::dev::OWNER_ROLE;
-use secrecy::ExposeSecret;
+use pgwarden::dev::{DATABASE, OWNER_ROLE};
+use pgwarden::embedded::cluster::Cluster;
+use pgwarden::tls::pg_connector::{RustlsConnect, verify_full_client_config};
+use secrecy::{ExposeSecret, SecretString};
 
-use super::vault_double::{DoubleConfig, RoleDef, SqlRunner, VaultDouble};
+use super::shipped::{self, APP_ROLE, MIGRATE_ROLE, PasswordPolicy, VAULT_ADMIN};
+use super::vault_double::{DoubleConfig, PasswordGenerator, RoleDef, SqlRunner, VaultDouble};
 
 /// How pgwarden logs in to Vault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +51,10 @@ pub struct VaultOptions {
     /// Revocation also ends the role's backends (as the deployment's
     /// statements do); false: Vault's default, which only drops the role.
     pub terminate_on_revoke: bool,
+    /// The Vault role pgwarden asks for (`[credentials.test] role`).
+    pub role: String,
+    /// Wire everything from `config/vault/` (see the module documentation).
+    pub shipped: bool,
 }
 
 impl Default for VaultOptions {
@@ -58,6 +71,8 @@ impl Default for VaultOptions {
             on_lease_end: None,
             tls: true,
             terminate_on_revoke: true,
+            role: APP_ROLE.into(),
+            shipped: false,
         }
     }
 }
@@ -67,6 +82,10 @@ pub struct VaultSetup {
     pub double: VaultDouble,
     /// Secret id, JWT, root token, and every password the double issued.
     secrets: Arc<Mutex<Vec<String>>>,
+    /// The issued passwords alone, in order.
+    issued: Arc<Mutex<Vec<String>>>,
+    /// Every statement the double ran (shipped mode only).
+    statements: Arc<Mutex<Vec<String>>>,
 }
 
 /// The role the tests use, in the Keycloak pattern: logins are members of the
@@ -88,23 +107,24 @@ fn keycloak_role(opts: &VaultOptions) -> RoleDef {
 }
 
 impl VaultSetup {
-    /// Starts the double; `sql` reaches the test cluster as a superuser.
-    /// Writes role_id/secret_id/jwt/token files into `dir`.
+    /// Starts the double on `cluster` and writes role_id/secret_id/jwt/token files into
+    /// `dir`. Its statements run as the superuser, or in shipped mode as `vault_admin`
+    /// with `admin_password`.
     pub async fn start(
         opts: &VaultOptions,
-        sql: Arc<tokio_postgres::Client>,
+        cluster: &Cluster,
+        admin_password: &SecretString,
         pki: &pgwarden::embedded::pki::Pki,
         dir: &Path,
     ) -> VaultSetup {
         let secrets = Arc::new(Mutex::new(Vec::new()));
-        let runner: SqlRunner = Arc::new(move |statement: String| {
-            let sql = sql.clone();
-            Box::pin(async move {
-                sql.batch_execute(&statement)
-                    .await
-                    .map_err(|e| format!("{e:?}"))
-            })
-        });
+        let issued = Arc::new(Mutex::new(Vec::new()));
+        let statements = Arc::new(Mutex::new(Vec::new()));
+        let runner = if opts.shipped {
+            vault_admin_runner(cluster, admin_password, statements.clone())
+        } else {
+            superuser_runner(cluster).await
+        };
         let secret = |prefix: &str| format!("{prefix}{}", generate_password(32).expose_secret());
         let role_id = secret("role-");
         let secret_id = secret("sid-");
@@ -115,7 +135,15 @@ impl VaultSetup {
             .unwrap()
             .extend([secret_id.clone(), jwt.clone(), root.clone()]);
         let mut config = DoubleConfig::new(runner);
-        config.roles = HashMap::from([("keycloak".to_owned(), keycloak_role(opts))]);
+        config.roles = if opts.shipped {
+            HashMap::from([
+                (MIGRATE_ROLE.to_owned(), shipped_role(MIGRATE_ROLE, opts)),
+                (APP_ROLE.to_owned(), shipped_role(APP_ROLE, opts)),
+            ])
+        } else {
+            HashMap::from([("keycloak".to_owned(), keycloak_role(opts))])
+        };
+        config.scram_passwords = opts.shipped;
         config.approle = Some((role_id.clone(), secret_id.clone()));
         config.kubernetes = Some(("pgwarden".to_owned(), jwt.clone()));
         config.root_token = Some(root.clone());
@@ -127,10 +155,17 @@ impl VaultSetup {
                 .expect("Vault double certificate");
             config.tls = Some((cert.cert_pem, cert.key_pem.expose_secret().to_owned()));
         }
-        let issued = secrets.clone();
+        let make: PasswordGenerator = if opts.shipped {
+            let policy = PasswordPolicy::shipped();
+            Arc::new(move || policy.generate())
+        } else {
+            Arc::new(|| generate_password(36).expose_secret().to_owned())
+        };
+        let (all, only_issued) = (secrets.clone(), issued.clone());
         config.password_generator = Some(Arc::new(move || {
-            let p = generate_password(36).expose_secret().to_owned();
-            issued.lock().unwrap().push(p.clone());
+            let p = make();
+            all.lock().unwrap().push(p.clone());
+            only_issued.lock().unwrap().push(p.clone());
             p
         }));
         let double = VaultDouble::start(config).await;
@@ -141,7 +176,12 @@ impl VaultSetup {
         write("vault_secret_id", &secret_id);
         write("vault_jwt", &jwt);
         write("vault_token", &root);
-        VaultSetup { double, secrets }
+        VaultSetup {
+            double,
+            secrets,
+            issued,
+            statements,
+        }
     }
 
     /// The `[vault]` and `[credentials.test]` sections.
@@ -164,8 +204,8 @@ impl VaultSetup {
             t += "ca_file = \"ca.crt\"\n";
         }
         t += &format!(
-            "\n[credentials.test]\nsource = \"vault\"\nmount = \"database\"\nrole = \"keycloak\"\nprefetch = {}\nprefetch_max_age = {:?}\n",
-            opts.prefetch, opts.prefetch_max_age
+            "\n[credentials.test]\nsource = \"vault\"\nmount = \"database\"\nrole = {:?}\nprefetch = {}\nprefetch_max_age = {:?}\n",
+            opts.role, opts.prefetch, opts.prefetch_max_age
         );
         if let Some(o) = &opts.on_lease_end {
             t += &format!("on_lease_end = {o:?}\n");
@@ -178,4 +218,89 @@ impl VaultSetup {
     pub fn secrets(&self) -> Vec<String> {
         self.secrets.lock().unwrap().clone()
     }
+
+    /// The passwords the double issued, in order.
+    pub fn issued_passwords(&self) -> Vec<String> {
+        self.issued.lock().unwrap().clone()
+    }
+
+    /// Every statement the double ran on PostgreSQL, in order (shipped mode only).
+    pub fn statements(&self) -> Vec<String> {
+        self.statements.lock().unwrap().clone()
+    }
+}
+
+/// A Vault role as `config/vault/setup.sh` writes it: the statement files as they are.
+fn shipped_role(role: &str, opts: &VaultOptions) -> RoleDef {
+    RoleDef {
+        creation_statements: shipped::file(&format!("creation-{role}.sql")),
+        renew_statements: shipped::file("renewal.sql"),
+        revocation_statements: shipped::file("revocation.sql"),
+        default_ttl: opts.default_ttl,
+        max_ttl: opts.max_ttl,
+    }
+}
+
+/// Statements run as the superuser on one shared connection to `postgres`.
+async fn superuser_runner(cluster: &Cluster) -> SqlRunner {
+    let sql = Arc::new(
+        cluster
+            .connect("postgres")
+            .await
+            .expect("superuser connection for the Vault double"),
+    );
+    Arc::new(move |statement: String| {
+        let sql = sql.clone();
+        Box::pin(async move {
+            sql.batch_execute(&statement)
+                .await
+                .map_err(|e| format!("{e:?}"))
+        })
+    })
+}
+
+/// Each statement run as `vault_admin` on a connection of its own to the Keycloak
+/// database, over TLS verify-full with SCRAM, as the shipped `connection_url` says (Vault
+/// keeps a pool; a revocation waiting for a backend to end must not hold up the others).
+/// Every statement is recorded.
+fn vault_admin_runner(
+    cluster: &Cluster,
+    password: &SecretString,
+    log: Arc<Mutex<Vec<String>>>,
+) -> SqlRunner {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(cluster.port())
+        .user(VAULT_ADMIN)
+        .password(password.expose_secret())
+        .dbname(DATABASE)
+        .application_name("vault-double")
+        .ssl_mode(tokio_postgres::config::SslMode::Require)
+        .connect_timeout(super::harness::GENEROUS);
+    let tls = RustlsConnect::new(
+        verify_full_client_config(cluster.ca_cert_pem().as_bytes()).expect("the cluster's CA"),
+    );
+    Arc::new(move |statement: String| {
+        log.lock().unwrap().push(statement.clone());
+        let (config, tls) = (config.clone(), tls.clone());
+        Box::pin(async move {
+            let (client, connection) = config
+                .connect(tls)
+                .await
+                .map_err(|e| format!("connecting as {VAULT_ADMIN}: {e}"))?;
+            let connection = tokio::spawn(connection);
+            let result =
+                client
+                    .batch_execute(&statement)
+                    .await
+                    .map_err(|e| match e.as_db_error() {
+                        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+                        None => e.to_string(),
+                    });
+            drop(client);
+            let _ = connection.await;
+            result
+        })
+    })
 }

@@ -258,11 +258,20 @@ pub(super) async fn issue_creds(state: &State, role_name: &str, token: &Token) -
     };
     let username = username(&token.display_name, role_name, unix(now));
     let password = (state.password)();
+    // With `password_authentication = scram-sha-256` Vault hashes the password once and
+    // substitutes the verifier (plugins/database/postgresql, NewUser).
+    let in_sql = if state.scram_passwords {
+        let secret = secrecy::SecretString::from(password.clone());
+        let verifier = pgwarden::auth::ScramVerifier::from_password(&secret).to_text();
+        secrecy::ExposeSecret::expose_secret(&verifier).to_owned()
+    } else {
+        password.clone()
+    };
     let expiration = go_expiration(now + Duration::from_secs(ttl + 5));
     let subs = [
         ("name", username.as_str()),
         ("username", username.as_str()),
-        ("password", password.as_str()),
+        ("password", in_sql.as_str()),
         ("expiration", expiration.as_str()),
     ];
     let sql = statements(&role.creation_statements, true, &subs);

@@ -44,6 +44,8 @@ pub(super) struct State {
     pub(super) kubernetes: Option<(String, String)>,
     pub(super) sql: SqlRunner,
     pub(super) password: PasswordGenerator,
+    /// `{{password}}` is a SCRAM-SHA-256 verifier (`password_authentication`).
+    pub(super) scram_passwords: bool,
     /// Lets the synchronous `set_mode` re-register a listener with the reactor.
     pub(super) runtime: tokio::runtime::Handle,
     pub(super) tls: Option<TlsAcceptor>,

@@ -1,0 +1,411 @@
+//! `config/vault/setup.sh` run against a fake `vault` CLI: the script is valid bash, makes
+//! the calls a real Vault needs (engine, TLS connection, password policy, both roles from
+//! the shipped statement files, pgwarden's policy, the AppRole), writes role_id and
+//! secret_id with mode 0600, prints no secret, and runs twice without failing.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::hcl;
+use support::shipped;
+
+/// Records every call in `$FAKE_VAULT_STATE/calls/N/` (`argv`, NUL-separated, and `stdin`
+/// when a value or the policy is read from stdin); keeps mounts in `secrets`/`auth`; answers
+/// like the real CLI: `list -format=table` tables, "path is already in use" for a second
+/// enable, `-field` values without a newline, an error for an `@file` that does not exist.
+const FAKE_VAULT: &str = r#"#!/usr/bin/env bash
+set -euo pipefail
+state=${FAKE_VAULT_STATE:?}
+[[ -n ${VAULT_ADDR:-} && -n ${VAULT_TOKEN:-} ]] || { echo "fake vault: no VAULT_ADDR/VAULT_TOKEN" >&2; exit 2; }
+n=$(( $(cat "$state/count" 2>/dev/null || echo 0) + 1 ))
+echo "$n" > "$state/count"
+call="$state/calls/$(printf '%03d' "$n")"
+mkdir -p "$call"
+printf '%s\0' "$@" > "$call/argv"
+for a in "$@"; do
+  if [[ $a == *=- || $a == - ]]; then cat > "$call/stdin"; fi
+  if [[ $a =~ ^[a-z_]+=@ ]]; then
+    f=${a#*=@}
+    [[ -r $f ]] || { echo "Error: error reading file: open $f: no such file or directory" >&2; exit 1; }
+  fi
+done
+touch "$state/secrets" "$state/auth"
+table() { # file, default rows
+  printf 'Path          Type         Accessor              Description\n'
+  printf -- '----          ----         --------              -----------\n'
+  printf '%s\n' "$2"
+  while read -r path type; do printf '%-13s %-12s %s_1a2b3c4d    n/a\n' "$path" "$type" "$type"; done < "$1"
+}
+enable() { # file, path, type
+  if grep -q "^$2 " "$1"; then
+    printf 'Error enabling: Error making API request.\n\nCode: 400. Errors:\n\n* path is already in use at %s\n' "$2" >&2
+    exit 2
+  fi
+  echo "$2 $3" >> "$1"
+  echo "Success! Enabled $3 at: $2"
+}
+case "$1 $2" in
+  "secrets list") table "$state/secrets" "cubbyhole/    cubbyhole    cubbyhole_5e6f7a8b    per-token private secret storage" ;;
+  "auth list") table "$state/auth" "token/        token        auth_token_9c0d1e2f   token based credentials" ;;
+  "secrets enable")
+    [[ $3 == -path=* && $4 == database ]] || { echo "fake vault: unexpected $*" >&2; exit 2; }
+    enable "$state/secrets" "${3#-path=}/" database ;;
+  "auth enable") enable "$state/auth" "$3/" "$3" ;;
+  "policy write") echo "Success! Uploaded policy: $3" ;;
+  "read -field=role_id") printf '%s' "$FAKE_ROLE_ID" ;;
+  "write -f")
+    [[ $3 == -field=secret_id ]] || { echo "fake vault: unexpected $*" >&2; exit 2; }
+    printf '%s-%s' "$FAKE_SECRET_ID" "$n" ;;
+  "write "*) echo "Success! Data written to: $2" ;;
+  *) echo "fake vault: unexpected $*" >&2; exit 2 ;;
+esac
+"#;
+
+const ROLE_ID: &str = "3f5c0a9e-7d21-4b8e-role-id-for-the-test";
+const SECRET_ID: &str = "a81c44d0-secret-id-for-the-test";
+const TOKEN: &str = "hvs.admin-token-for-the-setup-test";
+const DB_PASSWORD: &str = "db-admin-password-Zq7xT2mK9vR4wL8nB3cJ";
+const CA: &str = "/vault/tls/postgres-ca.crt";
+
+struct Fake {
+    dir: tempfile::TempDir,
+}
+
+/// One recorded call.
+#[derive(Debug)]
+struct Call {
+    argv: Vec<String>,
+    stdin: Option<String>,
+}
+
+impl Call {
+    /// `key=value` arguments.
+    fn kv(&self) -> BTreeMap<&str, &str> {
+        self.argv.iter().filter_map(|a| a.split_once('=')).collect()
+    }
+}
+
+struct Run {
+    success: bool,
+    stdout: String,
+    stderr: String,
+    calls: Vec<Call>,
+}
+
+impl Fake {
+    fn new() -> Fake {
+        let dir = tempfile::Builder::new()
+            .prefix("pgwarden-setup-")
+            .tempdir()
+            .unwrap();
+        std::fs::create_dir(dir.path().join("bin")).unwrap();
+        std::fs::create_dir(dir.path().join("state")).unwrap();
+        let vault = dir.path().join("bin/vault");
+        std::fs::write(&vault, FAKE_VAULT).unwrap();
+        std::fs::set_permissions(&vault, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.path().join("db_password"), format!("{DB_PASSWORD}\n")).unwrap();
+        Fake { dir }
+    }
+
+    fn out_dir(&self) -> PathBuf {
+        self.dir.path().join("approle")
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Runs setup.sh with the interface's variables, `vault` being the fake; `env` adds or
+    /// (with an empty value) removes variables. Returns the calls this run made.
+    fn run(&self, env: &[(&str, &str)]) -> Run {
+        let before = self.calls().len();
+        let path = format!(
+            "{}:{}",
+            self.dir.path().join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut cmd = Command::new("bash");
+        cmd.arg(shipped::config_dir().join("setup.sh"))
+            .env_clear()
+            .env("PATH", path)
+            .env("HOME", self.dir.path())
+            .env("FAKE_VAULT_STATE", self.state())
+            .env("FAKE_ROLE_ID", ROLE_ID)
+            .env("FAKE_SECRET_ID", SECRET_ID)
+            .env("VAULT_ADDR", "https://vault.internal:8200")
+            .env("VAULT_TOKEN", TOKEN)
+            .env("PGWARDEN_DB_HOST", "postgres.internal")
+            .env(
+                "PGWARDEN_DB_ADMIN_PASSWORD_FILE",
+                self.dir.path().join("db_password"),
+            )
+            .env("PGWARDEN_DB_CA_FILE", CA)
+            .env("PGWARDEN_APPROLE_OUT_DIR", self.out_dir());
+        for (k, v) in env {
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
+        let out = cmd.output().expect("bash runs");
+        Run {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            calls: self.calls().into_iter().skip(before).collect(),
+        }
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        let Ok(entries) = std::fs::read_dir(self.state().join("calls")) else {
+            return Vec::new();
+        };
+        let mut dirs: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
+        dirs.sort();
+        dirs.iter()
+            .map(|d| Call {
+                argv: std::fs::read_to_string(d.join("argv"))
+                    .unwrap()
+                    .split_terminator('\0')
+                    .map(str::to_owned)
+                    .collect(),
+                stdin: std::fs::read_to_string(d.join("stdin")).ok(),
+            })
+            .collect()
+    }
+}
+
+fn find<'a>(calls: &'a [Call], prefix: &[&str]) -> Vec<&'a Call> {
+    calls
+        .iter()
+        .filter(|c| c.argv.len() >= prefix.len() && c.argv.iter().zip(prefix).all(|(a, b)| a == b))
+        .collect()
+}
+
+fn one<'a>(calls: &'a [Call], prefix: &[&str]) -> &'a Call {
+    let found = find(calls, prefix);
+    assert_eq!(
+        found.len(),
+        1,
+        "exactly one `vault {}`: {calls:#?}",
+        prefix.join(" ")
+    );
+    found[0]
+}
+
+/// An `@file` argument: the file exists and is the shipped one, verbatim.
+fn shipped_file_arg(value: &str, name: &str) {
+    let path = value
+        .strip_prefix('@')
+        .unwrap_or_else(|| panic!("{value}: read from a file"));
+    let path = Path::new(path).canonicalize().expect("the @file exists");
+    assert_eq!(
+        path,
+        shipped::config_dir().join(name).canonicalize().unwrap(),
+        "the shipped {name}"
+    );
+}
+
+fn assert_no_secret(run: &Run, secrets: &[&str]) {
+    for s in secrets {
+        assert!(
+            !run.stdout.contains(s) && !run.stderr.contains(s),
+            "a secret was printed:\n{}\n{}",
+            run.stdout,
+            run.stderr
+        );
+    }
+}
+
+fn file_0600(path: &Path) -> String {
+    let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{} mode {mode:o}", path.display());
+    std::fs::read_to_string(path).unwrap()
+}
+
+#[test]
+fn setup_script_is_valid_bash() {
+    let out = Command::new("bash")
+        .arg("-n")
+        .arg(shipped::config_dir().join("setup.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn setup_configures_vault_for_pgwarden_and_can_run_twice() {
+    let fake = Fake::new();
+    let run = fake.run(&[]);
+    assert!(run.success, "setup.sh failed:\n{}", run.stderr);
+    let calls = &run.calls;
+
+    // The database secrets engine at the default mount.
+    one(calls, &["secrets", "enable", "-path=database", "database"]);
+
+    // The connection: TLS verify-full against the given CA, Vault's templated credentials,
+    // the admin password on stdin only, SCRAM verifiers, the password policy, checked now.
+    let config = one(calls, &["write", "database/config/keycloak"]);
+    let kv = config.kv();
+    assert_eq!(kv["plugin_name"], "postgresql-database-plugin");
+    assert_eq!(
+        kv["connection_url"],
+        format!(
+            "postgresql://{{{{username}}}}:{{{{password}}}}@postgres.internal:5432/keycloak\
+             ?sslmode=verify-full&sslrootcert={CA}"
+        )
+    );
+    assert_eq!(kv["username"], "vault_admin");
+    assert_eq!(kv["password"], "-");
+    assert_eq!(
+        config.stdin.as_deref(),
+        Some(DB_PASSWORD),
+        "no trailing newline"
+    );
+    assert_eq!(kv["password_authentication"], "scram-sha-256");
+    assert_eq!(kv["verify_connection"], "true");
+    assert_eq!(kv["allowed_roles"], "keycloak-migrate,keycloak");
+    let password_policy = kv["password_policy"];
+
+    // The password policy it names, from the shipped file.
+    let policy_write = one(
+        calls,
+        &["write", &format!("sys/policies/password/{password_policy}")],
+    );
+    shipped_file_arg(policy_write.kv()["policy"], "password-policy.hcl");
+    let written = calls.iter().position(|c| std::ptr::eq(c, policy_write));
+    let configured = calls.iter().position(|c| std::ptr::eq(c, config));
+    assert!(
+        written < configured,
+        "the policy exists before the connection names it"
+    );
+
+    // Both roles, statements read from the shipped files, with TTLs.
+    for role in ["keycloak-migrate", "keycloak"] {
+        let call = one(calls, &["write", &format!("database/roles/{role}")]);
+        let kv = call.kv();
+        assert_eq!(kv["db_name"], "keycloak");
+        shipped_file_arg(kv["creation_statements"], &format!("creation-{role}.sql"));
+        shipped_file_arg(kv["renew_statements"], "renewal.sql");
+        shipped_file_arg(kv["revocation_statements"], "revocation.sql");
+        assert!(!kv["default_ttl"].is_empty() && !kv["max_ttl"].is_empty());
+    }
+
+    // pgwarden's policy, exactly the shipped file.
+    let policy = one(calls, &["policy", "write", "pgwarden", "-"]);
+    assert_eq!(
+        hcl::acl_policy(policy.stdin.as_deref().unwrap()).unwrap(),
+        hcl::acl_policy(&shipped::file("pgwarden-policy.hcl")).unwrap()
+    );
+
+    // The AppRole: only that policy, reusable secret ids.
+    one(calls, &["auth", "enable", "approle"]);
+    let approle = one(calls, &["write", "auth/approle/role/pgwarden"]);
+    let kv = approle.kv();
+    assert_eq!(kv["token_policies"], "pgwarden");
+    assert_eq!(kv["token_no_default_policy"], "true");
+    assert_eq!(kv["bind_secret_id"], "true");
+    assert_eq!(kv["secret_id_num_uses"], "0");
+    assert!(kv.contains_key("secret_id_ttl") && kv.contains_key("token_ttl"));
+
+    // role_id and secret_id, private, exactly what Vault returned.
+    assert_eq!(file_0600(&fake.out_dir().join("role_id")), ROLE_ID);
+    let first_secret = file_0600(&fake.out_dir().join("secret_id"));
+    assert!(first_secret.starts_with(SECRET_ID));
+    let leftovers: Vec<_> = std::fs::read_dir(fake.out_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 2, "no temporary files left: {leftovers:?}");
+
+    // Nothing secret printed, and the password never on a command line.
+    assert_no_secret(&run, &[DB_PASSWORD, TOKEN, ROLE_ID, SECRET_ID]);
+    for c in calls {
+        assert!(
+            c.argv.iter().all(|a| !a.contains(DB_PASSWORD)),
+            "{:?}",
+            c.argv
+        );
+    }
+
+    // Again: the mounts exist now (as `secrets list` and `auth list` say), so nothing is
+    // enabled twice; everything else is written again and a fresh secret id replaces the old.
+    let again = fake.run(&[]);
+    assert!(again.success, "second run failed:\n{}", again.stderr);
+    assert!(find(&again.calls, &["secrets", "enable"]).is_empty());
+    assert!(find(&again.calls, &["auth", "enable"]).is_empty());
+    one(&again.calls, &["write", "database/config/keycloak"]);
+    let second_secret = file_0600(&fake.out_dir().join("secret_id"));
+    assert_ne!(second_secret, first_secret);
+    assert_no_secret(&again, &[DB_PASSWORD, TOKEN, ROLE_ID, &second_secret]);
+}
+
+#[test]
+fn setup_uses_the_configured_mount_and_database_everywhere() {
+    let fake = Fake::new();
+    let run = fake.run(&[
+        ("PGWARDEN_VAULT_MOUNT", "kc-db"),
+        ("PGWARDEN_DB_NAME", "iam"),
+        ("PGWARDEN_DB_PORT", "6543"),
+        ("PGWARDEN_DB_ADMIN_USER", "vault_iam"),
+        ("PGWARDEN_DB_HOST", "fd00::5"),
+    ]);
+    assert!(run.success, "{}", run.stderr);
+    one(
+        &run.calls,
+        &["secrets", "enable", "-path=kc-db", "database"],
+    );
+    let kv = one(&run.calls, &["write", "kc-db/config/iam"]).kv();
+    assert!(
+        kv["connection_url"].contains("@[fd00::5]:6543/iam?sslmode=verify-full&"),
+        "{}",
+        kv["connection_url"]
+    );
+    assert_eq!(kv["username"], "vault_iam");
+    for role in ["keycloak-migrate", "keycloak"] {
+        let kv = one(&run.calls, &["write", &format!("kc-db/roles/{role}")]).kv();
+        assert_eq!(kv["db_name"], "iam");
+    }
+    let policy = one(&run.calls, &["policy", "write", "pgwarden", "-"]);
+    let paths: BTreeSet<String> = hcl::acl_policy(policy.stdin.as_deref().unwrap())
+        .unwrap()
+        .into_keys()
+        .collect();
+    assert!(paths.contains("kc-db/creds/keycloak-migrate"));
+    assert!(paths.contains("kc-db/creds/keycloak"));
+    assert!(
+        paths.iter().all(|p| !p.starts_with("database/")),
+        "{paths:?}"
+    );
+}
+
+#[test]
+fn setup_refuses_a_mount_taken_by_another_engine_and_missing_settings() {
+    let fake = Fake::new();
+    std::fs::write(fake.state().join("secrets"), "database/ kv\n").unwrap();
+    let run = fake.run(&[]);
+    assert!(!run.success);
+    assert!(
+        run.stderr.contains("not as a database secrets engine"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        find(&run.calls, &["write"]).is_empty(),
+        "stopped before writing"
+    );
+
+    let run = Fake::new().run(&[("PGWARDEN_DB_CA_FILE", "")]);
+    assert!(!run.success);
+    assert!(run.stderr.contains("PGWARDEN_DB_CA_FILE"), "{}", run.stderr);
+    assert!(run.calls.is_empty(), "no vault call without the settings");
+}
