@@ -89,13 +89,14 @@ async fn serve(
         Ok(Ok(n)) => n,
     };
     let (stream, startup, tls) = match negotiated {
-        Negotiated::Cancel(c) => {
+        Negotiated::Cancel { request: c, tls } => {
             let outcome = state.cancel.cancel(peer.ip(), c.pid, &c.key).await;
             ::metrics::counter!(metrics::CANCEL_REQUESTS, "outcome" => outcome.as_str())
                 .increment(1);
             tracing::info!(
                 event = "cancel_request",
                 pid = c.pid,
+                tls,
                 outcome = outcome.as_str()
             );
             return;
