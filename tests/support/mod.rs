@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod harness;
+pub mod java;
 pub mod logs;
 pub mod vault_double;
 pub mod vault_setup;
