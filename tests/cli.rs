@@ -458,6 +458,15 @@ async fn dev_prints_urls_that_work_as_printed_and_cleans_up_on_sigterm() {
     let stderr = stderr_text.await.unwrap();
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("stopped and cleaned up."), "{stderr}");
+    // Both clients logged out with Terminate, and the session records say so.
+    let ends: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("session_end"))
+        .collect();
+    assert_eq!(ends.len(), 2, "{stderr}");
+    for end in ends {
+        assert!(end.contains("close_reason=\"client_terminated\""), "{end}");
+    }
     // Its files and its cluster are gone; only the reusable initdb template stays.
     let left: Vec<String> = entries(tmp.path())
         .into_iter()
