@@ -28,7 +28,11 @@ pub enum Negotiated {
         startup: StartupMessage,
         tls: Option<TlsInfo>,
     },
-    Cancel(CancelRequest),
+    Cancel {
+        request: CancelRequest,
+        /// Whether it came inside TLS (pgjdbc and libpq before 17 send it in plaintext).
+        tls: bool,
+    },
 }
 
 /// The TLS parameters of a client connection, for the session record.
@@ -130,7 +134,12 @@ impl Negotiator {
                     tried_gss = true;
                     write_raw(&mut stream, b"N").await?;
                 }
-                StartupPacket::Cancel(c) => return Ok(Negotiated::Cancel(c)),
+                StartupPacket::Cancel(request) => {
+                    return Ok(Negotiated::Cancel {
+                        request,
+                        tls: tls_info.is_some(),
+                    });
+                }
                 StartupPacket::Startup(s) => {
                     if tls_info.is_none() && self.require_tls {
                         return Err(fatal_and_refuse(

@@ -69,6 +69,58 @@ impl RejectReason {
     }
 }
 
+/// Why a session that reached the relay ended: the `close_reason` of the
+/// session record and of `pgwarden_sessions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent Terminate: an orderly logout.
+    ClientTerminated,
+    /// The client closed its connection without Terminate.
+    ClientClosed,
+    /// The client connection failed.
+    ClientError,
+    /// The backend closed its connection (exit, `pg_terminate_backend`).
+    UpstreamClosed,
+    /// The upstream connection failed.
+    UpstreamError,
+    /// The upstream sent a message header no PostgreSQL server sends.
+    UpstreamProtocol,
+    /// Nothing moved for `[listen] idle_timeout`.
+    IdleTimeout,
+    /// pgwarden ended it at the end of its credential's lease.
+    LeaseEnded,
+    /// pgwarden ended it while shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 9] = [
+        CloseReason::ClientTerminated,
+        CloseReason::ClientClosed,
+        CloseReason::ClientError,
+        CloseReason::UpstreamClosed,
+        CloseReason::UpstreamError,
+        CloseReason::UpstreamProtocol,
+        CloseReason::IdleTimeout,
+        CloseReason::LeaseEnded,
+        CloseReason::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientTerminated => "client_terminated",
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::ClientError => "client_error",
+            CloseReason::UpstreamClosed => "upstream_closed",
+            CloseReason::UpstreamError => "upstream_error",
+            CloseReason::UpstreamProtocol => "upstream_protocol",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::LeaseEnded => "lease_ended",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// Which step of reaching the database failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamFailure {
@@ -169,6 +221,9 @@ fn zero_counters() {
     metrics::counter!(CONNECTIONS_ACCEPTED).absolute(0);
     for r in RejectReason::ALL {
         metrics::counter!(CONNECTIONS_REJECTED, "reason" => r.as_str()).absolute(0);
+    }
+    for c in CloseReason::ALL {
+        metrics::counter!(SESSIONS, "close_reason" => c.as_str()).absolute(0);
     }
     for f in UpstreamFailure::ALL {
         metrics::counter!(UPSTREAM_CONNECT_FAILURES, "reason" => f.as_str()).absolute(0);

@@ -4,9 +4,23 @@
 //! is a [`Pump`] with its own buffer that reads, writes everything it read, and
 //! flushes whenever its reader has nothing more for now — so a request/response
 //! round trip costs one read and one write per leg, and bulk transfers move in
-//! large chunks. The server→client direction is followed by a header-only
-//! [`FrameTracker`], so the session can stop only at a message boundary (and,
-//! when recycling, only when the backend is idle between transactions).
+//! large chunks.
+//!
+//! Both directions are followed by a header-only [`FrameTracker`] (type byte
+//! and length; bodies are skipped, never decoded):
+//! - server→client, so the session can stop only at a message boundary (and,
+//!   when recycling, only when the backend is idle between transactions);
+//! - client→server, so an orderly logout is told from a vanished client. A
+//!   client that ends with Terminate (`X`, length 4) makes the backend exit,
+//!   and the upstream's EOF then often arrives before the client's; whichever
+//!   side closes first, a session whose client stream ends with a Terminate
+//!   at a message boundary ended by the client's choice
+//!   ([`RelayEnd::ClientTerminated`]). A client stream whose framing breaks
+//!   (a length under 4) is no longer followed; it is still relayed untouched
+//!   and the backend answers it as it would a direct client.
+//!
+//! Following headers costs a few comparisons per message, and nothing per
+//! body byte, so bulk transfers (COPY, large rows) pay almost nothing.
 //!
 //! The relay never decodes, rewrites or logs message contents.
 
@@ -31,7 +45,10 @@ pub const RELAY_BUFFER: usize = 64 * 1024;
 /// Why the relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayEnd {
-    /// The client closed its side (normally after a Terminate message).
+    /// The client sent Terminate as its last message, then either side closed
+    /// or the connection failed while being torn down: an orderly logout.
+    ClientTerminated,
+    /// The client closed its side without a Terminate message.
     ClientClosed,
     /// The upstream closed its side (backend exit or termination).
     UpstreamClosed,
@@ -49,22 +66,6 @@ pub enum RelayEnd {
     IdleTimeout,
     /// Cut at once on request (`Stop::Abort`), possibly mid-message.
     Aborted,
-}
-
-impl RelayEnd {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RelayEnd::ClientClosed => "client_closed",
-            RelayEnd::UpstreamClosed => "upstream_closed",
-            RelayEnd::ClientError => "client_error",
-            RelayEnd::UpstreamError => "upstream_error",
-            RelayEnd::UpstreamProtocol => "upstream_protocol",
-            RelayEnd::Stopped => "stopped",
-            RelayEnd::StoppedIdle => "stopped_idle",
-            RelayEnd::IdleTimeout => "idle_timeout",
-            RelayEnd::Aborted => "aborted",
-        }
-    }
 }
 
 /// A request to end the relay early.
@@ -251,6 +252,8 @@ where
     if tracker.observe(&u2c.buf[..u2c.cap]).is_err() {
         return outcome(RelayEnd::UpstreamProtocol, &c2u, &u2c, &tracker);
     }
+    let mut client_frames = ClientFrames::default();
+    client_frames.observe(&c2u.buf[..c2u.cap]);
     let mut idle = idle_timeout.map(|d| (d, Box::pin(tokio::time::sleep(d))));
     let mut last_bytes = 0u64;
 
@@ -258,22 +261,24 @@ where
         if stop.poll_requested(cx) == Some(Stop::Abort) {
             return Poll::Ready((RelayEnd::Aborted, None));
         }
-        let c2u_state =
-            match c2u.poll_pump(cx, Pin::new(&mut *client), Pin::new(&mut *upstream), |_| {
-                true
-            }) {
-                Poll::Ready(Ok(s)) => Some(s),
-                Poll::Ready(Err(PumpError::Read(e))) => {
-                    return Poll::Ready((RelayEnd::ClientError, Some(e.to_string())));
-                }
-                Poll::Ready(Err(PumpError::Write(e))) => {
-                    return Poll::Ready((RelayEnd::UpstreamError, Some(e.to_string())));
-                }
-                Poll::Ready(Err(PumpError::Protocol)) => {
-                    return Poll::Ready((RelayEnd::UpstreamProtocol, None));
-                }
-                Poll::Pending => None,
-            };
+        let c2u_state = match c2u.poll_pump(
+            cx,
+            Pin::new(&mut *client),
+            Pin::new(&mut *upstream),
+            |chunk| client_frames.observe(chunk),
+        ) {
+            Poll::Ready(Ok(s)) => Some(s),
+            Poll::Ready(Err(PumpError::Read(e))) => {
+                return Poll::Ready((RelayEnd::ClientError, Some(e.to_string())));
+            }
+            Poll::Ready(Err(PumpError::Write(e))) => {
+                return Poll::Ready((RelayEnd::UpstreamError, Some(e.to_string())));
+            }
+            Poll::Ready(Err(PumpError::Protocol)) => {
+                return Poll::Ready((RelayEnd::UpstreamProtocol, None));
+            }
+            Poll::Pending => None,
+        };
         if matches!(c2u_state, Some(PumpState::Done)) {
             return Poll::Ready((RelayEnd::ClientClosed, None));
         }
@@ -323,9 +328,43 @@ where
         Poll::Pending
     })
     .await;
+    let end = match end {
+        RelayEnd::ClientClosed
+        | RelayEnd::UpstreamClosed
+        | RelayEnd::ClientError
+        | RelayEnd::UpstreamError
+            if client_frames.terminated() =>
+        {
+            RelayEnd::ClientTerminated
+        }
+        other => other,
+    };
     let mut out = outcome(end, &c2u, &u2c, &tracker);
     out.error = error;
     out
+}
+
+/// The client→server stream, followed from headers to see a Terminate.
+#[derive(Default)]
+struct ClientFrames {
+    tracker: FrameTracker,
+    /// The framing broke (a length under 4); nothing more is concluded.
+    lost: bool,
+}
+
+impl ClientFrames {
+    /// Observes a chunk; never refuses one (the backend judges client bytes).
+    fn observe(&mut self, chunk: &[u8]) -> bool {
+        if !self.lost && self.tracker.observe(chunk).is_err() {
+            self.lost = true;
+        }
+        true
+    }
+
+    /// The client's last message was a complete Terminate.
+    fn terminated(&self) -> bool {
+        !self.lost && self.tracker.at_boundary() && self.tracker.last_tag() == Some(b'X')
+    }
 }
 
 fn outcome(end: RelayEnd, c2u: &Pump, u2c: &Pump, tracker: &FrameTracker) -> RelayOutcome {
@@ -428,6 +467,90 @@ mod tests {
             &StopSignal::default(),
         )
         .await;
+        assert_eq!(out.end, RelayEnd::UpstreamClosed);
+    }
+
+    /// Relays `client_sends` (in pieces of `piece` bytes) to a far upstream that
+    /// reads it all; then `upstream_closes_first` decides which side hangs up.
+    async fn end_after(
+        client_sends: Vec<u8>,
+        piece: usize,
+        upstream_closes_first: bool,
+    ) -> RelayOutcome {
+        let (mut client_far, mut client) = duplex(1 << 16);
+        let (mut upstream_far, mut upstream) = duplex(1 << 16);
+        let task = tokio::spawn(async move {
+            relay(
+                &mut client,
+                &mut upstream,
+                BytesMut::new(),
+                BytesMut::new(),
+                None,
+                &StopSignal::default(),
+            )
+            .await
+        });
+        for chunk in client_sends.chunks(piece) {
+            client_far.write_all(chunk).await.unwrap();
+            client_far.flush().await.unwrap();
+        }
+        let mut got = vec![0u8; client_sends.len()];
+        upstream_far.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, client_sends, "relayed untouched");
+        if upstream_closes_first {
+            // As a backend does on Terminate: exit, closing the socket.
+            drop(upstream_far);
+            let out = task.await.unwrap();
+            drop(client_far);
+            out
+        } else {
+            drop(client_far);
+            let out = task.await.unwrap();
+            drop(upstream_far);
+            out
+        }
+    }
+
+    #[tokio::test]
+    async fn a_terminate_is_an_orderly_client_close_whichever_side_closes_first() {
+        let mut session = msg(b'Q', b"SELECT 1\0");
+        session.extend(msg(b'X', b""));
+        for piece in [1, 3, session.len()] {
+            for upstream_first in [true, false] {
+                let out = end_after(session.clone(), piece, upstream_first).await;
+                assert_eq!(
+                    out.end,
+                    RelayEnd::ClientTerminated,
+                    "pieces of {piece}, upstream first: {upstream_first}"
+                );
+                assert_eq!(out.bytes_client_to_upstream, session.len() as u64);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_terminate_the_side_that_closed_is_reported() {
+        // `X` bytes inside a CopyData body are not a Terminate.
+        let mut session = msg(b'd', &[b'X', 0, 0, 0, 4]);
+        session.extend(msg(b'c', b""));
+        let out = end_after(session.clone(), 2, false).await;
+        assert_eq!(out.end, RelayEnd::ClientClosed);
+        let out = end_after(session, 2, true).await;
+        assert_eq!(out.end, RelayEnd::UpstreamClosed);
+        // A Terminate followed by the start of another message is no Terminate
+        // as the last word.
+        let mut session = msg(b'X', b"");
+        session.push(b'Q');
+        let out = end_after(session, 1, false).await;
+        assert_eq!(out.end, RelayEnd::ClientClosed);
+    }
+
+    #[tokio::test]
+    async fn broken_client_framing_is_relayed_and_not_taken_for_a_terminate() {
+        // A length under 4 breaks the framing; a later `X` header cannot be trusted.
+        let mut session = vec![b'Q', 0, 0, 0, 2];
+        session.extend(msg(b'X', b""));
+        let out = end_after(session, 4, true).await;
         assert_eq!(out.end, RelayEnd::UpstreamClosed);
     }
 

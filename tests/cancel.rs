@@ -87,6 +87,7 @@ async fn a_cancel_inside_tls_cancels_the_query() {
         token.cancel_query(tls).await.expect("cancel sent over TLS");
     })
     .await;
+    assert_eq!(h.logs.events("cancel_request")[0]["tls"], true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,6 +106,7 @@ async fn a_plaintext_cancel_cancels_a_tls_session_on_a_tls_only_listener() {
             .expect("cancel sent in plaintext");
     })
     .await;
+    assert_eq!(h.logs.events("cancel_request")[0]["tls"], false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -209,3 +209,85 @@ async fn shutdown_ends_live_sessions_and_revokes_every_lease() {
     // And nobody new gets in.
     assert!(tokio::net::TcpStream::connect(h.proxy_addr).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_record_tells_a_logout_from_a_vanished_client_and_a_backend_exit() {
+    let h = Harness::start(Options {
+        admin: true,
+        ..Options::default()
+    })
+    .await;
+    let params = [("user", "keycloak"), ("database", "keycloak")];
+    let password = h.client_password.expose_secret();
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let (mut s, welcome) = wire::open(h.proxy_addr, &h.ca_pem, &params, password).await;
+        let pid = welcome.expect("login").pid;
+        wire::query(&mut s, "SELECT 1").await.unwrap();
+        sessions.push((s, pid));
+    }
+    let [
+        (mut logout, logout_pid),
+        (mut vanish, vanish_pid),
+        (mut killed, killed_pid),
+    ] = <[_; 3]>::try_from(sessions).unwrap_or_else(|_| unreachable!());
+    // Terminate, then close: what libpq, pgjdbc and tokio-postgres do.
+    wire::terminate(&mut logout).await;
+    // Closing without a Terminate, as a client that dies does.
+    tokio::io::AsyncWriteExt::shutdown(&mut vanish)
+        .await
+        .unwrap();
+    // The backend ends: the client is told why, then the connection closes.
+    h.direct()
+        .execute("SELECT pg_terminate_backend($1)", &[&killed_pid])
+        .await
+        .unwrap();
+    let told = wire::read_until_closed(&mut killed).await;
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0].field(b'C').as_deref(), Some("57P01"));
+    drop((logout, vanish, killed));
+
+    let ends = h.logs.wait_for("session_end", 3).await;
+    let reason_of = |pid: i32| {
+        let e = ends
+            .iter()
+            .find(|e| e["span"]["upstream_pid"] == pid)
+            .unwrap_or_else(|| panic!("no session_end for pid {pid}: {ends:?}"));
+        e["close_reason"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(reason_of(logout_pid), "client_terminated");
+    assert_eq!(reason_of(vanish_pid), "client_closed");
+    assert_eq!(reason_of(killed_pid), "upstream_closed");
+
+    // The metric counts each, and only ever carries the documented close reasons: every one
+    // is exported from the start, so the series are fixed.
+    let (_, body) = h.admin_get("/metrics").await;
+    let mut seen: Vec<String> = body
+        .lines()
+        .filter(|l| l.starts_with("pgwarden_sessions_total{"))
+        .map(|l| {
+            let label = l
+                .split("close_reason=\"")
+                .nth(1)
+                .expect("a close_reason label");
+            label[..label.find('"').unwrap()].to_owned()
+        })
+        .collect();
+    seen.sort();
+    let mut documented: Vec<String> = pgwarden::metrics::CloseReason::ALL
+        .iter()
+        .map(|c| c.as_str().to_owned())
+        .collect();
+    documented.sort();
+    assert_eq!(seen, documented);
+    for (reason, n) in [
+        ("client_terminated", 1.0),
+        ("client_closed", 1.0),
+        ("upstream_closed", 1.0),
+        ("client_error", 0.0),
+        ("shutdown", 0.0),
+    ] {
+        let series = format!("pgwarden_sessions_total{{close_reason=\"{reason}\"}}");
+        assert_eq!(h.metric(&series).await, n, "{series}");
+    }
+}

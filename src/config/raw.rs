@@ -29,7 +29,12 @@ pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9187";
 /// Parses `"15s"`, `"1h 30m"`, … (humantime).
 pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    // The error names the value: deserializing a section cannot say which key failed.
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "`{s}` is not a duration ({e}); write e.g. \"15s\" or \"1h 30m\""
+        ))
+    })
 }
 
 fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {

@@ -2,9 +2,10 @@
 //!
 //! [`FramedStream`] reads whole frames from a stream through a buffer it owns and
 //! hands the unread remainder back when pgwarden switches to relaying, so no byte
-//! is ever lost or reordered. [`FrameTracker`] follows message boundaries in the
-//! server→client byte stream from headers alone (type + length), never decoding a
-//! body, so the relay can tell when the backend is idle between transactions.
+//! is ever lost or reordered. [`FrameTracker`] follows message boundaries in a
+//! relayed byte stream from headers alone (type + length), never decoding a body:
+//! on the server→client stream the relay learns when the backend is idle between
+//! transactions, on the client→server stream whether the client said Terminate.
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -104,10 +105,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedStream<S> {
     }
 }
 
-/// Follows message boundaries of a backend→frontend byte stream from headers.
+/// Follows message boundaries of a typed-message byte stream from headers.
 ///
 /// Fed every chunk the relay forwards, it reports whether the stream rests at a
-/// message boundary right after a ReadyForQuery, and with which transaction status.
+/// message boundary, the type of the latest message, and (for a backend→frontend
+/// stream) whether that was a ReadyForQuery and with which transaction status.
+/// Work per chunk is proportional to the number of message headers in it.
 #[derive(Debug, Default)]
 pub struct FrameTracker {
     /// Header bytes of the current message seen so far (type + length).
@@ -119,6 +122,8 @@ pub struct FrameTracker {
     in_ready_for_query: bool,
     /// Status of the last ReadyForQuery, if nothing has followed it yet.
     idle_status: Option<u8>,
+    /// Type byte of the latest message whose header was seen in full.
+    last_tag: Option<u8>,
 }
 
 /// The backend sent a message header no PostgreSQL server would.
@@ -162,6 +167,7 @@ impl FrameTracker {
                 return Err(TrackError(len.into()));
             }
             self.remaining = len as usize - 4;
+            self.last_tag = Some(tag);
             self.idle_status = None;
             self.in_ready_for_query = tag == b'Z' && self.remaining == 1;
         }
@@ -171,6 +177,12 @@ impl FrameTracker {
     /// Whether the stream rests between two messages.
     pub fn at_boundary(&self) -> bool {
         self.remaining == 0 && self.header_len == 0
+    }
+
+    /// The type byte of the latest message whose header has been seen in full
+    /// (its body may still be on the way).
+    pub fn last_tag(&self) -> Option<u8> {
+        self.last_tag
     }
 
     /// `Some(status)` when the last thing seen is a complete ReadyForQuery.
@@ -227,6 +239,32 @@ mod tests {
         assert_eq!(t.ready_status(), Some(b'I'));
         t.observe(b"A").unwrap();
         assert_eq!(t.ready_status(), None);
+    }
+
+    #[test]
+    fn tracker_reports_the_latest_message_type_in_any_split() {
+        // What a client sends last: a query, then Terminate (a header with no body).
+        let mut stream = msg(b'Q', b"SELECT 1\0");
+        stream.extend(msg(b'X', b""));
+        for cut in 0..=stream.len() {
+            let mut t = FrameTracker::default();
+            t.observe(&stream[..cut]).unwrap();
+            let before = t.last_tag();
+            t.observe(&stream[cut..]).unwrap();
+            assert_eq!(t.last_tag(), Some(b'X'), "cut at {cut}");
+            assert!(t.at_boundary(), "cut at {cut}");
+            // Before the whole Terminate header arrived, it was not reported.
+            let expected = match cut {
+                0..5 => None,
+                _ if cut < stream.len() => Some(b'Q'),
+                _ => Some(b'X'),
+            };
+            assert_eq!(before, expected, "cut at {cut}");
+        }
+        // A Terminate inside a message body is just body bytes.
+        let mut t = FrameTracker::default();
+        t.observe(&msg(b'd', b"X\0\0\0\x04")).unwrap();
+        assert_eq!(t.last_tag(), Some(b'd'));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, field::Empty};
 
 use crate::handshake::{Negotiated, send_fatal};
-use crate::metrics::{self, GaugeGuard, RejectReason};
+use crate::metrics::{self, CloseReason, GaugeGuard, RejectReason};
 use crate::protocol::backend::{fatal, sqlstate};
 use crate::relay::{RelayEnd, Stop, StopSignal, relay};
 use crate::state::State;
@@ -89,13 +89,14 @@ async fn serve(
         Ok(Ok(n)) => n,
     };
     let (stream, startup, tls) = match negotiated {
-        Negotiated::Cancel(c) => {
+        Negotiated::Cancel { request: c, tls } => {
             let outcome = state.cancel.cancel(peer.ip(), c.pid, &c.key).await;
             ::metrics::counter!(metrics::CANCEL_REQUESTS, "outcome" => outcome.as_str())
                 .increment(1);
             tracing::info!(
                 event = "cancel_request",
                 pid = c.pid,
+                tls,
                 outcome = outcome.as_str()
             );
             return;
@@ -185,23 +186,17 @@ async fn relay_and_close(state: &State, est: Established, handshake: Duration) {
         }
     };
 
-    let close_reason = match outcome.end {
-        RelayEnd::Stopped | RelayEnd::StoppedIdle | RelayEnd::Aborted if shutdown_asked => {
-            "shutdown"
-        }
-        RelayEnd::Stopped | RelayEnd::StoppedIdle | RelayEnd::Aborted => "lease_ended",
-        other => other.as_str(),
-    };
+    let close_reason = close_reason(outcome.end, shutdown_asked);
     let goodbye = match close_reason {
-        "shutdown" => Some((
+        CloseReason::Shutdown => Some((
             sqlstate::ADMIN_SHUTDOWN,
             "terminating connection due to administrator command",
         )),
-        "lease_ended" => Some((
+        CloseReason::LeaseEnded => Some((
             sqlstate::ADMIN_SHUTDOWN,
             "terminating connection because its database credential reached the end of its lease; reconnect to get a new one",
         )),
-        "idle_timeout" => Some((
+        CloseReason::IdleTimeout => Some((
             sqlstate::IDLE_SESSION_TIMEOUT,
             "terminating connection due to idle-session timeout",
         )),
@@ -226,7 +221,7 @@ async fn relay_and_close(state: &State, est: Established, handshake: Duration) {
     drop(lease);
 
     let duration = started.elapsed();
-    ::metrics::counter!(metrics::SESSIONS, "close_reason" => close_reason).increment(1);
+    ::metrics::counter!(metrics::SESSIONS, "close_reason" => close_reason.as_str()).increment(1);
     ::metrics::histogram!(metrics::SESSION_DURATION).record(duration.as_secs_f64());
     ::metrics::counter!(metrics::RELAY_BYTES, "direction" => "client_to_upstream")
         .increment(outcome.bytes_client_to_upstream);
@@ -238,9 +233,27 @@ async fn relay_and_close(state: &State, est: Established, handshake: Duration) {
         duration_ms = duration.as_millis() as u64,
         bytes_client_to_upstream = outcome.bytes_client_to_upstream,
         bytes_upstream_to_client = outcome.bytes_upstream_to_client,
-        close_reason,
+        close_reason = close_reason.as_str(),
         error = outcome.error.as_deref(),
     );
+}
+
+/// Why the session ended, from how the relay ended; a stop pgwarden asked for
+/// is a shutdown if shutdown was under way, else the lease's end.
+fn close_reason(end: RelayEnd, shutdown_asked: bool) -> CloseReason {
+    match end {
+        RelayEnd::ClientTerminated => CloseReason::ClientTerminated,
+        RelayEnd::ClientClosed => CloseReason::ClientClosed,
+        RelayEnd::ClientError => CloseReason::ClientError,
+        RelayEnd::UpstreamClosed => CloseReason::UpstreamClosed,
+        RelayEnd::UpstreamError => CloseReason::UpstreamError,
+        RelayEnd::UpstreamProtocol => CloseReason::UpstreamProtocol,
+        RelayEnd::IdleTimeout => CloseReason::IdleTimeout,
+        RelayEnd::Stopped | RelayEnd::StoppedIdle | RelayEnd::Aborted if shutdown_asked => {
+            CloseReason::Shutdown
+        }
+        RelayEnd::Stopped | RelayEnd::StoppedIdle | RelayEnd::Aborted => CloseReason::LeaseEnded,
+    }
 }
 
 /// Counts and (rate-limited) logs a connection refused before its session.

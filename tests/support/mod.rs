@@ -3,6 +3,7 @@
 
 pub mod harness;
 pub mod hcl;
+pub mod java;
 pub mod logs;
 pub mod shipped;
 pub mod vault_double;

@@ -379,3 +379,44 @@ pub async fn terminate<S: AsyncWrite + Unpin>(s: &mut S) {
     let _ = s.write_all(&[b'X', 0, 0, 0, 4]).await;
     let _ = s.shutdown().await;
 }
+
+/// SSLRequest, TLS, a protocol 3.0 StartupMessage with `params` and a SCRAM-SHA-256-PLUS
+/// login: how libpq with `channel_binding=require` logs in, to pgwarden or straight to a
+/// cluster. The stream, with the welcome or the ErrorResponse that refused the login.
+pub async fn open(
+    addr: SocketAddr,
+    ca_pem: &str,
+    params: &[(&str, &str)],
+    password: &str,
+) -> (Tls, Result<Welcome, Message>) {
+    let mut s = ssl(addr, ca_pem).await;
+    let binding = channel_binding(&s);
+    send(&mut s, &startup(0, params)).await;
+    let welcome = login(&mut s, password, Some(binding)).await;
+    (s, welcome)
+}
+
+/// Every message up to and including the next ReadyForQuery.
+pub async fn read_until_ready<S: AsyncRead + Unpin>(s: &mut S) -> Vec<Message> {
+    let mut out = Vec::new();
+    loop {
+        let m = read_message(s)
+            .await
+            .expect("the connection closed before ReadyForQuery");
+        let done = m.tag == b'Z';
+        out.push(m);
+        if done {
+            return out;
+        }
+    }
+}
+
+impl Welcome {
+    /// The value of one ParameterStatus.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
