@@ -1,9 +1,14 @@
-#!/usr/bin/env bash
+#!/bin/sh
 # Configures HashiCorp Vault (1.15 or later) for pgwarden in front of Keycloak's
 # PostgreSQL: the database secrets engine with a TLS connection, a password
 # policy, the two dynamic roles, pgwarden's policy and its AppRole. Run it after
-# bootstrap.sql, with the `vault` CLI. Safe to run again: every step creates or
-# updates, and each run writes a fresh secret_id.
+# bootstrap.sql, with the `vault` CLI: `sh setup.sh`. Safe to run again: every
+# step creates or updates, and each run writes a fresh secret_id.
+#
+# POSIX sh, so that it runs where the `vault` CLI lives: busybox ash (the
+# hashicorp/vault image has no bash), dash, bash. No `local`, no pipefail: a
+# value that a later command needs is read into a variable first, so that a
+# failure stops the script (set -e) instead of vanishing inside a pipe.
 #
 # Environment (an interface: keep these names):
 #   VAULT_ADDR                       Vault's address, e.g. https://vault.internal:8200   (required)
@@ -23,8 +28,12 @@
 #
 # Nothing secret is printed: not the token, the password, the role_id or the secret_id.
 
-set -euo pipefail
+set -eu
 umask 077
+# ASCII ranges in the patterns below, whatever the caller's locale.
+LC_ALL=C
+export LC_ALL
+unset CDPATH
 
 # Names and lifetimes. Leases live while their session does: pgwarden renews
 # them at 2/3 of LEASE_TTL and recycles a session when LEASE_MAX_TTL is reached.
@@ -38,54 +47,83 @@ readonly APPROLE=pgwarden
 readonly TOKEN_TTL=1h
 readonly TOKEN_MAX_TTL=24h
 
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-readonly here
-
 say() { printf 'pgwarden vault setup: %s\n' "$*" >&2; }
 die() {
 	say "error: $*"
 	exit 1
 }
 
-require() { # variable, what it should hold
-	[[ -n ${!1:-} ]] || die "set $1 to $2"
+# The directory of this script, where the policy and statement files are.
+case $0 in
+*/*) here=${0%/*} ;;
+*) here=. ;;
+esac
+here=$(cd "${here:-/}" && pwd)
+readonly here
+
+# `${VAR:+set}`, not the value: no secret needs to be an argument even here.
+require() { # variable, "set" when it holds something, what it should hold
+	[ -n "$2" ] || die "set $1 to $3"
 }
-require VAULT_ADDR "the address of Vault"
-require VAULT_TOKEN "a token allowed to configure Vault"
-require PGWARDEN_DB_HOST "the host of PostgreSQL as Vault reaches it"
-require PGWARDEN_DB_ADMIN_PASSWORD_FILE "the file holding the password of the admin role"
-require PGWARDEN_DB_CA_FILE "the CA certificate of PostgreSQL, as a path on the Vault server"
-require PGWARDEN_APPROLE_OUT_DIR "the directory for role_id and secret_id"
+require VAULT_ADDR "${VAULT_ADDR:+set}" "the address of Vault"
+require VAULT_TOKEN "${VAULT_TOKEN:+set}" "a token allowed to configure Vault"
+require PGWARDEN_DB_HOST "${PGWARDEN_DB_HOST:+set}" "the host of PostgreSQL as Vault reaches it"
+require PGWARDEN_DB_ADMIN_PASSWORD_FILE "${PGWARDEN_DB_ADMIN_PASSWORD_FILE:+set}" "the file holding the password of the admin role"
+require PGWARDEN_DB_CA_FILE "${PGWARDEN_DB_CA_FILE:+set}" "the CA certificate of PostgreSQL, as a path on the Vault server"
+require PGWARDEN_APPROLE_OUT_DIR "${PGWARDEN_APPROLE_OUT_DIR:+set}" "the directory for role_id and secret_id"
 mount=${PGWARDEN_VAULT_MOUNT:-database}
 mount=${mount#/}
 mount=${mount%/}
 db_port=${PGWARDEN_DB_PORT:-5432}
 db_name=${PGWARDEN_DB_NAME:-keycloak}
 db_user=${PGWARDEN_DB_ADMIN_USER:-vault_admin}
+host=$PGWARDEN_DB_HOST
+ca_file=$PGWARDEN_DB_CA_FILE
+password_file=$PGWARDEN_DB_ADMIN_PASSWORD_FILE
 out_dir=$PGWARDEN_APPROLE_OUT_DIR
 
-[[ $mount =~ ^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$ ]] || die "PGWARDEN_VAULT_MOUNT: letters, digits, . _ - and / only"
-[[ $db_port =~ ^[0-9]+$ ]] || die "PGWARDEN_DB_PORT: a number"
-[[ $db_name =~ ^[A-Za-z0-9_-]+$ ]] || die "PGWARDEN_DB_NAME: letters, digits, _ and - only"
-[[ $db_user =~ ^[A-Za-z0-9_-]+$ ]] || die "PGWARDEN_DB_ADMIN_USER: letters, digits, _ and - only"
-[[ $PGWARDEN_DB_HOST =~ ^[A-Za-z0-9.:-]+$ ]] || die "PGWARDEN_DB_HOST: a host name or an IP address"
-[[ $PGWARDEN_DB_CA_FILE =~ ^/[A-Za-z0-9._/-]+$ ]] || die "PGWARDEN_DB_CA_FILE: an absolute path of letters, digits and . _ - /"
-[[ -r $PGWARDEN_DB_ADMIN_PASSWORD_FILE ]] || die "PGWARDEN_DB_ADMIN_PASSWORD_FILE: cannot read that file"
+# Segments of letters, digits, . _ -, joined by single slashes.
+case $mount in
+"" | /* | */ | *//* | *[!A-Za-z0-9._/-]*) die "PGWARDEN_VAULT_MOUNT: letters, digits, . _ - and / only" ;;
+esac
+case $db_port in
+"" | *[!0-9]*) die "PGWARDEN_DB_PORT: a number" ;;
+esac
+case $db_name in
+"" | *[!A-Za-z0-9_-]*) die "PGWARDEN_DB_NAME: letters, digits, _ and - only" ;;
+esac
+case $db_user in
+"" | *[!A-Za-z0-9_-]*) die "PGWARDEN_DB_ADMIN_USER: letters, digits, _ and - only" ;;
+esac
+case $host in
+"" | *[!A-Za-z0-9.:-]*) die "PGWARDEN_DB_HOST: a host name or an IP address" ;;
+esac
+case $ca_file in
+/ | [!/]* | *[!A-Za-z0-9._/-]*) die "PGWARDEN_DB_CA_FILE: an absolute path of letters, digits and . _ - /" ;;
+esac
+# Read now, before Vault is touched, without its trailing newlines; a failed
+# read stops the script here rather than sending vault an empty password.
+password=$(cat "$password_file") || die "PGWARDEN_DB_ADMIN_PASSWORD_FILE: cannot read that file"
 command -v vault >/dev/null || die "the vault CLI is not on PATH"
+# The password reaches vault through printf; only a builtin printf keeps it off
+# every command line (dash, busybox ash and bash all have one).
+[ "$(command -v printf)" = printf ] || die "run this script with a shell whose printf is a builtin (sh, busybox sh, bash)"
 for f in pgwarden-policy.hcl password-policy.hcl renewal.sql revocation.sql \
 	"creation-$MIGRATE_ROLE.sql" "creation-$APP_ROLE.sql"; do
-	[[ -r $here/$f ]] || die "$here/$f is missing"
+	[ -r "$here/$f" ] || die "$here/$f is missing"
 done
 mkdir -p "$out_dir"
 
-# The path of an entry in `vault secrets list` / `vault auth list`, and its type.
+# The type of the entry at a path in `vault secrets list` / `vault auth list`,
+# into $mounted (empty when nothing is mounted there).
 mounted_type() { # kind (secrets|auth) path
-	vault "$1" list -format=table | awk -v path="$2/" '$1 == path { print $2 }'
+	listing=$(vault "$1" list -format=table) || die "could not list the $1 mounts"
+	mounted=$(printf '%s\n' "$listing" | awk -v path="$2/" '$1 == path { print $2 }')
 }
 
 # 1. The database secrets engine.
-existing=$(mounted_type secrets "$mount")
-case $existing in
+mounted_type secrets "$mount"
+case $mounted in
 "")
 	say "enabling the database secrets engine at $mount/"
 	vault secrets enable -path="$mount" database
@@ -100,13 +138,12 @@ vault write "sys/policies/password/$PASSWORD_POLICY" policy=@"$here/password-pol
 
 # 3. The connection to PostgreSQL: TLS verify-full against the given CA; the
 # password goes as a SCRAM-SHA-256 verifier into CREATE ROLE, never in clear.
-host=$PGWARDEN_DB_HOST
-if [[ $host == *:* ]]; then
-	host="[$host]" # an IPv6 address
-fi
-url="postgresql://{{username}}:{{password}}@$host:$db_port/$db_name?sslmode=verify-full&sslrootcert=$PGWARDEN_DB_CA_FILE"
+case $host in
+*:*) host="[$host]" ;; # an IPv6 address
+esac
+url="postgresql://{{username}}:{{password}}@$host:$db_port/$db_name?sslmode=verify-full&sslrootcert=$ca_file"
 say "writing the connection $mount/config/$db_name ($db_user@$host:$db_port/$db_name, verify-full)"
-printf '%s' "$(<"$PGWARDEN_DB_ADMIN_PASSWORD_FILE")" |
+printf '%s' "$password" |
 	vault write "$mount/config/$db_name" \
 		plugin_name=postgresql-database-plugin \
 		connection_url="$url" \
@@ -116,6 +153,7 @@ printf '%s' "$(<"$PGWARDEN_DB_ADMIN_PASSWORD_FILE")" |
 		password_policy="$PASSWORD_POLICY" \
 		allowed_roles="$MIGRATE_ROLE,$APP_ROLE" \
 		verify_connection=true
+unset password
 
 # 4. The two roles: migrations act as keycloak_owner, the steady state as
 # keycloak_app (read/update/write only).
@@ -132,15 +170,16 @@ done
 
 # 5. pgwarden's policy, for this mount.
 say "writing the policy $VAULT_POLICY"
-sed "s|\"database/creds/|\"$mount/creds/|" "$here/pgwarden-policy.hcl" |
-	vault policy write "$VAULT_POLICY" -
+policy=$(sed "s|\"database/creds/|\"$mount/creds/|" "$here/pgwarden-policy.hcl") ||
+	die "could not read $here/pgwarden-policy.hcl"
+printf '%s\n' "$policy" | vault policy write "$VAULT_POLICY" -
 
 # 6. pgwarden's AppRole: tokens carry only that policy; the secret id does not
 # expire and may be used for every login (pgwarden logs in again whenever its
 # token reaches its max TTL). Restrict where it may be used from with
 # secret_id_bound_cidrs / token_bound_cidrs where the network allows.
-existing=$(mounted_type auth approle)
-case $existing in
+mounted_type auth approle
+case $mounted in
 "")
 	say "enabling the AppRole auth method"
 	vault auth enable approle
@@ -160,17 +199,18 @@ vault write "auth/approle/role/$APPROLE" \
 	secret_id_ttl=0 \
 	secret_id_num_uses=0
 
-# 7. role_id and a fresh secret_id, written whole or not at all.
+# 7. role_id and a fresh secret_id, written whole or not at all. (Globals with
+# the function's prefix: POSIX sh has no `local`.)
 write_private() { # file command...
-	local file=$1 tmp
+	wp_file=$1
 	shift
-	tmp=$(mktemp "$out_dir/.${file}.XXXXXX")
-	if ! "$@" >"$tmp"; then
-		rm -f "$tmp"
-		die "could not obtain $file"
+	wp_tmp=$(mktemp "$out_dir/.$wp_file.XXXXXX") || die "could not create a file in $out_dir"
+	if ! "$@" >"$wp_tmp"; then
+		rm -f "$wp_tmp"
+		die "could not obtain $wp_file"
 	fi
-	chmod 600 "$tmp"
-	mv -f "$tmp" "$out_dir/$file"
+	chmod 600 "$wp_tmp"
+	mv -f "$wp_tmp" "$out_dir/$wp_file"
 }
 write_private role_id vault read -field=role_id "auth/approle/role/$APPROLE/role-id"
 write_private secret_id vault write -f -field=secret_id "auth/approle/role/$APPROLE/secret-id"
