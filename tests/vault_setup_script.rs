@@ -1,7 +1,12 @@
-//! `config/vault/setup.sh` run against a fake `vault` CLI: the script is valid bash, makes
-//! the calls a real Vault needs (engine, TLS connection, password policy, both roles from
-//! the shipped statement files, pgwarden's policy, the AppRole), writes role_id and
-//! secret_id with mode 0600, prints no secret, and runs twice without failing.
+//! `config/vault/setup.sh` run against a fake `vault` CLI, under the POSIX shells it must
+//! run in: dash (Debian's `sh`) and busybox `sh` (the shell of the hashicorp/vault image
+//! that docker-compose.yml's vault-init runs it in), the latter with nothing but busybox's
+//! applets and the fake `vault` on PATH. The script parses in both, makes the calls a real
+//! Vault needs (engine, TLS connection, password policy, both roles from the shipped
+//! statement files, pgwarden's policy, the AppRole), writes role_id and secret_id with mode
+//! 0600, prints no secret, puts the admin password on no command line, runs twice without
+//! failing, and stops before any change when a read or a `vault` listing fails.
+//! (`shellcheck --shell=sh` on it is in `tests/deploy_files.rs`.)
 
 mod support;
 
@@ -17,7 +22,9 @@ use support::shipped;
 /// when a value or the policy is read from stdin); keeps mounts in `secrets`/`auth`; answers
 /// like the real CLI: `list -format=table` tables, "path is already in use" for a second
 /// enable, `-field` values without a newline, an error for an `@file` that does not exist.
-const FAKE_VAULT: &str = r#"#!/usr/bin/env bash
+/// `FAKE_VAULT_FAIL="<arg1> <arg2>"` makes that call fail as a refused request does.
+/// It is bash, by absolute path: under busybox, PATH holds only busybox's applets.
+const FAKE_VAULT: &str = r#"#!/bin/bash
 set -euo pipefail
 state=${FAKE_VAULT_STATE:?}
 [[ -n ${VAULT_ADDR:-} && -n ${VAULT_TOKEN:-} ]] || { echo "fake vault: no VAULT_ADDR/VAULT_TOKEN" >&2; exit 2; }
@@ -26,6 +33,10 @@ echo "$n" > "$state/count"
 call="$state/calls/$(printf '%03d' "$n")"
 mkdir -p "$call"
 printf '%s\0' "$@" > "$call/argv"
+if [[ "$1 ${2:-}" == "${FAKE_VAULT_FAIL:-}" ]]; then
+  printf 'Error listing: Error making API request.\n\nCode: 403. Errors:\n\n* permission denied\n' >&2
+  exit 2
+fi
 for a in "$@"; do
   if [[ $a == *=- || $a == - ]]; then cat > "$call/stdin"; fi
   if [[ $a =~ ^[a-z_]+=@ ]]; then
@@ -70,6 +81,46 @@ const SECRET_ID: &str = "a81c44d0-secret-id-for-the-test";
 const TOKEN: &str = "hvs.admin-token-for-the-setup-test";
 const DB_PASSWORD: &str = "db-admin-password-Zq7xT2mK9vR4wL8nB3cJ";
 const CA: &str = "/vault/tls/postgres-ca.crt";
+
+/// A shell that setup.sh must run in.
+#[derive(Clone, Copy, Debug)]
+enum Shell {
+    /// Debian's `/bin/sh`, with the system's tools on PATH.
+    Dash,
+    /// busybox `sh`, with only busybox's applets (and the fake `vault`) on PATH, as in the
+    /// Alpine-based hashicorp/vault image.
+    Busybox,
+}
+
+/// The `busybox` binary (Debian package busybox; .ci/run installs it).
+fn busybox() -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join("busybox"))
+        .find(|p| p.is_file())
+        .expect("busybox on PATH (Debian package busybox; .ci/run installs it)")
+}
+
+/// A directory of symbolic links to busybox, one per applet it has, as Alpine installs it.
+fn busybox_applets(dir: &Path) {
+    let busybox = busybox();
+    let list = Command::new(&busybox).arg("--list").output().unwrap();
+    assert!(list.status.success(), "busybox --list");
+    std::fs::create_dir(dir).unwrap();
+    let mut n = 0;
+    for applet in String::from_utf8(list.stdout).unwrap().split_whitespace() {
+        std::os::unix::fs::symlink(&busybox, dir.join(applet)).unwrap();
+        n += 1;
+    }
+    // What setup.sh runs besides vault and the shell's builtins.
+    for tool in ["awk", "cat", "chmod", "mkdir", "mktemp", "mv", "rm", "sed"] {
+        assert!(
+            dir.join(tool).exists(),
+            "busybox has no {tool} ({n} applets)"
+        );
+    }
+}
 
 struct Fake {
     dir: tempfile::TempDir,
@@ -119,18 +170,36 @@ impl Fake {
         self.dir.path().join("state")
     }
 
-    /// Runs setup.sh with the interface's variables, `vault` being the fake; `env` adds or
-    /// (with an empty value) removes variables. Returns the calls this run made.
-    fn run(&self, env: &[(&str, &str)]) -> Run {
+    /// Runs setup.sh in `shell` with the interface's variables, `vault` being the fake;
+    /// `env` adds or (with an empty value) removes variables. Returns the calls this run
+    /// made.
+    fn run(&self, shell: Shell, env: &[(&str, &str)]) -> Run {
+        let mut cmd = match shell {
+            Shell::Dash => Command::new("dash"),
+            Shell::Busybox => {
+                let mut c = Command::new(busybox());
+                c.arg("sh");
+                c
+            }
+        };
+        cmd.arg(shipped::config_dir().join("setup.sh"));
+        self.run_command(shell, cmd, env)
+    }
+
+    fn run_command(&self, shell: Shell, mut cmd: Command, env: &[(&str, &str)]) -> Run {
         let before = self.calls().len();
-        let path = format!(
-            "{}:{}",
-            self.dir.path().join("bin").display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let mut cmd = Command::new("bash");
-        cmd.arg(shipped::config_dir().join("setup.sh"))
-            .env_clear()
+        let tools = match shell {
+            Shell::Dash => std::env::var("PATH").unwrap_or_default(),
+            Shell::Busybox => {
+                let applets = self.dir.path().join("busybox");
+                if !applets.exists() {
+                    busybox_applets(&applets);
+                }
+                applets.display().to_string()
+            }
+        };
+        let path = format!("{}:{tools}", self.dir.path().join("bin").display());
+        cmd.env_clear()
             .env("PATH", path)
             .env("HOME", self.dir.path())
             .env("FAKE_VAULT_STATE", self.state())
@@ -152,7 +221,7 @@ impl Fake {
                 cmd.env(k, v);
             }
         }
-        let out = cmd.output().expect("bash runs");
+        let out = cmd.output().unwrap_or_else(|e| panic!("{shell:?}: {e}"));
         Run {
             success: out.status.success(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -229,23 +298,48 @@ fn file_0600(path: &Path) -> String {
 }
 
 #[test]
-fn setup_script_is_valid_bash() {
-    let out = Command::new("bash")
-        .arg("-n")
-        .arg(shipped::config_dir().join("setup.sh"))
-        .output()
-        .unwrap();
+fn setup_script_is_posix_sh() {
+    let script = shipped::config_dir().join("setup.sh");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        shipped::file("setup.sh").starts_with("#!/bin/sh\n"),
+        "setup.sh names /bin/sh"
     );
+    let busybox = busybox();
+    let checks: [(&str, Command); 2] = [
+        ("dash -n", {
+            let mut c = Command::new("dash");
+            c.arg("-n").arg(&script);
+            c
+        }),
+        ("busybox sh -n", {
+            let mut c = Command::new(&busybox);
+            c.arg("sh").arg("-n").arg(&script);
+            c
+        }),
+    ];
+    for (what, mut cmd) in checks {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]
-fn setup_configures_vault_for_pgwarden_and_can_run_twice() {
+fn setup_configures_vault_for_pgwarden_and_can_run_twice_in_dash() {
+    configures_vault_for_pgwarden_and_can_run_twice(Shell::Dash);
+}
+
+#[test]
+fn setup_configures_vault_for_pgwarden_and_can_run_twice_in_busybox_sh() {
+    configures_vault_for_pgwarden_and_can_run_twice(Shell::Busybox);
+}
+
+fn configures_vault_for_pgwarden_and_can_run_twice(shell: Shell) {
     let fake = Fake::new();
-    let run = fake.run(&[]);
+    let run = fake.run(shell, &[]);
     assert!(run.success, "setup.sh failed:\n{}", run.stderr);
     let calls = &run.calls;
 
@@ -339,7 +433,7 @@ fn setup_configures_vault_for_pgwarden_and_can_run_twice() {
 
     // Again: the mounts exist now (as `secrets list` and `auth list` say), so nothing is
     // enabled twice; everything else is written again and a fresh secret id replaces the old.
-    let again = fake.run(&[]);
+    let again = fake.run(shell, &[]);
     assert!(again.success, "second run failed:\n{}", again.stderr);
     assert!(find(&again.calls, &["secrets", "enable"]).is_empty());
     assert!(find(&again.calls, &["auth", "enable"]).is_empty());
@@ -350,15 +444,27 @@ fn setup_configures_vault_for_pgwarden_and_can_run_twice() {
 }
 
 #[test]
-fn setup_uses_the_configured_mount_and_database_everywhere() {
+fn setup_uses_the_configured_mount_and_database_everywhere_in_dash() {
+    uses_the_configured_mount_and_database_everywhere(Shell::Dash);
+}
+
+#[test]
+fn setup_uses_the_configured_mount_and_database_everywhere_in_busybox_sh() {
+    uses_the_configured_mount_and_database_everywhere(Shell::Busybox);
+}
+
+fn uses_the_configured_mount_and_database_everywhere(shell: Shell) {
     let fake = Fake::new();
-    let run = fake.run(&[
-        ("PGWARDEN_VAULT_MOUNT", "kc-db"),
-        ("PGWARDEN_DB_NAME", "iam"),
-        ("PGWARDEN_DB_PORT", "6543"),
-        ("PGWARDEN_DB_ADMIN_USER", "vault_iam"),
-        ("PGWARDEN_DB_HOST", "fd00::5"),
-    ]);
+    let run = fake.run(
+        shell,
+        &[
+            ("PGWARDEN_VAULT_MOUNT", "kc-db"),
+            ("PGWARDEN_DB_NAME", "iam"),
+            ("PGWARDEN_DB_PORT", "6543"),
+            ("PGWARDEN_DB_ADMIN_USER", "vault_iam"),
+            ("PGWARDEN_DB_HOST", "fd00::5"),
+        ],
+    );
     assert!(run.success, "{}", run.stderr);
     one(
         &run.calls,
@@ -389,10 +495,19 @@ fn setup_uses_the_configured_mount_and_database_everywhere() {
 }
 
 #[test]
-fn setup_refuses_a_mount_taken_by_another_engine_and_missing_settings() {
+fn setup_refuses_a_mount_taken_by_another_engine_and_bad_settings_in_dash() {
+    refuses_a_mount_taken_by_another_engine_and_bad_settings(Shell::Dash);
+}
+
+#[test]
+fn setup_refuses_a_mount_taken_by_another_engine_and_bad_settings_in_busybox_sh() {
+    refuses_a_mount_taken_by_another_engine_and_bad_settings(Shell::Busybox);
+}
+
+fn refuses_a_mount_taken_by_another_engine_and_bad_settings(shell: Shell) {
     let fake = Fake::new();
     std::fs::write(fake.state().join("secrets"), "database/ kv\n").unwrap();
-    let run = fake.run(&[]);
+    let run = fake.run(shell, &[]);
     assert!(!run.success);
     assert!(
         run.stderr.contains("not as a database secrets engine"),
@@ -404,8 +519,93 @@ fn setup_refuses_a_mount_taken_by_another_engine_and_missing_settings() {
         "stopped before writing"
     );
 
-    let run = Fake::new().run(&[("PGWARDEN_DB_CA_FILE", "")]);
-    assert!(!run.success);
-    assert!(run.stderr.contains("PGWARDEN_DB_CA_FILE"), "{}", run.stderr);
-    assert!(run.calls.is_empty(), "no vault call without the settings");
+    // Each required setting missing: no vault call.
+    for var in [
+        "VAULT_ADDR",
+        "VAULT_TOKEN",
+        "PGWARDEN_DB_HOST",
+        "PGWARDEN_DB_ADMIN_PASSWORD_FILE",
+        "PGWARDEN_DB_CA_FILE",
+        "PGWARDEN_APPROLE_OUT_DIR",
+    ] {
+        let run = Fake::new().run(shell, &[(var, "")]);
+        assert!(!run.success, "ran without {var}");
+        assert!(
+            run.stderr.contains(&format!("set {var} to")),
+            "{}",
+            run.stderr
+        );
+        assert!(run.calls.is_empty(), "no vault call without {var}");
+    }
+
+    // Each checked setting, with a value its pattern refuses: no vault call.
+    for (var, value) in [
+        ("PGWARDEN_VAULT_MOUNT", "a//b"),
+        ("PGWARDEN_VAULT_MOUNT", "kc db"),
+        ("PGWARDEN_DB_PORT", "54x"),
+        ("PGWARDEN_DB_NAME", "kc;drop"),
+        ("PGWARDEN_DB_ADMIN_USER", "vault admin"),
+        ("PGWARDEN_DB_HOST", "db/evil"),
+        ("PGWARDEN_DB_CA_FILE", "relative/ca.crt"),
+        ("PGWARDEN_DB_CA_FILE", "/etc/ca&x.crt"),
+    ] {
+        let run = Fake::new().run(shell, &[(var, value)]);
+        assert!(!run.success, "{var}={value} accepted");
+        assert!(run.stderr.contains(var), "{var}={value}: {}", run.stderr);
+        assert!(run.calls.is_empty(), "{var}={value}: {:?}", run.calls);
+    }
+}
+
+#[test]
+fn setup_stops_before_any_change_when_a_read_fails() {
+    for shell in [Shell::Dash, Shell::Busybox] {
+        // A password file that cannot be read (a directory passes `[ -r ]`): the script
+        // stops before Vault is touched rather than sending vault an empty password.
+        let fake = Fake::new();
+        let dir = fake.dir.path().join("state");
+        let run = fake.run(
+            shell,
+            &[("PGWARDEN_DB_ADMIN_PASSWORD_FILE", dir.to_str().unwrap())],
+        );
+        assert!(!run.success, "{shell:?}: an unreadable password file");
+        assert!(
+            run.stderr.contains("PGWARDEN_DB_ADMIN_PASSWORD_FILE"),
+            "{shell:?}: {}",
+            run.stderr
+        );
+        assert!(run.calls.is_empty(), "{shell:?}: {:?}", run.calls);
+
+        // `vault secrets list` refused: no pipe swallows that, nothing is enabled.
+        let run = Fake::new().run(shell, &[("FAKE_VAULT_FAIL", "secrets list")]);
+        assert!(!run.success, "{shell:?}: a refused listing");
+        assert!(
+            run.stderr.contains("could not list the secrets mounts"),
+            "{shell:?}: {}",
+            run.stderr
+        );
+        assert_eq!(run.calls.len(), 1, "{shell:?}: {:?}", run.calls);
+    }
+}
+
+/// The admin password is handed to vault by printf; where printf is not a builtin it
+/// would be on printf's command line, so the script refuses to run.
+#[test]
+fn setup_refuses_a_shell_without_a_builtin_printf() {
+    let fake = Fake::new();
+    let mut bash = Command::new("bash");
+    bash.arg("-c")
+        .arg("enable -n printf; . \"$0\"")
+        .arg(shipped::config_dir().join("setup.sh"));
+    let run = fake.run_command(Shell::Dash, bash, &[]);
+    assert!(!run.success, "ran with an external printf");
+    assert!(run.stderr.contains("builtin"), "{}", run.stderr);
+    assert!(run.calls.is_empty(), "{:?}", run.calls);
+
+    // The same shell with its builtin printf runs it to the end.
+    let mut bash = Command::new("bash");
+    bash.arg("-c")
+        .arg(". \"$0\"")
+        .arg(shipped::config_dir().join("setup.sh"));
+    let run = fake.run_command(Shell::Dash, bash, &[]);
+    assert!(run.success, "{}", run.stderr);
 }
