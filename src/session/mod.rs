@@ -11,6 +11,7 @@
 //! things; `session_start`/`session_end` records carry it all.
 
 mod establish;
+mod metered;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -82,10 +83,11 @@ async fn serve(
             return reject(
                 &state,
                 RejectReason::HandshakeTimeout,
+                peer,
                 "no startup message before the handshake deadline",
             );
         }
-        Ok(Err(e)) => return reject(&state, e.reason, &e.detail),
+        Ok(Err(e)) => return reject(&state, e.reason, peer, &e.detail),
         Ok(Ok(n)) => n,
     };
     let (stream, startup, tls) = match negotiated {
@@ -107,11 +109,16 @@ async fn serve(
         } => (stream, startup, tls),
     };
     let span = tracing::Span::current();
-    if let Some(t) = &tls {
-        span.record("tls_version", t.version);
-        span.record("tls_cipher", t.cipher);
-        if let Some(a) = &t.alpn {
-            span.record("alpn", a.as_str());
+    match &tls {
+        Some(t) => {
+            span.record("tls_version", t.version);
+            span.record("tls_cipher", t.cipher);
+            if let Some(a) = &t.alpn {
+                span.record("alpn", a.as_str());
+            }
+        }
+        None => {
+            span.record("tls_version", "none");
         }
     }
     let mut stream = stream;
@@ -125,6 +132,7 @@ async fn serve(
         return reject(
             &state,
             RejectReason::TooManyConnections,
+            peer,
             "max_connections reached",
         );
     };
@@ -157,8 +165,14 @@ async fn relay_and_close(state: &State, est: Established, handshake: Duration) {
     );
 
     let started = Instant::now();
-    let mut client = client;
-    let mut upstream_stream = upstream.stream;
+    // Bytes are counted as they are read, so the metric moves while the
+    // session lives; the leftovers were read during the handshake.
+    let c2u = ::metrics::counter!(metrics::RELAY_BYTES, "direction" => "client_to_upstream");
+    let u2c = ::metrics::counter!(metrics::RELAY_BYTES, "direction" => "upstream_to_client");
+    c2u.increment(client_leftover.len() as u64);
+    u2c.increment(upstream.leftover.len() as u64);
+    let mut client = metered::Metered::new(client, c2u);
+    let mut upstream_stream = metered::Metered::new(upstream.stream, u2c);
     let mut shutdown_asked = false;
     let outcome = {
         let relayed = relay(
@@ -185,13 +199,7 @@ async fn relay_and_close(state: &State, est: Established, handshake: Duration) {
         }
     };
 
-    let close_reason = match outcome.end {
-        RelayEnd::Stopped | RelayEnd::StoppedIdle | RelayEnd::Aborted if shutdown_asked => {
-            "shutdown"
-        }
-        RelayEnd::Stopped | RelayEnd::StoppedIdle | RelayEnd::Aborted => "lease_ended",
-        other => other.as_str(),
-    };
+    let close_reason = close_reason(outcome.end, shutdown_asked);
     let goodbye = match close_reason {
         "shutdown" => Some((
             sqlstate::ADMIN_SHUTDOWN,
@@ -228,10 +236,6 @@ async fn relay_and_close(state: &State, est: Established, handshake: Duration) {
     let duration = started.elapsed();
     ::metrics::counter!(metrics::SESSIONS, "close_reason" => close_reason).increment(1);
     ::metrics::histogram!(metrics::SESSION_DURATION).record(duration.as_secs_f64());
-    ::metrics::counter!(metrics::RELAY_BYTES, "direction" => "client_to_upstream")
-        .increment(outcome.bytes_client_to_upstream);
-    ::metrics::counter!(metrics::RELAY_BYTES, "direction" => "upstream_to_client")
-        .increment(outcome.bytes_upstream_to_client);
     tracing::info!(
         event = "session_end",
         route = %route.database,
@@ -243,12 +247,29 @@ async fn relay_and_close(state: &State, est: Established, handshake: Duration) {
     );
 }
 
-/// Counts and (rate-limited) logs a connection refused before its session.
-pub(crate) fn reject(state: &State, reason: RejectReason, detail: &str) {
+/// Why the session ended, as `close_reason` (one of [`metrics::CLOSE_REASONS`]).
+/// A requested stop is a shutdown if shutdown asked for it, else the lease's end.
+fn close_reason(end: RelayEnd, shutdown_asked: bool) -> &'static str {
+    match end {
+        RelayEnd::Stopped | RelayEnd::StoppedIdle | RelayEnd::Aborted if shutdown_asked => {
+            "shutdown"
+        }
+        RelayEnd::Stopped | RelayEnd::StoppedIdle | RelayEnd::Aborted => "lease_ended",
+        other => other.as_str(),
+    }
+}
+
+/// Counts and logs a connection refused before its session began. The
+/// record is rate-limited (`suppressed_before` says how many were left out
+/// since the last one); the counter never is. Used inside a session span and
+/// outside one (the allowlist, the limit), so `client_addr` is always a
+/// field of the record itself.
+pub(crate) fn reject(state: &State, reason: RejectReason, peer: SocketAddr, detail: &str) {
     metrics::rejected(reason);
     if let Some(suppressed) = state.reject_log.admit() {
         tracing::warn!(
             event = "connection_rejected",
+            client_addr = %peer,
             reason = reason.as_str(),
             detail,
             suppressed_before = suppressed
@@ -256,15 +277,36 @@ pub(crate) fn reject(state: &State, reason: RejectReason, detail: &str) {
     }
 }
 
-/// Like [`reject`], outside any session span (the allowlist and the limit).
-pub(crate) fn reject_peer(state: &State, reason: RejectReason, peer: SocketAddr, detail: &str) {
-    metrics::rejected(reason);
-    if let Some(suppressed) = state.reject_log.admit() {
-        tracing::warn!(event = "connection_rejected", client_addr = %peer, reason = reason.as_str(), detail, suppressed_before = suppressed);
-    }
-}
-
 fn new_session_id() -> String {
     let b: [u8; 8] = crate::auth::verifier::random_bytes();
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_close_reason_is_in_the_zeroed_list() {
+        let ends = [
+            RelayEnd::ClientClosed,
+            RelayEnd::UpstreamClosed,
+            RelayEnd::ClientError,
+            RelayEnd::UpstreamError,
+            RelayEnd::UpstreamProtocol,
+            RelayEnd::Stopped,
+            RelayEnd::StoppedIdle,
+            RelayEnd::IdleTimeout,
+            RelayEnd::Aborted,
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for end in ends {
+            for shutdown in [false, true] {
+                let r = close_reason(end, shutdown);
+                assert!(metrics::CLOSE_REASONS.contains(&r), "{r} is not zeroed");
+                seen.insert(r);
+            }
+        }
+        assert_eq!(seen.len(), metrics::CLOSE_REASONS.len(), "{seen:?}");
+    }
 }
