@@ -97,6 +97,12 @@ pub struct Options {
     pub vault: Option<VaultOptions>,
     /// Run the admin listener (metrics, health) on a random port.
     pub admin: bool,
+    /// Extra `postgresql.conf` settings for the cluster (they win over its own).
+    pub cluster_settings: Vec<(String, String)>,
+    /// The cluster's `pg_hba.conf` lines; `None`: its default.
+    pub cluster_hba: Option<Vec<String>>,
+    /// A route for this database name to a local port where nothing listens.
+    pub unreachable_route: Option<String>,
 }
 
 impl Default for Options {
@@ -115,6 +121,9 @@ impl Default for Options {
             role_prefix: None,
             vault: None,
             admin: false,
+            cluster_settings: Vec::new(),
+            cluster_hba: None,
+            unreachable_route: None,
         }
     }
 }
@@ -154,6 +163,8 @@ impl Harness {
         let pki = Arc::new(Pki::new("pgwarden test CA").expect("CA"));
         let cluster = Cluster::start(ClusterOptions {
             pki: Some(pki.clone()),
+            settings: opts.cluster_settings.clone(),
+            hba: opts.cluster_hba.clone(),
             ..ClusterOptions::default()
         })
         .await
@@ -497,6 +508,21 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
             list(&r.users),
             q(r.upstream_database.as_deref().unwrap_or(DATABASE)),
             q(ca),
+            q(OWNER_ROLE),
+        );
+    }
+    if let Some(database) = &opts.unreachable_route {
+        // A port that was free a moment ago; nothing listens on it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        t += &format!(
+            "[[routes]]\ndatabase = {}\nusers = [\"*\"]\n\
+             upstream = {{ host = \"127.0.0.1\", port = {port}, database = {}, tls = \"verify-full\", ca_file = \"ca.crt\", connect_timeout = \"5s\" }}\n\
+             credentials = \"test\"\nsession_role = {}\n\n",
+            q(database),
+            q(DATABASE),
             q(OWNER_ROLE),
         );
     }
