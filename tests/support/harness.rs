@@ -101,6 +101,9 @@ pub struct Options {
     pub cluster_settings: Vec<(String, String)>,
     /// The cluster's `pg_hba.conf` lines; `None`: its default.
     pub cluster_hba: Option<Vec<String>>,
+    /// SQL run as the superuser once the cluster is prepared, before pgwarden (or the
+    /// Vault double) opens any connection to it.
+    pub cluster_sql: Vec<String>,
     /// A route for this database name to a local port where nothing listens.
     pub unreachable_route: Option<String>,
 }
@@ -123,6 +126,7 @@ impl Default for Options {
             admin: false,
             cluster_settings: Vec::new(),
             cluster_hba: None,
+            cluster_sql: Vec::new(),
             unreachable_route: None,
         }
     }
@@ -172,6 +176,18 @@ impl Harness {
         let admin_password = pgwarden::dev::prepare_cluster(&cluster)
             .await
             .expect("prepare the cluster");
+        if !opts.cluster_sql.is_empty() {
+            let setup = cluster
+                .connect("postgres")
+                .await
+                .expect("superuser connection");
+            for sql in &opts.cluster_sql {
+                setup
+                    .batch_execute(sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+        }
         let direct = cluster
             .connect(DATABASE)
             .await
