@@ -452,6 +452,16 @@ impl Harness {
     }
 }
 
+/// Every test that starts a harness also checks, when it ends, that no secret of its run
+/// reached a log line (unless the test has already failed).
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.assert_no_secrets_logged();
+        }
+    }
+}
+
 /// Polls `check` every 100 ms until it is true; fails the test with `what` after `deadline`.
 pub async fn wait_until(deadline: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
     let start = Instant::now();
