@@ -69,6 +69,13 @@ pub enum CancelOutcome {
 }
 
 impl CancelOutcome {
+    pub const ALL: [CancelOutcome; 4] = [
+        CancelOutcome::Forwarded,
+        CancelOutcome::UnknownKey,
+        CancelOutcome::RateLimited,
+        CancelOutcome::UpstreamFailed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CancelOutcome::Forwarded => "forwarded",

@@ -40,7 +40,7 @@ pub async fn serve(state: Arc<State>, listener: TcpListener) {
         };
         if !allowed(&state.config.listen.allow, peer.ip()) {
             drop(tcp);
-            crate::session::reject_peer(
+            crate::session::reject(
                 &state,
                 RejectReason::IpNotAllowed,
                 peer,
@@ -59,7 +59,7 @@ fn spawn_session(state: &Arc<State>, tcp: tokio::net::TcpStream, peer: SocketAdd
         // Over the limit: keep a bounded number of such connections to answer.
         let Ok(slot) = state.rejection_slots.clone().try_acquire_owned() else {
             drop(tcp);
-            crate::session::reject_peer(
+            crate::session::reject(
                 state,
                 RejectReason::TooManyConnections,
                 peer,

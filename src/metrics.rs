@@ -151,12 +151,52 @@ impl UpstreamFailure {
     }
 }
 
+/// Every `outcome` of a lease renewal: success, or the failure's kind.
+pub const RENEWAL_OUTCOMES: [&str; 5] = [
+    "success",
+    "unavailable",
+    "refused",
+    "lease_gone",
+    "not_renewable",
+];
+
+/// Every `outcome` of a revocation attempt.
+pub const REVOCATION_OUTCOMES: [&str; 3] = ["success", "failure", "lease_gone"];
+
+/// Every `outcome` of a credential request to a source.
+pub const CREDENTIAL_OUTCOMES: [&str; 3] = ["success", "unavailable", "refused"];
+
+/// Every `outcome` of pgwarden's own Vault token upkeep.
+pub const TOKEN_OUTCOMES: [&str; 4] = ["renewed", "renewal_failure", "login", "login_failure"];
+
 pub fn rejected(reason: RejectReason) {
     metrics::counter!(CONNECTIONS_REJECTED, "reason" => reason.as_str()).increment(1);
 }
 
 pub fn upstream_failure(failure: UpstreamFailure) {
     metrics::counter!(UPSTREAM_CONNECT_FAILURES, "reason" => failure.as_str()).increment(1);
+}
+
+/// One request to a credential source (`source` is its kind): how long it
+/// took and how it ended (one of [`CREDENTIAL_OUTCOMES`]).
+pub fn credential_request(source: &'static str, took: std::time::Duration, outcome: &'static str) {
+    metrics::histogram!(CREDENTIAL_REQUEST_DURATION, "source" => source).record(took.as_secs_f64());
+    metrics::counter!(CREDENTIAL_REQUESTS, "source" => source, "outcome" => outcome).increment(1);
+}
+
+/// Zeroes the credential request counters of a source kind, when a source
+/// of that kind is configured.
+pub fn zero_credential_requests(source: &'static str) {
+    for o in CREDENTIAL_OUTCOMES {
+        metrics::counter!(CREDENTIAL_REQUESTS, "source" => source, "outcome" => o).absolute(0);
+    }
+}
+
+/// Zeroes the Vault token counters, when `[vault]` is configured.
+pub fn zero_token_renewals() {
+    for o in TOKEN_OUTCOMES {
+        metrics::counter!(VAULT_TOKEN_RENEWALS, "outcome" => o).absolute(0);
+    }
 }
 
 /// A gauge raised for as long as the guard lives.
@@ -216,7 +256,9 @@ pub fn install() -> PrometheusHandle {
 }
 
 /// Counters with fixed label sets start at zero, so `rate()` and alerts see
-/// them before the first event.
+/// them before the first event. Those whose labels depend on the
+/// configuration are zeroed where it is read ([`zero_credential_requests`],
+/// [`zero_token_renewals`]).
 fn zero_counters() {
     metrics::counter!(CONNECTIONS_ACCEPTED).absolute(0);
     for r in RejectReason::ALL {
@@ -231,10 +273,15 @@ fn zero_counters() {
     for d in ["client_to_upstream", "upstream_to_client"] {
         metrics::counter!(RELAY_BYTES, "direction" => d).absolute(0);
     }
-    for o in ["success", "failure", "lease_gone"] {
+    for o in REVOCATION_OUTCOMES {
         metrics::counter!(LEASE_REVOCATIONS, "outcome" => o).absolute(0);
     }
-    metrics::counter!(LEASE_RENEWALS, "outcome" => "success").absolute(0);
+    for o in RENEWAL_OUTCOMES {
+        metrics::counter!(LEASE_RENEWALS, "outcome" => o).absolute(0);
+    }
+    for o in crate::cancel::CancelOutcome::ALL {
+        metrics::counter!(CANCEL_REQUESTS, "outcome" => o.as_str()).absolute(0);
+    }
     metrics::gauge!(SESSIONS_ACTIVE).set(0.0);
     metrics::gauge!(LEASES_ACTIVE).set(0.0);
     metrics::gauge!(LEASE_REVOCATIONS_PENDING).set(0.0);

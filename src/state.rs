@@ -192,9 +192,12 @@ impl RateLimitedLog {
 
     /// `Some(n)`: log this record, and say `n` were suppressed before it.
     pub fn admit(&self) -> Option<u64> {
+        self.admit_at(Instant::now())
+    }
+
+    fn admit_at(&self, now: Instant) -> Option<u64> {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if now.duration_since(w.0) >= Duration::from_secs(1) {
+        if now.saturating_duration_since(w.0) >= Duration::from_secs(1) {
             w.0 = now;
             w.1 = 0;
         }
@@ -207,5 +210,41 @@ impl RateLimitedLog {
             w.2 += 1;
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limited_log_admits_per_second_and_reports_what_it_left_out() {
+        let log = RateLimitedLog::new(3);
+        let t0 = log.window.lock().unwrap().0;
+        let first: Vec<_> = (0..10).map(|_| log.admit_at(t0)).collect();
+        assert_eq!(
+            first,
+            [
+                Some(0),
+                Some(0),
+                Some(0),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None
+            ]
+        );
+        // Still the same second: nothing more.
+        assert_eq!(log.admit_at(t0 + Duration::from_millis(999)), None);
+        // The next second: the first record says how many were left out.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(log.admit_at(t1), Some(8));
+        assert_eq!(log.admit_at(t1), Some(0));
+        assert_eq!(log.admit_at(t1), Some(0));
+        assert_eq!(log.admit_at(t1), None);
+        assert_eq!(log.admit_at(t1 + Duration::from_secs(5)), Some(1));
     }
 }

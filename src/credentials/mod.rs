@@ -123,6 +123,15 @@ impl CredentialError {
         }
     }
 
+    /// The `outcome` label of a failed credential request: `unavailable`
+    /// (worth retrying) or `refused`.
+    pub fn request_outcome(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::Unavailable => "unavailable",
+            _ => "refused",
+        }
+    }
+
     /// The `outcome` label for metrics.
     pub fn outcome(&self) -> &'static str {
         match self.kind {
@@ -132,6 +141,22 @@ impl CredentialError {
             ErrorKind::NotRenewable => "not_renewable",
         }
     }
+}
+
+/// Runs one credential request to a source of kind `source`, counting it in
+/// `pgwarden_credential_requests_total` and timing it.
+pub(crate) async fn measured(
+    source: &'static str,
+    request: impl std::future::Future<Output = Result<Credential, CredentialError>>,
+) -> Result<Credential, CredentialError> {
+    let started = Instant::now();
+    let result = request.await;
+    let outcome = match &result {
+        Ok(_) => "success",
+        Err(e) => e.request_outcome(),
+    };
+    crate::metrics::credential_request(source, started.elapsed(), outcome);
+    result
 }
 
 /// A configured credential source.
@@ -172,12 +197,14 @@ impl CredentialSource {
                 SourceKind::Vault(Arc::new(vault::VaultSource::new(v.clone(), vault.clone())))
             }
         };
-        Ok(Arc::new(CredentialSource {
+        let source = CredentialSource {
             name: name.to_owned(),
             on_lease_end: config.on_lease_end(),
             kind,
             revoker,
-        }))
+        };
+        crate::metrics::zero_credential_requests(source.kind());
+        Ok(Arc::new(source))
     }
 
     /// `postgres` or `vault`: the metric label and log field.
@@ -188,10 +215,12 @@ impl CredentialSource {
         }
     }
 
-    /// Issues a fresh credential for one connection to `upstream`.
+    /// Issues a fresh credential for one connection to `upstream`. Every
+    /// request that reaches the source is measured (a Vault credential taken
+    /// from the prefetch pool was measured when the pool fetched it).
     pub async fn issue(&self, upstream: &UpstreamConfig) -> Result<Credential, CredentialError> {
         let result = match &self.kind {
-            SourceKind::Postgres(p) => p.issue(upstream).await,
+            SourceKind::Postgres(p) => measured("postgres", p.issue(upstream)).await,
             SourceKind::Vault(v) => v.issue(&upstream.endpoint()).await,
         };
         if result.is_ok() {

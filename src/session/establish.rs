@@ -39,6 +39,8 @@ struct Refusal {
     /// For `connection_rejected`; `None` for failures past authentication
     /// that are upstream or credential failures, logged on their own.
     reason: Option<RejectReason>,
+    /// For `session_failed`: which step of reaching the database failed.
+    failure: Option<UpstreamFailure>,
     code: &'static str,
     message: String,
     detail: String,
@@ -53,10 +55,16 @@ impl Refusal {
     ) -> Self {
         Refusal {
             reason,
+            failure: None,
             code,
             message: message.into(),
             detail: detail.into(),
         }
+    }
+
+    fn failed_at(mut self, step: UpstreamFailure) -> Self {
+        self.failure = Some(step);
+        self
     }
 }
 
@@ -98,9 +106,10 @@ pub async fn establish(
         send_fatal(&mut client, refusal.code, &refusal.message).await;
     }
     match refusal.reason {
-        Some(reason) => super::reject(state, reason, &refusal.detail),
+        Some(reason) => super::reject(state, reason, peer, &refusal.detail),
         None => {
-            tracing::warn!(event = "session_failed", detail = %refusal.detail, sqlstate = refusal.code)
+            let reason = refusal.failure.map(UpstreamFailure::as_str);
+            tracing::warn!(event = "session_failed", reason, detail = %refusal.detail, sqlstate = refusal.code)
         }
     }
     None
@@ -225,6 +234,7 @@ async fn login(
                 message,
                 format!("upstream {}: {e}", route.upstream.endpoint()),
             )
+            .failed_at(e.step)
         })?;
     ::metrics::histogram!(metrics::UPSTREAM_CONNECT_DURATION)
         .record(connect_started.elapsed().as_secs_f64());
@@ -253,21 +263,11 @@ async fn login(
     Ok((upstream, lease, registration, route))
 }
 
-/// Asks the route's credential source for a fresh credential, with metrics.
+/// Asks the route's credential source for a fresh credential (the source
+/// counts and times its own requests).
 async fn issue(route: &Route) -> Result<crate::credentials::Credential, Refusal> {
     let source = &route.source;
-    let started = StdInstant::now();
-    let result = source.issue(&route.upstream.config).await;
-    let kind = source.kind();
-    ::metrics::histogram!(metrics::CREDENTIAL_REQUEST_DURATION, "source" => kind)
-        .record(started.elapsed().as_secs_f64());
-    let outcome = match &result {
-        Ok(_) => "success",
-        Err(e) => e.outcome(),
-    };
-    ::metrics::counter!(metrics::CREDENTIAL_REQUESTS, "source" => kind, "outcome" => outcome)
-        .increment(1);
-    result.map_err(|e| {
+    source.issue(&route.upstream.config).await.map_err(|e| {
         metrics::upstream_failure(UpstreamFailure::Credentials);
         Refusal::new(
             None,
@@ -275,6 +275,7 @@ async fn issue(route: &Route) -> Result<crate::credentials::Credential, Refusal>
             "could not obtain database credentials",
             format!("credential source {}: {e}", source.name),
         )
+        .failed_at(UpstreamFailure::Credentials)
     })
 }
 

@@ -11,6 +11,7 @@
 //! things; `session_start`/`session_end` records carry it all.
 
 mod establish;
+mod metered;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -82,10 +83,11 @@ async fn serve(
             return reject(
                 &state,
                 RejectReason::HandshakeTimeout,
+                peer,
                 "no startup message before the handshake deadline",
             );
         }
-        Ok(Err(e)) => return reject(&state, e.reason, &e.detail),
+        Ok(Err(e)) => return reject(&state, e.reason, peer, &e.detail),
         Ok(Ok(n)) => n,
     };
     let (stream, startup, tls) = match negotiated {
@@ -108,11 +110,16 @@ async fn serve(
         } => (stream, startup, tls),
     };
     let span = tracing::Span::current();
-    if let Some(t) = &tls {
-        span.record("tls_version", t.version);
-        span.record("tls_cipher", t.cipher);
-        if let Some(a) = &t.alpn {
-            span.record("alpn", a.as_str());
+    match &tls {
+        Some(t) => {
+            span.record("tls_version", t.version);
+            span.record("tls_cipher", t.cipher);
+            if let Some(a) = &t.alpn {
+                span.record("alpn", a.as_str());
+            }
+        }
+        None => {
+            span.record("tls_version", "none");
         }
     }
     let mut stream = stream;
@@ -126,6 +133,7 @@ async fn serve(
         return reject(
             &state,
             RejectReason::TooManyConnections,
+            peer,
             "max_connections reached",
         );
     };
@@ -158,8 +166,14 @@ async fn relay_and_close(state: &State, est: Established, handshake: Duration) {
     );
 
     let started = Instant::now();
-    let mut client = client;
-    let mut upstream_stream = upstream.stream;
+    // Bytes are counted as they are read, so the metric moves while the
+    // session lives; the leftovers were read during the handshake.
+    let c2u = ::metrics::counter!(metrics::RELAY_BYTES, "direction" => "client_to_upstream");
+    let u2c = ::metrics::counter!(metrics::RELAY_BYTES, "direction" => "upstream_to_client");
+    c2u.increment(client_leftover.len() as u64);
+    u2c.increment(upstream.leftover.len() as u64);
+    let mut client = metered::Metered::new(client, c2u);
+    let mut upstream_stream = metered::Metered::new(upstream.stream, u2c);
     let mut shutdown_asked = false;
     let outcome = {
         let relayed = relay(
@@ -223,10 +237,6 @@ async fn relay_and_close(state: &State, est: Established, handshake: Duration) {
     let duration = started.elapsed();
     ::metrics::counter!(metrics::SESSIONS, "close_reason" => close_reason.as_str()).increment(1);
     ::metrics::histogram!(metrics::SESSION_DURATION).record(duration.as_secs_f64());
-    ::metrics::counter!(metrics::RELAY_BYTES, "direction" => "client_to_upstream")
-        .increment(outcome.bytes_client_to_upstream);
-    ::metrics::counter!(metrics::RELAY_BYTES, "direction" => "upstream_to_client")
-        .increment(outcome.bytes_upstream_to_client);
     tracing::info!(
         event = "session_end",
         route = %route.database,
@@ -256,24 +266,21 @@ fn close_reason(end: RelayEnd, shutdown_asked: bool) -> CloseReason {
     }
 }
 
-/// Counts and (rate-limited) logs a connection refused before its session.
-pub(crate) fn reject(state: &State, reason: RejectReason, detail: &str) {
+/// Counts and logs a connection refused before its session began. The
+/// record is rate-limited (`suppressed_before` says how many were left out
+/// since the last one); the counter never is. Used inside a session span and
+/// outside one (the allowlist, the limit), so `client_addr` is always a
+/// field of the record itself.
+pub(crate) fn reject(state: &State, reason: RejectReason, peer: SocketAddr, detail: &str) {
     metrics::rejected(reason);
     if let Some(suppressed) = state.reject_log.admit() {
         tracing::warn!(
             event = "connection_rejected",
+            client_addr = %peer,
             reason = reason.as_str(),
             detail,
             suppressed_before = suppressed
         );
-    }
-}
-
-/// Like [`reject`], outside any session span (the allowlist and the limit).
-pub(crate) fn reject_peer(state: &State, reason: RejectReason, peer: SocketAddr, detail: &str) {
-    metrics::rejected(reason);
-    if let Some(suppressed) = state.reject_log.admit() {
-        tracing::warn!(event = "connection_rejected", client_addr = %peer, reason = reason.as_str(), detail, suppressed_before = suppressed);
     }
 }
 

@@ -97,6 +97,15 @@ pub struct Options {
     pub vault: Option<VaultOptions>,
     /// Run the admin listener (metrics, health) on a random port.
     pub admin: bool,
+    /// Extra `postgresql.conf` settings for the cluster (they win over its own).
+    pub cluster_settings: Vec<(String, String)>,
+    /// The cluster's `pg_hba.conf` lines; `None`: its default.
+    pub cluster_hba: Option<Vec<String>>,
+    /// SQL run as the superuser once the cluster is prepared, before pgwarden (or the
+    /// Vault double) opens any connection to it.
+    pub cluster_sql: Vec<String>,
+    /// A route for this database name to a local port where nothing listens.
+    pub unreachable_route: Option<String>,
 }
 
 impl Default for Options {
@@ -115,6 +124,10 @@ impl Default for Options {
             role_prefix: None,
             vault: None,
             admin: false,
+            cluster_settings: Vec::new(),
+            cluster_hba: None,
+            cluster_sql: Vec::new(),
+            unreachable_route: None,
         }
     }
 }
@@ -154,6 +167,8 @@ impl Harness {
         let pki = Arc::new(Pki::new("pgwarden test CA").expect("CA"));
         let cluster = Cluster::start(ClusterOptions {
             pki: Some(pki.clone()),
+            settings: opts.cluster_settings.clone(),
+            hba: opts.cluster_hba.clone(),
             ..ClusterOptions::default()
         })
         .await
@@ -168,6 +183,18 @@ impl Harness {
                 .await
                 .expect("prepare the cluster")
         };
+        if !opts.cluster_sql.is_empty() {
+            let setup = cluster
+                .connect("postgres")
+                .await
+                .expect("superuser connection");
+            for sql in &opts.cluster_sql {
+                setup
+                    .batch_execute(sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+        }
         let direct = cluster
             .connect(DATABASE)
             .await
@@ -433,6 +460,16 @@ impl Harness {
     }
 }
 
+/// Every test that starts a harness also checks, when it ends, that no secret of its run
+/// reached a log line (unless the test has already failed).
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.assert_no_secrets_logged();
+        }
+    }
+}
+
 /// Polls `check` every 100 ms until it is true; fails the test with `what` after `deadline`.
 pub async fn wait_until(deadline: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
     let start = Instant::now();
@@ -507,6 +544,24 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
             list(&r.users),
             q(r.upstream_database.as_deref().unwrap_or(DATABASE)),
             q(ca),
+        );
+        if !shipped {
+            t += &format!("session_role = {}\n", q(OWNER_ROLE));
+        }
+        t += "\n";
+    }
+    if let Some(database) = &opts.unreachable_route {
+        // A port that was free a moment ago; nothing listens on it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        t += &format!(
+            "[[routes]]\ndatabase = {}\nusers = [\"*\"]\n\
+             upstream = {{ host = \"127.0.0.1\", port = {port}, database = {}, tls = \"verify-full\", ca_file = \"ca.crt\", connect_timeout = \"5s\" }}\n\
+             credentials = \"test\"\n",
+            q(database),
+            q(DATABASE),
         );
         if !shipped {
             t += &format!("session_role = {}\n", q(OWNER_ROLE));

@@ -88,6 +88,7 @@ impl Vault {
         let settings = settings.build().map_err(|e| format!("[vault]: {e}"))?;
         let client = VaultClient::new(settings).map_err(|e| format!("[vault]: {e}"))?;
         let http = client.http.http.clone();
+        metrics::zero_token_renewals();
         Ok(Vault {
             client: RwLock::new(client),
             http,
@@ -281,7 +282,7 @@ impl Vault {
             }
             Err(e) => {
                 let err = classify_client_error("token renewal", &e);
-                ::metrics::counter!(metrics::VAULT_TOKEN_RENEWALS, "outcome" => "failure")
+                ::metrics::counter!(metrics::VAULT_TOKEN_RENEWALS, "outcome" => "renewal_failure")
                     .increment(1);
                 if err.kind == ErrorKind::Unavailable {
                     self.mark(Err(&err.detail));
@@ -382,16 +383,25 @@ impl Vault {
         Err(CredentialError::new(kind, detail))
     }
 
-    /// Probes `sys/health` (no token needed) to keep readiness current.
+    /// Probes `sys/health` (no token needed) to keep readiness current. A
+    /// standby answers requests by forwarding them, so it counts as up; sealed
+    /// or uninitialised does not.
     pub async fn check_health(&self) {
-        let result = {
-            let client = self.client.read().await;
-            vaultrs::sys::health(&*client).await
+        let url = format!("{}/v1/sys/health", self.address);
+        let answer = self.http.get(&url).timeout(self.timeout).send().await;
+        let health = match answer {
+            Err(e) => Err(format!("health: {}", without_url(&e))),
+            Ok(r) => match r.status().as_u16() {
+                200 | 429 | 472 | 473 => Ok(()),
+                501 => Err("health: Vault is not initialized".to_owned()),
+                503 => Err("health: Vault is sealed".to_owned()),
+                code => Err(format!("health: HTTP {code}")),
+            },
         };
-        match result {
-            Ok(_) if self.current_token().is_some() => self.mark(Ok(())),
-            Ok(_) => self.mark(Err("Vault is up but pgwarden holds no valid token")),
-            Err(e) => self.mark(Err(&classify_client_error("health", &e).detail)),
+        match health {
+            Ok(()) if self.current_token().is_some() => self.mark(Ok(())),
+            Ok(()) => self.mark(Err("Vault is up but pgwarden holds no valid token")),
+            Err(why) => self.mark(Err(&why)),
         }
     }
 }
@@ -463,6 +473,20 @@ fn classify_client_error(what: &str, e: &vaultrs::error::ClientError) -> Credent
                 format!("{what}: {code} {}", errors.join("; ").replace('\n', " ")),
             )
         }
-        other => CredentialError::new(ErrorKind::Unavailable, format!("{what}: {other}")),
+        other => {
+            // A transport failure says what failed (refused, timed out, TLS);
+            // nothing else in the chain is shown, as it may quote a response.
+            let mut next = std::error::Error::source(other);
+            while let Some(e) = next {
+                if let Some(r) = e.downcast_ref::<reqwest::Error>() {
+                    return CredentialError::new(
+                        ErrorKind::Unavailable,
+                        format!("{what}: {}", without_url(r)),
+                    );
+                }
+                next = e.source();
+            }
+            CredentialError::new(ErrorKind::Unavailable, format!("{what}: {other}"))
+        }
     }
 }

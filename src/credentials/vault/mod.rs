@@ -56,15 +56,23 @@ impl VaultSource {
             c.lease.endpoint = endpoint.to_owned();
             return Ok(c);
         }
+        self.fetch_within_timeout(endpoint).await
+    }
+
+    /// One measured `creds` request, bounded by `[vault] timeout`.
+    async fn fetch_within_timeout(&self, endpoint: &str) -> Result<Credential, CredentialError> {
         let timeout = self.vault.timeout;
-        tokio::time::timeout(timeout, self.fetch(endpoint))
-            .await
-            .unwrap_or_else(|_| {
-                Err(CredentialError::new(
-                    ErrorKind::Unavailable,
-                    format!("no credential from Vault within {timeout:?}"),
-                ))
-            })
+        super::measured("vault", async {
+            tokio::time::timeout(timeout, self.fetch(endpoint))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(CredentialError::new(
+                        ErrorKind::Unavailable,
+                        format!("no credential from Vault within {timeout:?}"),
+                    ))
+                })
+        })
+        .await
     }
 
     /// `GET <mount>/creds/<role>`.
@@ -174,7 +182,7 @@ impl VaultSource {
             self.pool.start(
                 move || {
                     let me = me.clone();
-                    async move { me.fetch("").await }
+                    async move { me.fetch_within_timeout("").await }
                 },
                 source,
                 revoker,
