@@ -376,6 +376,36 @@ async fn a_route_whose_ca_does_not_match_the_server_gives_a_generic_08006() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_with_a_wrong_ca_does_not_spoil_another_route_to_the_same_server() {
+    let h = Harness::start(Options {
+        extra_routes: vec![Route {
+            database: "wrongca".into(),
+            users: vec!["*".into()],
+            upstream_ca: UpstreamCa::Unrelated,
+            upstream_database: None,
+        }],
+        ..Options::default()
+    })
+    .await;
+    // The misconfigured route is used first; the built-in source's admin connection for it
+    // cannot verify the server.
+    let wrong = h.pg_config_as("keycloak", h.client_password.expose_secret(), "wrongca");
+    let err = h.try_connect(&wrong).await.expect_err("refused");
+    assert_generic(&err, "could not obtain database credentials");
+    // The well-configured route to the same server gets its own admin connection, with
+    // its own CA: credentials are issued, and the role is dropped after the session.
+    let client = h.connect().await;
+    let role: String = client
+        .query_one("SELECT session_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(h.dynamic_roles().await.contains(&role));
+    drop(client);
+    h.wait_for_no_dynamic_roles().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_login_failure_gives_a_generic_08006_and_revokes_the_credential() {
     let h = Harness::start(Options {
         extra_routes: vec![Route {

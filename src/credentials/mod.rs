@@ -44,6 +44,10 @@ pub struct Lease {
     pub username: String,
     /// The upstream `host:port` it was issued for.
     pub endpoint: String,
+    /// Which of its source's connections issued it, so that renewal and
+    /// revocation go through the same one: the built-in source's admin
+    /// connection (upstream address and TLS settings); empty for Vault.
+    pub issuer: String,
     /// Lifetime granted at issue.
     pub duration: Duration,
     pub renewable: bool,

@@ -24,8 +24,8 @@ const ROLE_SUFFIX_LEN: usize = 20;
 
 pub struct PostgresSource {
     config: PostgresSourceConfig,
-    /// One admin connection per upstream server, opened on first use and
-    /// reopened when it breaks.
+    /// One admin connection per upstream server and TLS settings (see
+    /// [`admin_key`]), opened on first use and reopened when it breaks.
     admins: Mutex<HashMap<String, Arc<AdminConnection>>>,
 }
 
@@ -77,6 +77,7 @@ impl PostgresSource {
                 id: LeaseId::new(format!("postgres/{}/{}", upstream.endpoint(), username)),
                 username: username.clone(),
                 endpoint: upstream.endpoint(),
+                issuer: admin_key(upstream),
                 duration: self.config.ttl,
                 renewable: true,
                 issued_at: Instant::now(),
@@ -102,7 +103,7 @@ impl PostgresSource {
             }
             duration = duration.min(left);
         }
-        let admin = self.existing_admin(&lease.endpoint).await?;
+        let admin = self.existing_admin(&lease.issuer).await?;
         let sql = format!(
             "ALTER ROLE {} VALID UNTIL {}",
             quote_ident(&lease.username),
@@ -118,7 +119,7 @@ impl PostgresSource {
     }
 
     pub async fn revoke(&self, lease: &Lease) -> Result<(), CredentialError> {
-        let admin = self.existing_admin(&lease.endpoint).await?;
+        let admin = self.existing_admin(&lease.issuer).await?;
         admin.drop_role(&lease.username, &self.config).await
     }
 
@@ -158,7 +159,7 @@ impl PostgresSource {
     async fn admin(&self, upstream: &UpstreamConfig) -> Arc<AdminConnection> {
         let mut admins = self.admins.lock().await;
         admins
-            .entry(upstream.endpoint())
+            .entry(admin_key(upstream))
             .or_insert_with(|| {
                 Arc::new(AdminConnection {
                     upstream: upstream.clone(),
@@ -168,19 +169,25 @@ impl PostgresSource {
             .clone()
     }
 
-    async fn existing_admin(
-        &self,
-        endpoint: &str,
-    ) -> Result<Arc<AdminConnection>, CredentialError> {
-        self.admins
-            .lock()
-            .await
-            .get(endpoint)
-            .cloned()
-            .ok_or_else(|| {
-                CredentialError::new(ErrorKind::LeaseGone, "lease belongs to no known upstream")
-            })
+    async fn existing_admin(&self, key: &str) -> Result<Arc<AdminConnection>, CredentialError> {
+        self.admins.lock().await.get(key).cloned().ok_or_else(|| {
+            CredentialError::new(ErrorKind::LeaseGone, "lease belongs to no known upstream")
+        })
     }
+}
+
+/// What makes two routes' admin connections the same one: the server and how
+/// it is reached. Routes to one server with different TLS settings (another CA,
+/// another name to verify, or TLS off) never share a connection, so a route's
+/// settings never decide how another route's admin password travels.
+fn admin_key(upstream: &UpstreamConfig) -> String {
+    format!(
+        "{} tls={:?} ca_file={:?} server_name={:?}",
+        upstream.endpoint(),
+        upstream.tls,
+        upstream.ca_file,
+        upstream.server_name
+    )
 }
 
 impl AdminConnection {

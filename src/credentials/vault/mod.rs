@@ -112,6 +112,7 @@ impl VaultSource {
                 id: LeaseId::new(envelope.lease_id),
                 username: creds.username.clone(),
                 endpoint: endpoint.to_owned(),
+                issuer: String::new(),
                 duration: Duration::from_secs(envelope.lease_duration),
                 renewable: envelope.renewable,
                 issued_at: Instant::now(),
