@@ -156,6 +156,16 @@ pub async fn prepare_cluster(cluster: &Cluster) -> Result<SecretString, DevError
             quote_ident(OWNER_ROLE),
             quote_ident(ADMIN_ROLE)
         ),
+        // Its CREATE ROLE statements carry SCRAM verifiers: never in the server log,
+        // whatever log_statement the cluster runs with.
+        format!(
+            "ALTER ROLE {} SET log_statement = 'none'",
+            quote_ident(ADMIN_ROLE)
+        ),
+        format!(
+            "ALTER ROLE {} SET log_min_error_statement = 'panic'",
+            quote_ident(ADMIN_ROLE)
+        ),
         // CREATE DATABASE cannot share a transaction with anything else.
         format!(
             "CREATE DATABASE {} OWNER {}",

@@ -645,3 +645,43 @@ fn the_password_policy_makes_long_passwords_safe_in_sql_and_urls() {
     }
     assert!(!policy.accepts("too-short"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_admin_statements_stay_out_of_a_ddl_logging_server_log() {
+    let mut opts = shipped_vault(MIGRATE_ROLE, |_| {});
+    // What config/postgres/logging.conf asks for: every DDL statement logged.
+    opts.cluster_settings = vec![
+        ("log_statement".into(), "ddl".into()),
+        ("log_min_error_statement".into(), "error".into()),
+    ];
+    let h = Harness::start(opts).await;
+    let c = h.connect().await;
+    let role = one_text(&c, "SELECT session_user::text").await;
+    c.batch_execute("CREATE TABLE ddl_log_probe (id int)")
+        .await
+        .unwrap();
+    drop(c);
+    h.wait_for_no_dynamic_roles().await;
+
+    let log = h.cluster.server_log();
+    // The session's own DDL is logged, so statement logging is on...
+    assert!(
+        log.lines()
+            .any(|l| l.contains("statement: CREATE TABLE ddl_log_probe")),
+        "the session's DDL is not in the server log:\n{log}"
+    );
+    // ...but not vault_admin's creation and revocation of the dynamic role, which carry
+    // its password (here a SCRAM verifier), nor bootstrap.sql's setting of vault_admin's
+    // own verifier, nor any other verifier.
+    let quoted = format!("\"{role}\"");
+    for line in log.lines() {
+        assert!(
+            !(line.contains("statement:") && line.contains(&quoted))
+                && !line.contains("SCRAM-SHA-256$")
+                && !line.contains("PASSWORD"),
+            "a credential statement reached the server log: {line}"
+        );
+    }
+    assert!(log.contains(&role), "the dynamic role's login is logged");
+    finish(h).await;
+}

@@ -51,12 +51,25 @@ SELECT :'vault_admin_verifier'
        ~ '^SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+$'
        AS verifier_ok \gset
 \if :verifier_ok
+-- Not even the verifier goes to the server log, whatever log_statement says.
+SET log_statement = 'none';
+SET log_min_error_statement = 'panic';
 ALTER ROLE vault_admin PASSWORD :'vault_admin_verifier';
+RESET log_statement;
+RESET log_min_error_statement;
 \else
 \warn 'VAULT_ADMIN_VERIFIER is not a SCRAM-SHA-256 verifier: see the top of bootstrap.sql'
 SELECT 1 / 0 AS vault_admin_verifier_refused;
 \endif
 \endif
+
+-- Vault's CREATE ROLE … PASSWORD '…' carries the new role's password (or its
+-- SCRAM verifier with password_authentication = scram-sha-256): keep
+-- vault_admin's statements out of the server log even where log_statement =
+-- 'ddl' (config/postgres/logging.conf) or a failing statement would be logged.
+-- Only a superuser can change these, so the dynamic roles cannot undo it.
+ALTER ROLE vault_admin SET log_statement = 'none';
+ALTER ROLE vault_admin SET log_min_error_statement = 'panic';
 
 -- Revocation ends whatever sessions a dynamic role still has before dropping
 -- it: pg_terminate_backend on non-superuser backends needs pg_signal_backend.

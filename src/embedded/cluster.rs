@@ -329,11 +329,17 @@ impl Cluster {
     }
 
     /// Start with the template's password and replace it: the new one reaches the server only
-    /// as a SCRAM verifier, so it never appears in the server log.
+    /// as a SCRAM verifier, and not even that reaches the server log, whatever
+    /// `log_statement` the cluster runs with.
     async fn rotate_password(&mut self) -> Result<(), ClusterError> {
         let fresh = random_password()?;
         let verifier = postgres_protocol::password::scram_sha_256(fresh.expose_secret().as_bytes());
         let client = self.connect("postgres").await?;
+        // A query string is logged as it arrives, before any SET in it runs: a batch of its own.
+        client
+            .batch_execute("SET log_statement = 'none'; SET log_min_error_statement = 'panic'")
+            .await
+            .map_err(ClusterError::SetPassword)?;
         let sql = format!(
             "ALTER ROLE {} PASSWORD '{verifier}'",
             quote_ident(&self.superuser)
