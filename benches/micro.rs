@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use pgwarden::protocol::frame::FrameTracker;
 use pgwarden::protocol::startup::{encode_startup, parse_body};
-use pgwarden::relay::{StopSignal, relay};
+use pgwarden::relay::{RelayOptions, StopSignal, relay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
 fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -90,7 +90,7 @@ fn start_relay() -> Pipes {
             &mut upstream,
             BytesMut::new(),
             BytesMut::new(),
-            None,
+            &RelayOptions::default(),
             &stop,
         )
         .await;

@@ -137,6 +137,9 @@ struct Pump {
     /// Bytes written but not yet flushed.
     unflushed: bool,
     bytes: u64,
+    /// The metric this direction's bytes are added to as they are read, so it
+    /// moves while a session lives (Keycloak's pooled sessions last hours).
+    counter: metrics::Counter,
 }
 
 enum PumpState {
@@ -147,9 +150,10 @@ enum PumpState {
 }
 
 impl Pump {
-    fn new(leftover: BytesMut) -> Self {
+    fn new(leftover: BytesMut, counter: metrics::Counter) -> Self {
         let mut buf = vec![0u8; RELAY_BUFFER.max(leftover.len())].into_boxed_slice();
         buf[..leftover.len()].copy_from_slice(&leftover);
+        counter.increment(leftover.len() as u64);
         Pump {
             buf,
             pos: 0,
@@ -157,6 +161,7 @@ impl Pump {
             eof: false,
             unflushed: false,
             bytes: leftover.len() as u64,
+            counter,
         }
     }
 
@@ -205,6 +210,7 @@ impl Pump {
                         self.eof = true;
                     } else {
                         self.bytes += n as u64;
+                        self.counter.increment(n as u64);
                         if !observe(&self.buf[..n]) {
                             return Poll::Ready(Err(PumpError::Protocol));
                         }
@@ -229,6 +235,27 @@ enum PumpError {
     Protocol,
 }
 
+/// How a relay runs, besides its streams.
+pub struct RelayOptions {
+    /// End the session when nothing moved for this long.
+    pub idle_timeout: Option<Duration>,
+    /// Where bytes read from the client are counted (default: nowhere).
+    pub client_to_upstream: metrics::Counter,
+    /// Where bytes read from the upstream are counted (default: nowhere).
+    pub upstream_to_client: metrics::Counter,
+}
+
+impl Default for RelayOptions {
+    /// No idle timeout, bytes counted nowhere.
+    fn default() -> Self {
+        RelayOptions {
+            idle_timeout: None,
+            client_to_upstream: metrics::Counter::noop(),
+            upstream_to_client: metrics::Counter::noop(),
+        }
+    }
+}
+
 /// Relays until one side closes, an error, or a requested stop.
 ///
 /// `stop` is checked on every wake-up and wakes the relay when a stop is
@@ -239,22 +266,24 @@ pub async fn relay<C, U>(
     upstream: &mut U,
     client_leftover: BytesMut,
     upstream_leftover: BytesMut,
-    idle_timeout: Option<Duration>,
+    opts: &RelayOptions,
     stop: &StopSignal,
 ) -> RelayOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut c2u = Pump::new(client_leftover);
-    let mut u2c = Pump::new(upstream_leftover);
+    let mut c2u = Pump::new(client_leftover, opts.client_to_upstream.clone());
+    let mut u2c = Pump::new(upstream_leftover, opts.upstream_to_client.clone());
     let mut tracker = FrameTracker::default();
     if tracker.observe(&u2c.buf[..u2c.cap]).is_err() {
         return outcome(RelayEnd::UpstreamProtocol, &c2u, &u2c, &tracker);
     }
     let mut client_frames = ClientFrames::default();
     client_frames.observe(&c2u.buf[..c2u.cap]);
-    let mut idle = idle_timeout.map(|d| (d, Box::pin(tokio::time::sleep(d))));
+    let mut idle = opts
+        .idle_timeout
+        .map(|d| (d, Box::pin(tokio::time::sleep(d))));
     let mut last_bytes = 0u64;
 
     let (end, error) = poll_fn(|cx| {
@@ -399,7 +428,7 @@ mod tests {
                 &mut upstream,
                 BytesMut::from(&b"early"[..]),
                 BytesMut::from(&msg(b'N', b"x\0")[..]),
-                None,
+                &RelayOptions::default(),
                 &StopSignal::default(),
             )
             .await
@@ -430,7 +459,7 @@ mod tests {
                 &mut upstream,
                 BytesMut::new(),
                 BytesMut::new(),
-                None,
+                &RelayOptions::default(),
                 &stop,
             )
             .await
@@ -463,7 +492,7 @@ mod tests {
             &mut upstream,
             BytesMut::new(),
             BytesMut::new(),
-            None,
+            &RelayOptions::default(),
             &StopSignal::default(),
         )
         .await;
@@ -485,7 +514,7 @@ mod tests {
                 &mut upstream,
                 BytesMut::new(),
                 BytesMut::new(),
-                None,
+                &RelayOptions::default(),
                 &StopSignal::default(),
             )
             .await
@@ -564,7 +593,7 @@ mod tests {
             &mut upstream,
             BytesMut::new(),
             BytesMut::new(),
-            None,
+            &RelayOptions::default(),
             &StopSignal::default(),
         )
         .await;

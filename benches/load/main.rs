@@ -81,12 +81,18 @@ async fn run_all(k: &Knobs) -> Report {
     for round in 0..k.rounds {
         for target in Target::rotated(round) {
             eprintln!("round {} of {}: {}", round + 1, k.rounds, target.name());
+            let cpu_before = bench.pid(target).and_then(run::cpu_seconds);
             let tps = run::pgbench(
                 &bench,
                 target,
                 &["-S", "-c", &clients, "-j", &jobs, "-T", &secs],
             );
             report.add(Scenario::Throughput, target, tps.tps);
+            let cpu_after = bench.pid(target).and_then(run::cpu_seconds);
+            if let (Some(b), Some(a)) = (cpu_before, cpu_after) {
+                let us = (a - b) * 1e6 / tps.transactions;
+                report.add(Scenario::ProxyCpuUsPerTransaction, target, us);
+            }
             let one = run::pgbench(&bench, target, &["-S", "-c", "1", "-j", "1", "-T", &secs]);
             report.add(Scenario::RoundTripMs, target, one.latency_ms);
             let conn = run::pgbench(
@@ -112,10 +118,15 @@ async fn run_all(k: &Knobs) -> Report {
             );
         }
     }
-    for target in [Target::PgBouncer, Target::Pgwarden] {
+    // pgwarden first: its backends end with its sessions, while PgBouncer keeps its
+    // server connections pooled after its clients leave.
+    for target in [Target::Pgwarden, Target::PgBouncer] {
+        bench.wait_for_backends_below(50).await;
         eprintln!("memory: {} idle sessions through {}", k.idle, target.name());
-        if let Some(kib) = idle::kib_per_session(&bench, target, k.idle).await {
-            report.add(Scenario::IdleKiBPerSession, target, kib);
+        match idle::kib_per_session(&bench, target, k.idle).await {
+            Ok(Some(kib)) => report.add(Scenario::IdleKiBPerSession, target, kib),
+            Ok(None) => {}
+            Err(e) => eprintln!("memory per idle session not measured: {e}"),
         }
     }
     bench.stop().await;

@@ -9,6 +9,9 @@ use crate::targets::Target;
 pub enum Scenario {
     /// `pgbench -S`, several clients: transactions per second (higher is better).
     Throughput,
+    /// CPU time the proxy process spent per transaction of the throughput run, in
+    /// microseconds: what the proxy costs, whatever the machine's cores are busy with.
+    ProxyCpuUsPerTransaction,
     /// `pgbench -S`, one client: milliseconds per round trip (lower is better).
     RoundTripMs,
     /// `pgbench -S -C`: a new connection per transaction, transactions per second.
@@ -27,6 +30,7 @@ impl Scenario {
     fn label(self) -> &'static str {
         match self {
             Scenario::Throughput => "select-only throughput (tps)",
+            Scenario::ProxyCpuUsPerTransaction => "proxy CPU per transaction (us)",
             Scenario::RoundTripMs => "one client, ms per round trip",
             Scenario::ConnectionsPerSecond => "new connection per transaction (tps)",
             Scenario::ConnectionSetupMs => "connection set-up (ms)",
@@ -39,6 +43,7 @@ impl Scenario {
     fn key(self) -> &'static str {
         match self {
             Scenario::Throughput => "throughput_tps",
+            Scenario::ProxyCpuUsPerTransaction => "proxy_cpu_us_per_transaction",
             Scenario::RoundTripMs => "round_trip_ms",
             Scenario::ConnectionsPerSecond => "connections_per_second",
             Scenario::ConnectionSetupMs => "connection_setup_ms",

@@ -16,6 +16,8 @@ pub struct PgbenchResult {
     pub latency_ms: f64,
     /// With `-C`: the average time to open a connection, in milliseconds.
     pub connection_ms: Option<f64>,
+    /// Transactions completed in the run.
+    pub transactions: f64,
 }
 
 /// Runs `pgbench -n <args>` against `target` and parses its summary.
@@ -43,7 +45,8 @@ pub fn pgbench(bench: &Bench, target: Target, args: &[&str]) -> PgbenchResult {
     parse_pgbench(&stdout).unwrap_or_else(|| panic!("could not read pgbench's summary:\n{stdout}"))
 }
 
-/// Reads `tps = …`, `latency average = … ms` and `average connection time = … ms`.
+/// Reads `tps = …`, `latency average = … ms`, `average connection time = … ms` and
+/// `number of transactions actually processed: …`.
 fn parse_pgbench(text: &str) -> Option<PgbenchResult> {
     let number_after = |prefix: &str| -> Option<f64> {
         let line = text.lines().find(|l| l.trim_start().starts_with(prefix))?;
@@ -58,6 +61,13 @@ fn parse_pgbench(text: &str) -> Option<PgbenchResult> {
         tps: number_after("tps =")?,
         latency_ms: number_after("latency average =")?,
         connection_ms: number_after("average connection time ="),
+        transactions: text
+            .lines()
+            .find_map(|l| l.strip_prefix("number of transactions actually processed: "))?
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()?,
     })
 }
 
@@ -141,4 +151,25 @@ pub fn copy_in(bench: &Bench, target: Target, file: &Path) -> Duration {
         String::from_utf8_lossy(&out.stderr)
     );
     elapsed
+}
+
+/// CPU time a process (all its threads) has used so far, in seconds, from `/proc`.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at state, field 3;
+    // utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks_per_second())
+}
+
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
 }

@@ -179,6 +179,33 @@ impl Bench {
         );
     }
 
+    /// Waits until the cluster serves fewer than `n` client backends, so that the next
+    /// scenario does not meet the previous one's connections.
+    pub async fn wait_for_backends_below(&self, n: i64) {
+        let admin = self
+            .env
+            .cluster
+            .connect("postgres")
+            .await
+            .expect("a superuser connection");
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            let count: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'",
+                    &[],
+                )
+                .await
+                .expect("counting backends")
+                .get(0);
+            if count < n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{count} backends remain");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// pgwarden's process id, for its memory.
     pub fn pid(&self, target: Target) -> Option<u32> {
         match target {

@@ -11,7 +11,6 @@
 //! things; `session_start`/`session_end` records carry it all.
 
 mod establish;
-mod metered;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +25,7 @@ use tracing::{Instrument, field::Empty};
 use crate::handshake::{Negotiated, send_fatal};
 use crate::metrics::{self, CloseReason, GaugeGuard, RejectReason};
 use crate::protocol::backend::{fatal, sqlstate};
-use crate::relay::{RelayEnd, Stop, StopSignal, relay};
+use crate::relay::{RelayEnd, RelayOptions, Stop, StopSignal, relay};
 use crate::state::State;
 pub use establish::Established;
 
@@ -150,7 +149,7 @@ async fn serve(
 /// Relays until the session ends, then says goodbye, revokes and records.
 async fn relay_and_close(state: &State, est: Established, handshake: Duration) {
     let Established {
-        client,
+        mut client,
         client_leftover,
         upstream,
         mut lease,
@@ -166,14 +165,12 @@ async fn relay_and_close(state: &State, est: Established, handshake: Duration) {
     );
 
     let started = Instant::now();
-    // Bytes are counted as they are read, so the metric moves while the
-    // session lives; the leftovers were read during the handshake.
-    let c2u = ::metrics::counter!(metrics::RELAY_BYTES, "direction" => "client_to_upstream");
-    let u2c = ::metrics::counter!(metrics::RELAY_BYTES, "direction" => "upstream_to_client");
-    c2u.increment(client_leftover.len() as u64);
-    u2c.increment(upstream.leftover.len() as u64);
-    let mut client = metered::Metered::new(client, c2u);
-    let mut upstream_stream = metered::Metered::new(upstream.stream, u2c);
+    let opts = RelayOptions {
+        idle_timeout: state.config.listen.idle_timeout,
+        client_to_upstream: ::metrics::counter!(metrics::RELAY_BYTES, "direction" => "client_to_upstream"),
+        upstream_to_client: ::metrics::counter!(metrics::RELAY_BYTES, "direction" => "upstream_to_client"),
+    };
+    let mut upstream_stream = upstream.stream;
     let mut shutdown_asked = false;
     let outcome = {
         let relayed = relay(
@@ -181,7 +178,7 @@ async fn relay_and_close(state: &State, est: Established, handshake: Duration) {
             &mut upstream_stream,
             client_leftover,
             upstream.leftover,
-            state.config.listen.idle_timeout,
+            &opts,
             &stop,
         );
         tokio::pin!(relayed);
