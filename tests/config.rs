@@ -125,3 +125,142 @@ fn secrets_never_appear_in_errors() {
     assert!(!all.contains("c2FsdHNhbHQ"), "{all}");
     assert!(!all.contains("hvs.supersecret"), "{all}");
 }
+
+/// A valid file but for the lines a test adds; the `postgres` source's admin password is inline.
+const BASE: &str = r#"
+[listen]
+require_tls = false
+allow = ["127.0.0.1"]
+[[users]]
+name = "u"
+auth = "trust"
+trust_from = ["127.0.0.1"]
+[[routes]]
+database = "db"
+users = ["u"]
+credentials = "pg"
+upstream = { host = "127.0.0.1", tls = "disable" }
+[credentials.pg]
+source = "postgres"
+admin_user = "admin"
+"#;
+
+#[test]
+fn the_base_of_the_error_tests_is_valid() {
+    let errs = errors(&format!("{BASE}admin_password = \"fine\"\n"), &[]);
+    assert!(errs.is_empty(), "{errs:#?}");
+}
+
+/// TOML's own message shows the offending line, serde's quotes the value it
+/// could not take: with a secret on that line, or as that value, either would
+/// print the secret. Errors name the line and column, or the key, instead.
+#[test]
+fn syntax_and_type_errors_name_the_place_but_never_quote_the_file() {
+    // A syntax error on the line holding a secret (the closing quote is missing).
+    let line = BASE.lines().count() + 1;
+    let errs = errors(
+        &format!("{BASE}admin_password = \"Syntax-Secret-4821\n"),
+        &[],
+    );
+    let all = errs.join("\n");
+    assert!(!all.contains("Syntax-Secret-4821"), "{all}");
+    assert!(all.contains(&format!("line {line}, column ")), "{all}");
+
+    // A secret key given a number, and a list holding a secret.
+    let errs = errors(&format!("{BASE}admin_password = 918273645546\n"), &[]);
+    let all = errs.join("\n");
+    assert!(!all.contains("918273645546"), "{all}");
+    assert!(
+        all.contains("[credentials.pg]") && all.contains("admin_password"),
+        "{all}"
+    );
+    let errs = errors(
+        &format!("{BASE}admin_password = [\"List-Secret-7733\"]\n"),
+        &[],
+    );
+    let all = errs.join("\n");
+    assert!(!all.contains("List-Secret-7733"), "{all}");
+    assert!(all.contains("admin_password"), "{all}");
+
+    // A secret pasted where a number, a choice or a duration belongs.
+    for (key, value) in [
+        ("max_connections", "\"Number-Secret-1029\""),
+        ("handshake_timeout", "\"Duration-Secret-5561\""),
+        ("tcp_keepalive", "42"),
+    ] {
+        let text = BASE.replace(
+            "require_tls = false",
+            &format!("require_tls = false\n{key} = {value}"),
+        );
+        let errs = errors(&text, &[]);
+        let all = errs.join("\n");
+        assert!(!all.contains("Secret"), "{all}");
+        assert!(!all.contains("42"), "{all}");
+        assert!(all.contains("[listen]") && all.contains(key), "{all}");
+    }
+    let errs = errors(
+        &BASE.replace("tls = \"disable\"", "tls = \"Choice-Secret-3390\""),
+        &[],
+    );
+    let all = errs.join("\n");
+    assert!(!all.contains("Choice-Secret-3390"), "{all}");
+    assert!(all.contains("tls") && all.contains("verify-full"), "{all}");
+}
+
+#[test]
+fn env_overrides_with_bad_values_are_named_but_not_quoted() {
+    let text = format!("{BASE}admin_password = \"fine\"\n");
+    let errs = errors(
+        &text,
+        &[
+            ("PGWARDEN_LISTEN_MAX_CONNECTIONS", "Env-Secret-6613"),
+            ("PGWARDEN_SHUTDOWN_GRACE", "Env-Secret-9120"),
+        ],
+    );
+    let all = errs.join("\n");
+    assert!(!all.contains("Env-Secret"), "{all}");
+    assert!(
+        all.contains("max_connections") && all.contains("PGWARDEN_LISTEN_MAX_CONNECTIONS"),
+        "{all}"
+    );
+    assert!(all.contains("PGWARDEN_SHUTDOWN_GRACE"), "{all}");
+}
+
+/// The same, end to end: what `pgwarden check-config` prints.
+#[test]
+fn check_config_prints_no_secret_from_the_file_or_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |text: &str, env: &[(&str, &str)]| {
+        let path = dir.path().join("pgwarden.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+            .arg("check-config")
+            .arg("--config")
+            .arg(&path)
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let printed = check(&format!("{BASE}admin_password = \"Cli-Secret-1\n"), &[]);
+    assert!(!printed.contains("Cli-Secret-1"), "{printed}");
+    assert!(printed.contains("line "), "{printed}");
+    let printed = check(&format!("{BASE}admin_password = 5550123\n"), &[]);
+    assert!(!printed.contains("5550123"), "{printed}");
+    assert!(printed.contains("admin_password"), "{printed}");
+    let printed = check(
+        &format!("{BASE}admin_password = \"fine\"\n"),
+        &[("PGWARDEN_LISTEN_MAX_CONNECTIONS", "Cli-Secret-2")],
+    );
+    assert!(!printed.contains("Cli-Secret-2"), "{printed}");
+    assert!(
+        printed.contains("PGWARDEN_LISTEN_MAX_CONNECTIONS"),
+        "{printed}"
+    );
+}

@@ -6,6 +6,8 @@
 //! does not know fails when the section is validated. Values are never echoed in
 //! errors (an override may carry a secret).
 
+use super::report::Override;
+
 /// Sections that can be overridden; arrays of tables (users, routes) and the
 /// credential sources are configured in the file only.
 const SECTIONS: &[&str] = &["listen", "admin", "log", "shutdown", "vault"];
@@ -13,11 +15,14 @@ const SECTIONS: &[&str] = &["listen", "admin", "log", "shutdown", "vault"];
 /// Variables with the prefix that are not configuration overrides.
 const NOT_OVERRIDES: &[&str] = &["PGWARDEN_CONFIG"];
 
+/// Applies every override to `table`; returns which key each one set, so that
+/// errors about those keys can name the variable.
 pub(super) fn apply_overrides(
     table: &mut toml::Table,
     env: &[(String, String)],
     errors: &mut Vec<String>,
-) {
+) -> Vec<Override> {
+    let mut applied = Vec::new();
     for (name, value) in env {
         let Some(rest) = name.strip_prefix("PGWARDEN_") else {
             continue;
@@ -48,8 +53,14 @@ pub(super) fn apply_overrides(
             ));
             continue;
         };
+        applied.push(Override {
+            section: section.to_owned(),
+            key: key.clone(),
+            variable: name.clone(),
+        });
         section_table.insert(key, literal(value));
     }
+    applied
 }
 
 /// The value as a TOML literal if it is one, else as a string.

@@ -4,10 +4,13 @@
 //! addresses parse, CIDRs parse, files exist and hold what they should, routes
 //! name known users and credential sources. It reports *every* problem it finds,
 //! not just the first. Secrets (verifiers, passwords) are `SecretString`s from
-//! here on and never appear in an error message.
+//! here on and never appear in an error message; nor does any text of the file
+//! or of an override as TOML or serde would quote it (`report` says where and
+//! what instead).
 
 mod env;
 pub mod raw;
+mod report;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -273,17 +276,17 @@ fn parse(
     root: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigErrors> {
-    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        ConfigErrors(vec![format!("configuration is not valid TOML: {e}")])
-    })?;
+    let mut table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigErrors(vec![report::syntax(text, &e)]))?;
     let env: Vec<(String, String)> = env.into_iter().collect();
     let mut errors = Vec::new();
-    env::apply_overrides(&mut table, &env, &mut errors);
+    let overrides = env::apply_overrides(&mut table, &env, &mut errors);
     let vault_token_env = env
         .iter()
         .find(|(k, _)| k == "VAULT_TOKEN")
         .map(|(_, v)| SecretString::from(v.clone()));
-    let config = validate::validate(table, base, root, vault_token_env, &mut errors);
+    let config = validate::validate(table, base, root, vault_token_env, &overrides, &mut errors);
     match config {
         Some(c) if errors.is_empty() => Ok(c),
         _ => Err(ConfigErrors(errors)),

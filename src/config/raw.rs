@@ -26,15 +26,15 @@ pub const DEFAULT_VAULT_MOUNT: &str = "database";
 pub const DEFAULT_PREFETCH_MAX_AGE: Duration = Duration::from_secs(300);
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9187";
 
+/// What a bad duration is told (the value itself is never echoed: it may be
+/// a secret typed under the wrong key, or set through the environment).
+pub const DURATION_HINT: &str = "not a duration: write e.g. \"15s\" or \"1h 30m\"";
+
 /// Parses `"15s"`, `"1h 30m"`, … (humantime).
 pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    // The error names the value: deserializing a section cannot say which key failed.
-    humantime::parse_duration(&s).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "`{s}` is not a duration ({e}); write e.g. \"15s\" or \"1h 30m\""
-        ))
-    })
+    // toml adds the key to the error; humantime's own text quotes the value.
+    humantime::parse_duration(&s).map_err(|_| serde::de::Error::custom(DURATION_HINT))
 }
 
 fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -174,8 +174,9 @@ pub enum OnLeaseEnd {
     Keep,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(tag = "source", rename_all = "kebab-case")]
+/// `[credentials.<name>]`, by its `source` (validate dispatches on the tag, so
+/// that errors inside a source name their key).
+#[derive(Debug)]
 pub enum Credentials {
     Postgres(PostgresSource),
     Vault(VaultSource),
@@ -232,11 +233,12 @@ pub struct Vault {
         deserialize_with = "de_duration"
     )]
     pub health_check_interval: Duration,
-    pub auth: VaultAuth,
+    /// A [`VaultAuth`] table, dispatched on `method` by validate.
+    pub auth: toml::Value,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(tag = "method", rename_all = "kebab-case")]
+/// `[vault] auth`, by its `method` (dispatched in validate, like [`Credentials`]).
+#[derive(Debug)]
 pub enum VaultAuth {
     Approle(VaultApprole),
     Kubernetes(VaultKubernetes),

@@ -2,8 +2,14 @@
 //!
 //! Each section, and each entry of `users`, `routes` and `credentials`, is
 //! deserialized on its own so that one bad entry does not hide the next one.
+//! A deserialization error is reported through `report`, which names the key
+//! and never the value. The credential sources and `[vault]` are in `sources`,
+//! the checks between sections in `cross`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+mod cross;
+mod sources;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -12,6 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
 use super::raw;
+use super::report::{self, Override};
 use super::*;
 use crate::auth::ScramVerifier;
 
@@ -31,6 +38,7 @@ pub(super) fn validate(
     base: &Path,
     root: Option<&Path>,
     vault_token_env: Option<SecretString>,
+    overrides: &[Override],
     errors: &mut Vec<String>,
 ) -> Option<Config> {
     for key in table.keys() {
@@ -41,7 +49,12 @@ pub(super) fn validate(
             ));
         }
     }
-    let v = Validator { base, root, errors };
+    let v = Validator {
+        base,
+        root,
+        overrides,
+        errors,
+    };
     v.run(&mut table, vault_token_env)
 }
 
@@ -49,6 +62,8 @@ struct Validator<'a> {
     base: &'a Path,
     /// Where files are looked up, for [`super::load_in_root`].
     root: Option<&'a Path>,
+    /// Which keys the environment set, to name the variable in an error.
+    overrides: &'a [Override],
     errors: &'a mut Vec<String>,
 }
 
@@ -68,7 +83,7 @@ impl Validator<'_> {
         let admin = self.optional::<raw::Admin>(table, "admin");
         let log = self.optional::<raw::Log>(table, "log");
         let shutdown = self.optional::<raw::Shutdown>(table, "shutdown");
-        let declared = Declared::of(table);
+        let declared = cross::Declared::of(table);
         let vault = self.optional::<raw::Vault>(table, "vault");
         let users = self.array::<raw::User>(table, "users");
         let routes = self.array::<raw::Route>(table, "routes");
@@ -121,7 +136,8 @@ impl Validator<'_> {
         match value.try_into::<T>() {
             Ok(t) => Some(t),
             Err(e) => {
-                self.err(format!("{what}: {}", e.to_string().trim()));
+                let e = report::shape(what, &e, self.overrides);
+                self.err(e);
                 None
             }
         }
@@ -166,10 +182,7 @@ impl Validator<'_> {
             None => Vec::new(),
             Some(toml::Value::Table(t)) => t
                 .into_iter()
-                .filter_map(|(name, v)| {
-                    self.section(&format!("[credentials.{name}]"), v)
-                        .map(|c| (name, c))
-                })
+                .filter_map(|(name, v)| self.source(&name, v).map(|c| (name, c)))
                 .collect(),
             Some(_) => {
                 self.err("`credentials` must be a table of sources ([credentials.<name>])".into());
@@ -364,137 +377,6 @@ impl Validator<'_> {
         Some(UserConfig { name: u.name, auth })
     }
 
-    fn credential(&mut self, name: &str, c: raw::Credentials) -> Option<CredentialsConfig> {
-        let what = format!("[credentials.{name}]");
-        match c {
-            raw::Credentials::Postgres(p) => {
-                let password = match (p.admin_password, &p.admin_password_file) {
-                    (Some(pw), None) => Some(pw),
-                    (None, Some(f)) => self.secret_file(&format!("{what} admin_password_file"), f),
-                    (Some(_), Some(_)) => {
-                        self.err(format!(
-                            "{what}: give admin_password or admin_password_file, not both"
-                        ));
-                        None
-                    }
-                    (None, None) => {
-                        self.err(format!(
-                            "{what}: needs admin_password_file (or admin_password)"
-                        ));
-                        None
-                    }
-                };
-                if p.ttl.as_secs() < 1 {
-                    self.err(format!("{what}: ttl must be at least 1s"));
-                }
-                if matches!(p.max_ttl, Some(m) if m < p.ttl) {
-                    self.err(format!("{what}: max_ttl must not be shorter than ttl"));
-                }
-                if p.role_prefix.is_empty() || p.role_prefix.len() > 32 {
-                    self.err(format!("{what}: role_prefix must be 1 to 32 characters"));
-                }
-                Some(CredentialsConfig::Postgres(PostgresSourceConfig {
-                    admin_user: p.admin_user,
-                    admin_password: password?,
-                    admin_database: p.admin_database,
-                    member_of: p.member_of,
-                    ttl: p.ttl,
-                    max_ttl: p.max_ttl,
-                    role_prefix: p.role_prefix,
-                    on_lease_end: p.on_lease_end,
-                }))
-            }
-            raw::Credentials::Vault(v) => {
-                if v.role.is_empty() || v.mount.is_empty() {
-                    self.err(format!("{what}: mount and role must not be empty"));
-                }
-                Some(CredentialsConfig::Vault(VaultSourceConfig {
-                    mount: v.mount.trim_matches('/').to_owned(),
-                    role: v.role,
-                    prefetch: v.prefetch,
-                    prefetch_max_age: v.prefetch_max_age,
-                    renew_increment: v.renew_increment,
-                    on_lease_end: v.on_lease_end,
-                }))
-            }
-        }
-    }
-
-    fn vault(&mut self, v: raw::Vault, token_env: Option<SecretString>) -> Option<VaultConfig> {
-        if !(v.address.starts_with("https://") || v.address.starts_with("http://")) {
-            self.err(format!(
-                "[vault] address: `{}` must start with https:// (or http://)",
-                v.address
-            ));
-        }
-        let ca_file = v
-            .ca_file
-            .as_deref()
-            .and_then(|f| self.readable("[vault] ca_file", f));
-        let client_cert_file = v
-            .client_cert_file
-            .as_deref()
-            .and_then(|f| self.readable("[vault] client_cert_file", f));
-        let client_key_file = v
-            .client_key_file
-            .as_deref()
-            .and_then(|f| self.readable("[vault] client_key_file", f));
-        if client_cert_file.is_some() != client_key_file.is_some() {
-            self.err("[vault] client_cert_file and client_key_file go together".into());
-        }
-        let auth = match v.auth {
-            raw::VaultAuth::Approle(a) => {
-                let role_id = match (a.role_id, &a.role_id_file) {
-                    (Some(r), None) => Some(r),
-                    (None, Some(f)) => self.secret_file("[vault] auth role_id_file", f),
-                    _ => {
-                        self.err(
-                            "[vault] auth: approle needs exactly one of role_id, role_id_file"
-                                .into(),
-                        );
-                        None
-                    }
-                };
-                let secret_id_file =
-                    self.readable("[vault] auth secret_id_file", &a.secret_id_file);
-                VaultAuthConfig::Approle {
-                    mount: a.mount,
-                    role_id: role_id?,
-                    secret_id_file: secret_id_file?,
-                }
-            }
-            raw::VaultAuth::Kubernetes(k) => VaultAuthConfig::Kubernetes {
-                mount: k.mount,
-                role: k.role,
-                jwt_file: self.readable("[vault] auth jwt_file", &k.jwt_file)?,
-            },
-            raw::VaultAuth::Token(t) => {
-                let token = match &t.token_file {
-                    Some(f) => self.secret_file("[vault] auth token_file", f),
-                    None => {
-                        if token_env.is_none() {
-                            self.err("[vault] auth: method = \"token\" needs token_file or the VAULT_TOKEN environment variable".into());
-                        }
-                        token_env
-                    }
-                };
-                VaultAuthConfig::Token { token: token? }
-            }
-        };
-        Some(VaultConfig {
-            address: v.address.trim_end_matches('/').to_owned(),
-            ca_file,
-            client_cert_file,
-            client_key_file,
-            namespace: v.namespace,
-            timeout: v.timeout,
-            health_check_interval: v
-                .health_check_interval
-                .max(std::time::Duration::from_millis(100)),
-            auth,
-        })
-    }
-
     fn route(&mut self, i: usize, r: raw::Route) -> Option<RouteConfig> {
         let what = format!("[[routes]] #{} ({})", i + 1, r.database);
         if r.users.is_empty() {
@@ -541,103 +423,6 @@ impl Validator<'_> {
             credentials: r.credentials,
             session_role: r.session_role,
         })
-    }
-
-    /// Checks between sections. Names come from `declared`, so an entry that
-    /// was itself invalid (and already reported) does not cause more errors.
-    fn cross_checks(
-        &mut self,
-        declared: &Declared,
-        users: &[UserConfig],
-        routes: &[RouteConfig],
-        credentials: &BTreeMap<String, CredentialsConfig>,
-        have_vault: bool,
-    ) {
-        let mut names = HashSet::new();
-        for u in users {
-            if !names.insert(u.name.as_str()) {
-                self.err(format!("[[users]]: user `{}` is defined twice", u.name));
-            }
-        }
-        if declared.users == 0 {
-            self.err("[[users]]: at least one user is required".into());
-        }
-        if declared.routes == 0 {
-            self.err("[[routes]]: at least one route is required".into());
-        }
-        let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
-        for (i, r) in routes.iter().enumerate() {
-            for u in &r.users {
-                if u != "*" && !declared.user_names.contains(u) {
-                    self.err(format!(
-                        "[[routes]] #{} ({}): user `{u}` is not defined in [[users]]",
-                        i + 1,
-                        r.database
-                    ));
-                }
-                if let Some(prev) = seen.insert((r.database.as_str(), u.as_str()), i) {
-                    self.err(format!(
-                        "[[routes]] #{} and #{} both route user `{u}` to database `{}`",
-                        prev + 1,
-                        i + 1,
-                        r.database
-                    ));
-                }
-            }
-            match credentials.get(&r.credentials) {
-                None if declared.credentials.contains(&r.credentials) => {}
-                None => self.err(format!(
-                    "[[routes]] #{} ({}): credentials `{}` is not defined in [credentials.*]",
-                    i + 1,
-                    r.database,
-                    r.credentials
-                )),
-                Some(CredentialsConfig::Vault(_)) if !have_vault && !declared.vault => {
-                    self.err(format!(
-                        "[credentials.{}] uses source = \"vault\" but there is no [vault] section",
-                        r.credentials
-                    ))
-                }
-                Some(_) => {}
-            }
-        }
-    }
-}
-
-/// What the file declares, read before validation: names of users and
-/// credential sources, and how many users and routes there are.
-struct Declared {
-    users: usize,
-    routes: usize,
-    user_names: HashSet<String>,
-    credentials: HashSet<String>,
-    vault: bool,
-}
-
-impl Declared {
-    fn of(table: &toml::Table) -> Declared {
-        let array = |key: &str| {
-            table
-                .get(key)
-                .and_then(|v| v.as_array())
-                .cloned()
-                .unwrap_or_default()
-        };
-        let users = array("users");
-        Declared {
-            users: users.len(),
-            routes: array("routes").len(),
-            user_names: users
-                .iter()
-                .filter_map(|u| u.get("name").and_then(|n| n.as_str()).map(str::to_owned))
-                .collect(),
-            vault: table.contains_key("vault"),
-            credentials: table
-                .get("credentials")
-                .and_then(|c| c.as_table())
-                .map(|t| t.keys().cloned().collect())
-                .unwrap_or_default(),
-        }
     }
 }
 
