@@ -87,6 +87,9 @@ impl Negotiator {
             stream = s;
             tls_info = Some(info);
         }
+        // PostgreSQL allows one SSLRequest and one GSSENCRequest per connection,
+        // whether it was answered `S` or `N`.
+        let mut tried_ssl = false;
         let mut tried_gss = false;
         loop {
             let packet = match startup::read_packet(&mut stream).await {
@@ -104,7 +107,7 @@ impl Negotiator {
                 }
             };
             match packet {
-                StartupPacket::SslRequest if tls_info.is_some() => {
+                StartupPacket::SslRequest if tried_ssl || tls_info.is_some() => {
                     return Err(fatal_and_refuse(
                         &mut stream,
                         RejectReason::Protocol,
@@ -114,7 +117,10 @@ impl Negotiator {
                     .await);
                 }
                 StartupPacket::SslRequest => match &self.tls {
-                    None => write_raw(&mut stream, b"N").await?,
+                    None => {
+                        tried_ssl = true;
+                        write_raw(&mut stream, b"N").await?;
+                    }
                     Some(_) => {
                         let (s, info) = self.ssl_request(stream).await?;
                         stream = s;

@@ -343,12 +343,21 @@ async fn the_handshake_deadline_ends_silent_and_stuck_clients() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_listener_without_tls_answers_n_and_offers_no_channel_binding() {
+async fn a_listener_without_tls_answers_n_once_and_offers_no_channel_binding() {
     let h = Harness::start(Options {
         tls: ListenTls::Off,
         ..Options::default()
     })
     .await;
+    // One SSLRequest is answered `N`; a second is a protocol violation, as in PostgreSQL.
+    let mut tcp = wire::connect(h.proxy_addr).await;
+    wire::send(&mut tcp, &wire::encode_ssl_request()).await;
+    assert_eq!(wire::read_byte(&mut tcp).await, Some(b'N'));
+    wire::send(&mut tcp, &wire::encode_ssl_request()).await;
+    only_message(&mut tcp)
+        .await
+        .assert_fatal("08P01", "duplicate SSL negotiation request");
+
     let mut tcp = wire::connect(h.proxy_addr).await;
     wire::send(&mut tcp, &wire::encode_ssl_request()).await;
     assert_eq!(wire::read_byte(&mut tcp).await, Some(b'N'));
