@@ -264,3 +264,61 @@ fn check_config_prints_no_secret_from_the_file_or_the_environment() {
         "{printed}"
     );
 }
+
+/// The `[vault] address` problems of a file whose `[vault]` is otherwise fine.
+fn vault_address_errors(address: &str, extra: &str) -> Vec<String> {
+    let text = format!(
+        "{BASE}admin_password = \"fine\"\n[vault]\naddress = \"{address}\"\nauth = {{ method = \"token\" }}\n{extra}"
+    );
+    errors(&text, &[("VAULT_TOKEN", "hvs.test")])
+        .into_iter()
+        .filter(|e| e.starts_with("[vault]"))
+        .collect()
+}
+
+/// Over plain HTTP the token, secret id, JWT and every issued password would
+/// cross the network in clear: only a Vault on this host, or an explicit
+/// opt-in, may be reached that way.
+#[test]
+fn vault_over_plain_http_only_on_loopback_or_when_allowed() {
+    for ok in [
+        "https://vault.internal:8200",
+        "https://10.0.0.7:8200/",
+        "http://127.0.0.1:8200",
+        "http://127.8.9.10:8100",
+        "http://[::1]:8200",
+        "http://localhost:8200",
+        "http://LocalHost",
+    ] {
+        let errs = vault_address_errors(ok, "");
+        assert!(errs.is_empty(), "{ok}: {errs:#?}");
+    }
+    for refused in [
+        "http://vault.internal:8200",
+        "http://10.0.0.7:8200",
+        "http://[fd00::1]:8200",
+        "http://localhost.example.com:8200",
+        "http://127.0.0.1.example.com",
+        "http://0.0.0.0:8200",
+    ] {
+        let errs = vault_address_errors(refused, "");
+        assert!(
+            errs.iter().any(|e| e.contains("allow_insecure_http")),
+            "{refused} was accepted: {errs:#?}"
+        );
+        let errs = vault_address_errors(refused, "allow_insecure_http = true\n");
+        assert!(errs.is_empty(), "{refused} with the opt-in: {errs:#?}");
+    }
+    for bad in [
+        "vault.internal:8200",
+        "ftp://vault.internal",
+        "https://",
+        "",
+    ] {
+        let errs = vault_address_errors(bad, "");
+        assert!(
+            errs.iter().any(|e| e.contains("[vault] address")),
+            "{bad:?}: {errs:#?}"
+        );
+    }
+}

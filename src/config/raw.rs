@@ -233,6 +233,9 @@ pub struct Vault {
         deserialize_with = "de_duration"
     )]
     pub health_check_interval: Duration,
+    /// Allow `http://` to a Vault that is not on a loopback address.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
     /// A [`VaultAuth`] table, dispatched on `method` by validate.
     pub auth: toml::Value,
 }

@@ -31,6 +31,34 @@ impl Validator<'_> {
         })
     }
 
+    /// `https://`, or `http://` to a loopback address (a Vault Agent on this
+    /// host) or with `allow_insecure_http`: over plain HTTP pgwarden's token,
+    /// secret id or JWT and every issued password cross the network in clear.
+    /// The address is not echoed (it is no secret, but may carry userinfo).
+    fn vault_address(&mut self, address: &str, allow_insecure_http: bool) {
+        let url = match reqwest::Url::parse(address) {
+            Ok(u) if u.host_str().is_some_and(|h| !h.is_empty()) => u,
+            _ => {
+                self.err(
+                    "[vault] address: not a URL with a host (e.g. https://vault.internal:8200)"
+                        .into(),
+                );
+                return;
+            }
+        };
+        match url.scheme() {
+            "https" => {}
+            "http" if allow_insecure_http || is_loopback(&url) => {}
+            "http" => self.err(
+                "[vault] address: http:// sends pgwarden's Vault token and every issued password \
+                 in clear; use https://, or http:// only to a loopback address (127.0.0.0/8, ::1, \
+                 localhost), or set allow_insecure_http = true to accept the risk"
+                    .into(),
+            ),
+            _ => self.err("[vault] address: must start with https:// (or http://)".into()),
+        }
+    }
+
     /// Splits the string `tag` off a table: `(its value, the rest)`.
     fn tagged(
         &mut self,
@@ -130,12 +158,7 @@ impl Validator<'_> {
         v: raw::Vault,
         token_env: Option<SecretString>,
     ) -> Option<VaultConfig> {
-        if !(v.address.starts_with("https://") || v.address.starts_with("http://")) {
-            self.err(format!(
-                "[vault] address: `{}` must start with https:// (or http://)",
-                v.address
-            ));
-        }
+        self.vault_address(&v.address, v.allow_insecure_http);
         let ca_file = v
             .ca_file
             .as_deref()
@@ -202,5 +225,15 @@ impl Validator<'_> {
                 .max(std::time::Duration::from_millis(100)),
             auth,
         })
+    }
+}
+
+/// Whether `url` names this host: 127.0.0.0/8, ::1 or `localhost`.
+pub fn is_loopback(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
     }
 }
