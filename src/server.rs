@@ -3,8 +3,10 @@
 //! Shutdown (SIGTERM or SIGINT in `pgwarden run`) goes in stages: stop
 //! accepting; let live sessions finish for up to `[shutdown] grace`; then ask
 //! the rest to end at a message boundary (FATAL 57P01), cutting any that cannot
-//! within a few seconds; finally revoke every outstanding lease, bounded by
-//! `[shutdown] revoke_timeout`. Tests drive the same code in-process.
+//! within a few seconds; finally revoke every outstanding lease — those of
+//! sessions, of the prefetch pool, and of credential requests still in flight,
+//! once they arrive — all bounded by `[shutdown] revoke_timeout`. Tests drive
+//! the same code in-process.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -125,10 +127,14 @@ impl Server {
                 state.sessions.wait().await;
             }
         }
-        state.stop_sources();
+        // One bound for the rest: credential requests still in flight end
+        // (what they issue goes to the revoker), then the revoker drains.
+        let revoke_timeout = state.config.shutdown.revoke_timeout;
+        let deadline = tokio::time::Instant::now() + revoke_timeout;
+        state.stop_sources(deadline).await;
         let left = state
             .revoker
-            .drain(state.config.shutdown.revoke_timeout)
+            .drain(deadline.saturating_duration_since(tokio::time::Instant::now()))
             .await;
         for task in &self.background {
             task.abort();

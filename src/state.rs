@@ -167,10 +167,11 @@ impl State {
         }
     }
 
-    /// Shutdown: sources hand what they hold in reserve to the revoker.
-    pub fn stop_sources(&self) {
+    /// Shutdown: sources hand what they hold in reserve to the revoker, and
+    /// so do their credential requests in flight, waited for until `deadline`.
+    pub async fn stop_sources(&self, deadline: tokio::time::Instant) {
         for source in self.sources.values() {
-            source.stop();
+            source.stop(deadline).await;
         }
     }
 }

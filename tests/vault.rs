@@ -132,10 +132,13 @@ async fn long_session_outlives_three_short_leases() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_ttl_recycles_the_session_only_between_transactions() {
     // Vault's default revocation only drops the role, so whatever ends this
-    // session is pgwarden's doing.
+    // session is pgwarden's doing. The first renewal asks for more than the
+    // max TTL leaves, so recycling starts then, long before the lease expires
+    // (when pgwarden would end the session even inside a transaction).
     let h = Harness::start(vault(VaultOptions {
         default_ttl: Duration::from_secs(2),
-        max_ttl: Duration::from_secs(4),
+        max_ttl: Duration::from_secs(60),
+        renew_increment: Some("1h".into()),
         terminate_on_revoke: false,
         ..VaultOptions::default()
     }))
@@ -143,9 +146,11 @@ async fn max_ttl_recycles_the_session_only_between_transactions() {
     let (c, conn) = h.connect_parts(&h.pg_config()).await.unwrap();
     let conn = tokio::spawn(conn);
     c.batch_execute("BEGIN").await.unwrap();
-    // Well past the max TTL, inside a transaction: untouched.
+    let ends = h.logs.wait_for("lease_end", 1).await;
+    assert_eq!(ends[0]["action"], "stop_when_idle", "{ends:?}");
+    // The max TTL is reached, inside a transaction: untouched.
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(7) {
+    while start.elapsed() < Duration::from_secs(3) {
         c.query_one("SELECT 1", &[])
             .await
             .expect("in-transaction work goes on");

@@ -7,6 +7,10 @@
 //! Renewal runs at ~2/3 of the lease's current duration. When the lease can
 //! live no longer (not renewable, max TTL reached, renewal refused), the
 //! session's `on_lease_end` policy decides: stop when idle, stop now, or keep.
+//! Unless it is `keep`, the end is enforced: shortly before the credential
+//! expires the session is stopped at the next message boundary, and cut after
+//! a grace if it never reaches one (a client idle in a transaction, or one
+//! that stops reading). A session never outlives its lease unless `keep` says so.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +27,8 @@ use crate::relay::{Stop, StopSignal};
 
 /// Renewal retries after a transient failure wait this long at most.
 const RENEW_RETRY: Duration = Duration::from_secs(5);
+/// A session is stopped this long before its credential expires, at most.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 
 pub struct LeaseGuard {
     /// Taken by `Drop`.
@@ -53,38 +59,50 @@ impl LeaseGuard {
     }
 
     /// Starts renewing; at the end of the lease's life, applies the source's
-    /// `on_lease_end` through `stop`.
-    pub fn start_renewal(&mut self, stop: Arc<StopSignal>) {
+    /// `on_lease_end` through `stop`, and enforces it at the credential's
+    /// expiry, cutting the session `grace` after asking it to stop.
+    pub fn start_renewal(&mut self, stop: Arc<StopSignal>, grace: Duration) {
         let lease = self.lease().clone();
         let source = self.source.clone();
-        let task = renew_while_alive(lease, source, stop).in_current_span();
-        self.renewal = Some(tokio::spawn(task));
+        let task = async move {
+            let (why, expires) = renew_while_alive(&lease, &source).await;
+            end_of_life(&source, &lease, &stop, why, expires, grace).await;
+        };
+        self.renewal = Some(tokio::spawn(task.in_current_span()));
+    }
+
+    /// Stops renewing and enforcing: the session has ended (the lease itself
+    /// is still revoked on drop).
+    pub fn stop_renewal(&mut self) {
+        if let Some(task) = self.renewal.take() {
+            task.abort();
+        }
     }
 }
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
-        if let Some(task) = self.renewal.take() {
-            task.abort();
-        }
+        self.stop_renewal();
         if let Some(lease) = self.lease.take() {
             self.revoker.submit(self.source.clone(), lease);
         }
     }
 }
 
-async fn renew_while_alive(lease: Lease, source: Arc<CredentialSource>, stop: Arc<StopSignal>) {
+/// Renews `lease` for as long as it can live; returns why it cannot live
+/// longer and when it expires.
+async fn renew_while_alive(lease: &Lease, source: &CredentialSource) -> (&'static str, Instant) {
     let start = Instant::from_std(lease.issued_at);
     let mut expires = start + lease.duration;
     let mut next = start + lease.duration * 2 / 3;
     if !lease.renewable {
         tokio::time::sleep_until(next).await;
-        return end_of_life(&source, &lease, &stop, "lease is not renewable");
+        return ("lease is not renewable", expires);
     }
     loop {
         tokio::time::sleep_until(next).await;
-        let increment = source.renew_increment(&lease);
-        match source.renew(&lease, increment).await {
+        let increment = source.renew_increment(lease);
+        match source.renew(lease, increment).await {
             Ok(r) => {
                 ::metrics::counter!(metrics::LEASE_RENEWALS, "outcome" => "success").increment(1);
                 tracing::info!(event = "lease_renewed", lease_id_hash = %lease.id, ttl_s = r.duration.as_secs());
@@ -95,7 +113,7 @@ async fn renew_while_alive(lease: Lease, source: Arc<CredentialSource>, stop: Ar
                     // Capped: the lease ends within one increment and will not
                     // get longer. Recycling starts now, to leave the session the
                     // whole remaining time to become idle.
-                    return end_of_life(&source, &lease, &stop, "lease reached its maximum TTL");
+                    return ("lease reached its maximum TTL", expires);
                 }
             }
             Err(e) => {
@@ -108,23 +126,11 @@ async fn renew_while_alive(lease: Lease, source: Arc<CredentialSource>, stop: Ar
                         next = now + (left / 4).min(RENEW_RETRY);
                     }
                     ErrorKind::Unavailable => {
-                        return end_of_life(
-                            &source,
-                            &lease,
-                            &stop,
-                            "lease could not be renewed before it expired",
-                        );
+                        return ("lease could not be renewed before it expired", expires);
                     }
-                    ErrorKind::NotRenewable => {
-                        return end_of_life(
-                            &source,
-                            &lease,
-                            &stop,
-                            "lease reached its maximum TTL",
-                        );
-                    }
+                    ErrorKind::NotRenewable => return ("lease reached its maximum TTL", expires),
                     ErrorKind::Refused | ErrorKind::LeaseGone => {
-                        return end_of_life(&source, &lease, &stop, "lease renewal was refused");
+                        return ("lease renewal was refused", expires);
                     }
                 }
             }
@@ -132,12 +138,54 @@ async fn renew_while_alive(lease: Lease, source: Arc<CredentialSource>, stop: Ar
     }
 }
 
-fn end_of_life(source: &CredentialSource, lease: &Lease, stop: &StopSignal, why: &'static str) {
+/// Applies `on_lease_end`; unless it is `keep`, stops the session at the next
+/// message boundary shortly before `expires`, and cuts it `grace` later.
+async fn end_of_life(
+    source: &CredentialSource,
+    lease: &Lease,
+    stop: &StopSignal,
+    why: &'static str,
+    expires: Instant,
+    grace: Duration,
+) {
     let policy = source.on_lease_end;
-    tracing::info!(event = "lease_end", lease_id_hash = %lease.id, reason = why, on_lease_end = ?policy);
-    match policy {
-        OnLeaseEnd::RecycleWhenIdle => stop.request(Stop::WhenIdle),
-        OnLeaseEnd::Terminate => stop.request(Stop::Now),
-        OnLeaseEnd::Keep => {}
+    let (action, first) = match policy {
+        OnLeaseEnd::RecycleWhenIdle => ("stop_when_idle", Stop::WhenIdle),
+        OnLeaseEnd::Terminate => ("stop", Stop::Now),
+        OnLeaseEnd::Keep => {
+            tracing::info!(event = "lease_end", lease_id_hash = %lease.id, reason = why, on_lease_end = ?policy, action = "keep", "the session runs past its lease");
+            return;
+        }
+    };
+    let deadline = expires
+        .checked_sub(margin(lease.duration))
+        .unwrap_or(expires);
+    let left = deadline.saturating_duration_since(Instant::now());
+    tracing::info!(event = "lease_end", lease_id_hash = %lease.id, reason = why, on_lease_end = ?policy, action, enforced_in_ms = left.as_millis() as u64);
+    stop.request(first);
+    tokio::time::sleep_until(deadline).await;
+    tracing::warn!(event = "lease_end", lease_id_hash = %lease.id, reason = "the credential expires", action = "stop", "ending the session at the next message boundary");
+    stop.request(Stop::Now);
+    tokio::time::sleep(grace).await;
+    tracing::warn!(event = "lease_end", lease_id_hash = %lease.id, reason = "no message boundary before the grace ended", action = "cut", "cutting the session");
+    stop.request(Stop::Abort);
+}
+
+/// How long before its expiry a credential's session is stopped: 10 % of the
+/// lease's duration, at most [`EXPIRY_MARGIN`].
+fn margin(duration: Duration) -> Duration {
+    (duration / 10).min(EXPIRY_MARGIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_margin_is_a_tenth_of_the_lease_but_at_most_thirty_seconds() {
+        assert_eq!(margin(Duration::from_secs(2)), Duration::from_millis(200));
+        assert_eq!(margin(Duration::from_secs(300)), Duration::from_secs(30));
+        assert_eq!(margin(Duration::from_secs(3600)), EXPIRY_MARGIN);
+        assert_eq!(margin(Duration::ZERO), Duration::ZERO);
     }
 }

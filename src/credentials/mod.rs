@@ -4,9 +4,11 @@
 //! never reused, and held as a [`Lease`]: an id, a duration, whether it can be
 //! renewed. [`lease::LeaseGuard`] renews it while the session lives and hands
 //! it to the [`revoker::Revoker`] however the session ends, so no exit path
-//! forgets a revocation. Passwords are `SecretString`s; lease ids are logged
+//! forgets a revocation. The guard exists from the moment the source answers:
+//! [`issuance`] runs each request in a task no deadline can cancel. Passwords are `SecretString`s; lease ids are logged
 //! only as a short hash; errors carry no secret.
 
+pub mod issuance;
 pub mod lease;
 pub mod postgres;
 pub mod revoker;
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 use secrecy::SecretString;
 
 use crate::config::{CredentialsConfig, OnLeaseEnd, UpstreamConfig};
+pub use issuance::Issued;
 
 /// A database login issued for one upstream connection.
 pub struct Credential {
@@ -169,8 +172,11 @@ pub struct CredentialSource {
     pub name: String,
     pub on_lease_end: OnLeaseEnd,
     kind: SourceKind,
-    /// Told when the source proves healthy, so failed revocations retry now.
+    /// Told when the source proves healthy, so failed revocations retry now;
+    /// and where issued leases go.
     revoker: revoker::Revoker,
+    /// Credential requests in flight, which no deadline may cancel.
+    issuing: issuance::Issuing,
 }
 
 enum SourceKind {
@@ -206,6 +212,7 @@ impl CredentialSource {
             on_lease_end: config.on_lease_end(),
             kind,
             revoker,
+            issuing: issuance::Issuing::default(),
         };
         crate::metrics::zero_credential_requests(source.kind());
         Ok(Arc::new(source))
@@ -219,18 +226,50 @@ impl CredentialSource {
         }
     }
 
-    /// Issues a fresh credential for one connection to `upstream`. Every
-    /// request that reaches the source is measured (a Vault credential taken
-    /// from the prefetch pool was measured when the pool fetched it).
-    pub async fn issue(&self, upstream: &UpstreamConfig) -> Result<Credential, CredentialError> {
-        let result = match &self.kind {
-            SourceKind::Postgres(p) => measured("postgres", p.issue(upstream)).await,
-            SourceKind::Vault(v) => v.issue(&upstream.endpoint()).await,
-        };
+    /// Issues a fresh credential for one connection to `upstream`, guarded
+    /// from the moment the source answers. The request itself runs to the end
+    /// even if this future is dropped or `[vault] timeout` passes (see
+    /// [`issuance`]). A Vault credential may come from the prefetch pool.
+    pub async fn issue(
+        self: &Arc<Self>,
+        upstream: &UpstreamConfig,
+    ) -> Result<Issued, CredentialError> {
+        if let SourceKind::Vault(v) = &self.kind
+            && let Some(c) = v.take_prefetched(&upstream.endpoint())
+        {
+            self.revoker.nudge();
+            return Ok(Issued::new(c, self.clone()));
+        }
+        let me = self.clone();
+        let target = upstream.clone();
+        let request = async move { me.request(&target).await };
+        let result = self
+            .issuing
+            .issue(self.clone(), request, self.answer_within())
+            .await;
         if result.is_ok() {
             self.revoker.nudge();
         }
         result
+    }
+
+    /// One request to the source, measured however long it takes (a Vault
+    /// credential taken from the prefetch pool was measured when the pool
+    /// fetched it).
+    async fn request(&self, upstream: &UpstreamConfig) -> Result<Credential, CredentialError> {
+        match &self.kind {
+            SourceKind::Postgres(p) => measured("postgres", p.issue(upstream)).await,
+            SourceKind::Vault(v) => measured("vault", v.fetch(&upstream.endpoint())).await,
+        }
+    }
+
+    /// How long a connection waits for its credential: `[vault] timeout` for
+    /// Vault; for the built-in source, as long as its handshake deadline allows.
+    fn answer_within(&self) -> Option<Duration> {
+        match &self.kind {
+            SourceKind::Postgres(_) => None,
+            SourceKind::Vault(v) => Some(v.vault().timeout),
+        }
     }
 
     /// Asks for `increment` more time on `lease`.
@@ -271,11 +310,23 @@ impl CredentialSource {
         }
     }
 
-    /// Shutdown: credentials held in reserve go to the revoker.
-    pub fn stop(&self) {
+    /// Shutdown: credentials held in reserve go to the revoker, and so do
+    /// those of requests still in flight once they arrive, waited for until
+    /// `deadline`. Returns how many requests were still in flight then.
+    pub async fn stop(&self, deadline: tokio::time::Instant) -> usize {
         if let SourceKind::Vault(v) = &self.kind {
-            v.stop();
+            v.stop(deadline).await;
         }
+        let left = self.issuing.finish(deadline).await;
+        if left > 0 {
+            tracing::error!(
+                event = "credential_requests_abandoned",
+                source = %self.name,
+                count = left,
+                "credential requests still in flight at exit; what they issue expires at the end of its TTL"
+            );
+        }
+        left
     }
 
     /// Whether the source can issue credentials now, and if not, why.

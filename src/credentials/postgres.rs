@@ -21,6 +21,17 @@ use crate::config::{PostgresSourceConfig, UpstreamConfig, UpstreamTls};
 
 /// Length of the random part of a role name.
 const ROLE_SUFFIX_LEN: usize = 20;
+/// The admin connection's server-side bounds: a role statement that waits on a
+/// lock (a long transaction holding `pg_authid`, say) or runs away fails, and
+/// is retried, rather than holding up credentials for every later session.
+const ADMIN_LOCK_TIMEOUT: &str = "10s";
+const ADMIN_STATEMENT_TIMEOUT: &str = "30s";
+/// The client-side bound on one admin statement, for a server or network that
+/// stops answering altogether: past it the connection is dropped and reopened.
+const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(45);
+/// TCP keepalive on the admin connection, so a dead peer is noticed.
+const ADMIN_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const ADMIN_TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct PostgresSource {
     config: PostgresSourceConfig,
@@ -197,7 +208,29 @@ impl AdminConnection {
         config: &PostgresSourceConfig,
     ) -> Result<(), CredentialError> {
         let client = self.client(config).await?;
-        client.batch_execute(sql).await.map_err(|e| self.failed(e))
+        let result = self.bounded(client.batch_execute(sql)).await?;
+        result.map_err(|e| self.failed(e))
+    }
+
+    /// Runs one admin call for at most [`ADMIN_CALL_TIMEOUT`]; past it the
+    /// connection is forgotten (and so closed), to be reopened by the next call.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = T>,
+    ) -> Result<T, CredentialError> {
+        match tokio::time::timeout(ADMIN_CALL_TIMEOUT, call).await {
+            Ok(result) => Ok(result),
+            Err(_) => {
+                self.client.lock().await.take();
+                Err(CredentialError::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "admin connection to {}: no answer within {ADMIN_CALL_TIMEOUT:?}",
+                        self.upstream.endpoint()
+                    ),
+                ))
+            }
+        }
     }
 
     async fn query_names(
@@ -207,9 +240,9 @@ impl AdminConnection {
         config: &PostgresSourceConfig,
     ) -> Result<Vec<String>, CredentialError> {
         let client = self.client(config).await?;
-        let rows = client
-            .query(sql, &[&param])
-            .await
+        let rows = self
+            .bounded(client.query(sql, &[&param]))
+            .await?
             .map_err(|e| self.failed(e))?;
         Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
     }
@@ -263,6 +296,12 @@ impl AdminConnection {
             .password(config.admin_password.expose_secret())
             .dbname(&config.admin_database)
             .application_name("pgwarden-admin")
+            .options(format!(
+                "-c lock_timeout={ADMIN_LOCK_TIMEOUT} -c statement_timeout={ADMIN_STATEMENT_TIMEOUT}"
+            ))
+            .keepalives(true)
+            .keepalives_idle(ADMIN_KEEPALIVE_IDLE)
+            .tcp_user_timeout(ADMIN_TCP_USER_TIMEOUT)
             .connect_timeout(u.connect_timeout);
         let unavailable = |what: &str, e: &dyn std::fmt::Display| {
             CredentialError::new(

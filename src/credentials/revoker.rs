@@ -7,8 +7,9 @@
 //! no longer knows counts as revoked. At shutdown, [`Revoker::drain`] cuts the
 //! backoff short and waits, up to a deadline, for the backlog to empty.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
@@ -20,8 +21,12 @@ use crate::metrics;
 
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
-/// Revocations in flight at once, so a burst of closes cannot stampede the source.
+/// Revocations in flight at once per source, so a burst of closes cannot
+/// stampede it, and a source that hangs cannot hold up another's.
 const CONCURRENCY: usize = 16;
+/// One revocation attempt may take this long; past it the attempt counts as
+/// failed (and is retried), so no attempt holds a slot for ever.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Handle to the revocation machinery; cheap to clone.
 #[derive(Clone)]
@@ -38,7 +43,8 @@ struct Inner {
     hurry: CancellationToken,
     /// Woken when a source proves healthy again: retries need not wait.
     nudged: Notify,
-    limit: Semaphore,
+    /// Per source (by name): [`CONCURRENCY`] attempts at once.
+    limits: Mutex<HashMap<String, Arc<Semaphore>>>,
     tasks: TaskTracker,
 }
 
@@ -56,7 +62,7 @@ impl Revoker {
                 drained: Notify::new(),
                 hurry: CancellationToken::new(),
                 nudged: Notify::new(),
-                limit: Semaphore::new(CONCURRENCY),
+                limits: Mutex::new(HashMap::new()),
                 tasks: TaskTracker::new(),
             }),
         }
@@ -117,13 +123,31 @@ impl Revoker {
     }
 }
 
+impl Inner {
+    fn limit(&self, source: &str) -> Arc<Semaphore> {
+        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        limits
+            .entry(source.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(CONCURRENCY)))
+            .clone()
+    }
+}
+
 async fn revoke_until_done(inner: Arc<Inner>, source: Arc<CredentialSource>, lease: Lease) {
     let mut backoff = FIRST_RETRY;
     let mut attempt = 1u32;
     loop {
+        let limit = inner.limit(&source.name);
         let result = {
-            let _permit = inner.limit.acquire().await;
-            source.revoke(&lease).await
+            let _permit = limit.acquire().await;
+            tokio::time::timeout(ATTEMPT_TIMEOUT, source.revoke(&lease))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(super::CredentialError::new(
+                        ErrorKind::Unavailable,
+                        format!("no answer within {ATTEMPT_TIMEOUT:?}"),
+                    ))
+                })
         };
         match result {
             Ok(()) => {

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use crate::auth::AuthError;
 use crate::cancel::{CancelTarget, Registration};
+use crate::credentials::Issued;
 use crate::credentials::lease::LeaseGuard;
 use crate::handshake::send_fatal;
 use crate::metrics::{self, RejectReason, UpstreamFailure};
@@ -201,14 +202,11 @@ async fn login(
     span.record("route", route.database.as_str());
     span.record("credential_source", route.source.name.as_str());
 
-    let credential = issue(&route).await?;
+    // Guarded from the moment the source answers, even if the deadline
+    // passes while the request is in flight (the lease is then revoked).
+    let Issued { credential, lease } = issue(&route).await?;
     span.record("upstream_user", credential.username.as_str());
     span.record("lease_id_hash", credential.lease.id.hash().as_str());
-    let lease = LeaseGuard::new(
-        credential.lease.clone(),
-        route.source.clone(),
-        state.revoker.clone(),
-    );
 
     let params = forwarded_params(startup);
     let connect_started = StdInstant::now();
@@ -265,7 +263,7 @@ async fn login(
 
 /// Asks the route's credential source for a fresh credential (the source
 /// counts and times its own requests).
-async fn issue(route: &Route) -> Result<crate::credentials::Credential, Refusal> {
+async fn issue(route: &Route) -> Result<Issued, Refusal> {
     let source = &route.source;
     source.issue(&route.upstream.config).await.map_err(|e| {
         metrics::upstream_failure(UpstreamFailure::Credentials);

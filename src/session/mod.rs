@@ -31,7 +31,8 @@ pub use establish::Established;
 
 /// How long pgwarden keeps writing a final message to a client that does not read.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
-/// After shutdown asked a session to stop at a boundary, how long before it is cut.
+/// After shutdown or its lease's expiry asked a session to stop at a boundary,
+/// how long before it is cut.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// A deadline that never comes, for timers armed only later.
 const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
@@ -157,7 +158,7 @@ async fn relay_and_close(state: &State, est: Established, handshake: Duration) {
         route,
     } = est;
     let stop = Arc::new(StopSignal::default());
-    lease.start_renewal(stop.clone());
+    lease.start_renewal(stop.clone(), STOP_GRACE);
     let _active = GaugeGuard::new(::metrics::gauge!(metrics::SESSIONS_ACTIVE));
     tracing::info!(
         event = "session_start",
@@ -196,6 +197,8 @@ async fn relay_and_close(state: &State, est: Established, handshake: Duration) {
             }
         }
     };
+    // The session is over: its lease no longer needs renewing or enforcing.
+    lease.stop_renewal();
 
     let close_reason = close_reason(outcome.end, shutdown_asked);
     let goodbye = match close_reason {

@@ -213,6 +213,7 @@ impl VaultDouble {
             revoked: Mutex::new(Vec::new()),
             fail_revocations: AtomicBool::new(false),
             revoke_leases_with_token: AtomicBool::new(true),
+            finish_abandoned: AtomicBool::new(false),
             listener: Mutex::new(Some(listener_dup)),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
@@ -335,6 +336,14 @@ impl VaultDouble {
     /// AppRole / Kubernetes role in Vault).
     pub fn set_token_ttls(&self, ttl: Duration, max_ttl: Duration) {
         *lock(&self.state().token_ttls) = (ttl, max_ttl);
+    }
+
+    /// While on, a request whose client gives up (say, while [`Mode::Slow`] holds it) is still
+    /// handled to the end and logged, as Vault may do: its database plugin can have created the
+    /// user before it notices the client is gone. Off (the default): such a request is dropped
+    /// unhandled.
+    pub fn set_finish_abandoned(&self, on: bool) {
+        self.state().finish_abandoned.store(on, Ordering::SeqCst);
     }
 
     /// While on, revocations fail as if the database refused the revocation statements.

@@ -46,6 +46,8 @@ pub struct VaultOptions {
     pub prefetch: usize,
     pub prefetch_max_age: String,
     pub on_lease_end: Option<String>,
+    /// `[credentials.test] renew_increment`; `None`: not set (the lease's own duration).
+    pub renew_increment: Option<String>,
     /// Serve the double over TLS (with the test CA) rather than plain HTTP.
     pub tls: bool,
     /// Revocation also ends the role's backends (as the deployment's
@@ -69,6 +71,7 @@ impl Default for VaultOptions {
             prefetch: 0,
             prefetch_max_age: "5m".into(),
             on_lease_end: None,
+            renew_increment: None,
             tls: true,
             terminate_on_revoke: true,
             role: APP_ROLE.into(),
@@ -209,6 +212,9 @@ impl VaultSetup {
         );
         if let Some(o) = &opts.on_lease_end {
             t += &format!("on_lease_end = {o:?}\n");
+        }
+        if let Some(i) = &opts.renew_increment {
+            t += &format!("renew_increment = {i:?}\n");
         }
         t
     }

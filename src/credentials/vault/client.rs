@@ -77,16 +77,15 @@ impl Vault {
             .verify(true)
             .timeout(Some(config.timeout))
             .namespace(config.namespace.clone())
-            .ca_certs(
-                config
-                    .ca_file
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect(),
-            )
+            // vaultrs would add these to the system's roots; pgwarden trusts
+            // `ca_file` alone when it is given (below).
+            .ca_certs(Vec::new())
             .identity(identity(config)?);
         let settings = settings.build().map_err(|e| format!("[vault]: {e}"))?;
-        let client = VaultClient::new(settings).map_err(|e| format!("[vault]: {e}"))?;
+        let mut client = VaultClient::new(settings).map_err(|e| format!("[vault]: {e}"))?;
+        if let Some(ca) = &config.ca_file {
+            client.http.http = http_trusting_only(config, ca)?;
+        }
         let http = client.http.http.clone();
         metrics::zero_token_renewals();
         Ok(Vault {
@@ -302,6 +301,18 @@ impl Vault {
         path: &str,
         body: Option<Value>,
     ) -> Result<Option<Envelope>, CredentialError> {
+        self.request_within(method, path, body, self.timeout).await
+    }
+
+    /// [`Vault::request`] whose HTTP exchanges may each take up to `timeout`
+    /// instead of `[vault] timeout`.
+    pub async fn request_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Option<Envelope>, CredentialError> {
         let mut relogged = false;
         loop {
             let token = match self.current_token() {
@@ -314,7 +325,10 @@ impl Vault {
                     })?
                 }
             };
-            match self.send(method.clone(), path, body.as_ref(), &token).await {
+            match self
+                .send(method.clone(), path, body.as_ref(), &token, timeout)
+                .await
+            {
                 Err(e)
                     if e.kind == ErrorKind::Refused && e.detail.starts_with("403") && !relogged =>
                 {
@@ -332,12 +346,13 @@ impl Vault {
         path: &str,
         body: Option<&Value>,
         token: &SecretString,
+        timeout: Duration,
     ) -> Result<Option<Envelope>, CredentialError> {
         let url = format!("{}/v1/{}", self.address, path);
         let mut req = self
             .http
             .request(method, &url)
-            .timeout(self.timeout)
+            .timeout(timeout)
             .header("X-Vault-Token", token.expose_secret());
         if let Some(ns) = &self.namespace {
             req = req.header("X-Vault-Namespace", ns);
@@ -404,6 +419,32 @@ impl Vault {
             Err(why) => self.mark(Err(&why)),
         }
     }
+}
+
+/// The HTTP client for a Vault whose server certificate must chain to `ca`
+/// and nothing else: a certificate any public or system CA would sign for the
+/// name is refused. Otherwise built as vaultrs builds its own.
+fn http_trusting_only(
+    config: &VaultConfig,
+    ca: &std::path::Path,
+) -> Result<reqwest::Client, String> {
+    let pem = std::fs::read(ca).map_err(|e| format!("[vault] ca_file {}: {e}", ca.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("[vault] ca_file {}: {e}", ca.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "[vault] ca_file {}: no certificate in it",
+            ca.display()
+        ));
+    }
+    let mut builder = reqwest::ClientBuilder::new()
+        .tls_backend_rustls()
+        .timeout(config.timeout)
+        .tls_certs_only(certs);
+    if let Some(id) = identity(config)? {
+        builder = builder.identity(id);
+    }
+    builder.build().map_err(|e| format!("[vault]: {e}"))
 }
 
 fn identity(config: &VaultConfig) -> Result<Option<reqwest::Identity>, String> {

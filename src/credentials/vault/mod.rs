@@ -5,6 +5,11 @@
 //! connection, straight away or after waiting in the optional prefetch pool
 //! (which takes the Vault round trip off the connect path). A credential that
 //! waited too long in the pool is revoked, not handed out.
+//!
+//! A `creds` request, once sent, is never abandoned by pgwarden: Vault may
+//! create the role whether or not anyone waits for the answer. Its HTTP
+//! exchange may run [`LATE_ANSWER_PATIENCE`] past `[vault] timeout` (a
+//! connection stops waiting at the timeout; see `credentials::issuance`).
 
 mod client;
 mod prefetch;
@@ -23,6 +28,11 @@ use prefetch::Pool;
 use super::revoker::Revoker;
 use super::{Credential, CredentialError, ErrorKind, Lease, LeaseId, Renewal};
 use crate::config::VaultSourceConfig;
+
+/// How much longer than `[vault] timeout` a `creds` request may take before
+/// pgwarden gives up on it. Only a Vault that stops answering altogether makes
+/// a request run this long, and only then can its credential be lost.
+pub const LATE_ANSWER_PATIENCE: Duration = Duration::from_secs(60);
 
 pub struct VaultSource {
     config: VaultSourceConfig,
@@ -50,37 +60,21 @@ impl VaultSource {
         &self.vault
     }
 
-    /// A fresh credential: from the prefetch pool if one is ready, else from Vault.
-    pub async fn issue(&self, endpoint: &str) -> Result<Credential, CredentialError> {
-        if let Some(mut c) = self.pool.take() {
-            c.lease.endpoint = endpoint.to_owned();
-            return Ok(c);
-        }
-        self.fetch_within_timeout(endpoint).await
+    /// A prefetched credential for a connection to `endpoint`, if one is ready.
+    pub fn take_prefetched(&self, endpoint: &str) -> Option<Credential> {
+        let mut c = self.pool.take()?;
+        c.lease.endpoint = endpoint.to_owned();
+        Some(c)
     }
 
-    /// One measured `creds` request, bounded by `[vault] timeout`.
-    async fn fetch_within_timeout(&self, endpoint: &str) -> Result<Credential, CredentialError> {
-        let timeout = self.vault.timeout;
-        super::measured("vault", async {
-            tokio::time::timeout(timeout, self.fetch(endpoint))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(CredentialError::new(
-                        ErrorKind::Unavailable,
-                        format!("no credential from Vault within {timeout:?}"),
-                    ))
-                })
-        })
-        .await
-    }
-
-    /// `GET <mount>/creds/<role>`.
-    async fn fetch(&self, endpoint: &str) -> Result<Credential, CredentialError> {
+    /// `GET <mount>/creds/<role>`. Callers must let it run to the end: once
+    /// the request is sent, Vault may issue the credential.
+    pub async fn fetch(&self, endpoint: &str) -> Result<Credential, CredentialError> {
         let path = format!("{}/creds/{}", self.config.mount, self.config.role);
+        let patience = self.vault.timeout + LATE_ANSWER_PATIENCE;
         let envelope = self
             .vault
-            .request(Method::GET, &path, None)
+            .request_within(Method::GET, &path, None, patience)
             .await?
             .ok_or_else(|| {
                 CredentialError::new(ErrorKind::Unavailable, format!("{path}: empty response"))
@@ -176,23 +170,24 @@ impl VaultSource {
         self.config.renew_increment.unwrap_or(lease.duration)
     }
 
-    /// Starts the prefetch pool, if configured.
+    /// Starts the prefetch pool, if configured. Its fetches are measured and,
+    /// like every `creds` request, never cut short.
     pub fn start(self: &Arc<Self>, source: Arc<super::CredentialSource>, revoker: Revoker) {
         if self.config.prefetch > 0 {
             let me = self.clone();
             self.pool.start(
                 move || {
                     let me = me.clone();
-                    async move { me.fetch_within_timeout("").await }
+                    async move { super::measured("vault", me.fetch("")).await }
                 },
-                source,
-                revoker,
+                Box::new(move |lease| revoker.submit(source.clone(), lease)),
             );
         }
     }
 
-    /// Hands every prefetched credential to the revoker.
-    pub fn stop(&self) {
-        self.pool.stop();
+    /// Hands every prefetched credential to the revoker, and waits until
+    /// `deadline` for a fetch in flight to end (its credential goes there too).
+    pub async fn stop(&self, deadline: tokio::time::Instant) {
+        self.pool.stop(deadline).await;
     }
 }

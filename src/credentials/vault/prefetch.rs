@@ -1,38 +1,62 @@
 //! The prefetch pool: up to N credentials issued ahead, each used once.
 //!
-//! A background task keeps the pool full. A credential older than
+//! A background task (the filler) keeps the pool full. A credential older than
 //! `prefetch_max_age` is revoked and replaced, never handed out; at shutdown the
 //! pool is emptied into the revoker. Pooled leases count as active leases.
+//!
+//! No credential may slip past shutdown: whether the pool has stopped is kept
+//! under the same lock as the credentials, so the filler either pushes before
+//! `stop` drains or disposes of the credential itself; and `stop` waits for
+//! the filler, whose fetch in flight is never cut short, before the revoker
+//! drains. The pool never hands a credential out twice.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::credentials::revoker::Revoker;
-use crate::credentials::{Credential, CredentialError, CredentialSource};
+use crate::credentials::{Credential, CredentialError, Lease};
 use crate::metrics::{self, GaugeGuard};
+
+/// Where expired and leftover credentials go: the revoker.
+pub(super) type Disposal = Box<dyn Fn(Lease) + Send + Sync>;
 
 struct Pooled {
     credential: Credential,
     _active: GaugeGuard,
 }
 
+/// The pool's contents and whether it has stopped, under one lock.
+#[derive(Default)]
+struct Ready {
+    stopped: bool,
+    credentials: Vec<Pooled>,
+}
+
 struct Inner {
     size: usize,
     max_age: Duration,
-    ready: Mutex<Vec<Pooled>>,
+    ready: Mutex<Ready>,
     /// Wakes the filler when a credential was taken.
     taken: Notify,
-    stopped: CancellationToken,
-    /// Set at start: where expired and leftover credentials go.
-    disposal: Mutex<Option<(Arc<CredentialSource>, Revoker)>>,
+    /// Wakes the filler from its waits at shutdown.
+    stopping: CancellationToken,
+    /// Set at start.
+    disposal: Mutex<Option<Disposal>>,
 }
 
 pub(super) struct Pool {
     inner: Arc<Inner>,
+    /// The filler, waited for at shutdown.
+    filler: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Pool {
@@ -41,11 +65,12 @@ impl Pool {
             inner: Arc::new(Inner {
                 size,
                 max_age,
-                ready: Mutex::new(Vec::new()),
+                ready: Mutex::new(Ready::default()),
                 taken: Notify::new(),
-                stopped: CancellationToken::new(),
+                stopping: CancellationToken::new(),
                 disposal: Mutex::new(None),
             }),
+            filler: Mutex::new(None),
         }
     }
 
@@ -54,58 +79,77 @@ impl Pool {
         if self.inner.size == 0 {
             return None;
         }
-        let mut ready = self.inner.ready.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ready = lock(&self.inner.ready);
         let mut found = None;
-        while let Some(p) = ready.pop() {
+        let mut stale = Vec::new();
+        while let Some(p) = ready.credentials.pop() {
             if p.credential.lease.issued_at.elapsed() < self.inner.max_age {
                 found = Some(p.credential);
                 break;
             }
-            self.inner.dispose(p.credential);
+            stale.push(p);
         }
         drop(ready);
+        for p in stale {
+            self.inner.dispose(p.credential);
+        }
         self.inner.taken.notify_one();
         found
     }
 
-    pub(super) fn start<F, Fut>(&self, fetch: F, source: Arc<CredentialSource>, revoker: Revoker)
+    pub(super) fn start<F, Fut>(&self, fetch: F, disposal: Disposal)
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Credential, CredentialError>> + Send,
     {
-        *self
-            .inner
-            .disposal
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some((source, revoker));
+        *lock(&self.inner.disposal) = Some(disposal);
         let inner = self.inner.clone();
-        tokio::spawn(async move { inner.fill(fetch).await });
+        *lock(&self.filler) = Some(tokio::spawn(async move { inner.fill(fetch).await }));
     }
 
-    pub(super) fn stop(&self) {
-        self.inner.stopped.cancel();
-        let drained: Vec<Pooled> =
-            std::mem::take(&mut *self.inner.ready.lock().unwrap_or_else(|p| p.into_inner()));
+    /// Stops filling, hands every pooled credential to the disposal, and waits
+    /// until `deadline` for the filler to end: a fetch in flight runs to the
+    /// end and its credential is disposed of too.
+    pub(super) async fn stop(&self, deadline: Instant) {
+        let drained = {
+            let mut ready = lock(&self.inner.ready);
+            ready.stopped = true;
+            std::mem::take(&mut ready.credentials)
+        };
+        self.inner.stopping.cancel();
         for p in drained {
             self.inner.dispose(p.credential);
+        }
+        let filler = lock(&self.filler).take();
+        if let Some(filler) = filler
+            && tokio::time::timeout_at(deadline, filler).await.is_err()
+        {
+            tracing::error!(
+                event = "prefetch_abandoned",
+                "a prefetch request is still in flight at exit; its credential expires at the end of its TTL"
+            );
         }
     }
 }
 
 impl Inner {
     fn dispose(&self, credential: Credential) {
-        if let Some((source, revoker)) = self
-            .disposal
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            revoker.submit(source.clone(), credential.lease);
+        if let Some(dispose) = lock(&self.disposal).as_ref() {
+            dispose(credential.lease);
         }
     }
 
-    fn len(&self) -> usize {
-        self.ready.lock().unwrap_or_else(|p| p.into_inner()).len()
+    /// Adds a fresh credential unless the pool has stopped; then it is disposed
+    /// of instead. Returns whether the pool is still running.
+    fn push(&self, pooled: Pooled) -> bool {
+        let mut ready = lock(&self.ready);
+        if ready.stopped {
+            drop(ready);
+            self.dispose(pooled.credential);
+            return false;
+        }
+        ready.credentials.push(pooled);
+        true
     }
 
     async fn fill<F, Fut>(&self, fetch: F)
@@ -114,26 +158,20 @@ impl Inner {
         Fut: Future<Output = Result<Credential, CredentialError>>,
     {
         let mut backoff = Duration::from_millis(500);
-        while !self.stopped.is_cancelled() {
-            self.expire_old();
-            if self.len() >= self.size {
+        while !self.stopping.is_cancelled() {
+            let (len, oldest_age) = self.expire_old();
+            if len >= self.size {
                 // Full: wait until one is taken or the oldest needs replacing.
-                let oldest_age = self
-                    .ready
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .map(|p| p.credential.lease.issued_at.elapsed())
-                    .max();
-                let wait = self.max_age.saturating_sub(oldest_age.unwrap_or_default())
-                    + Duration::from_millis(10);
+                let wait = self.max_age.saturating_sub(oldest_age) + Duration::from_millis(10);
                 tokio::select! {
                     _ = self.taken.notified() => {}
                     _ = tokio::time::sleep(wait) => {}
-                    _ = self.stopped.cancelled() => return,
+                    _ = self.stopping.cancelled() => return,
                 }
                 continue;
             }
+            // Never raced against `stopping`: once sent, the request may issue
+            // a credential, which must reach the pool or the disposal.
             match fetch().await {
                 Ok(c) => {
                     backoff = Duration::from_millis(500);
@@ -141,20 +179,15 @@ impl Inner {
                         credential: c,
                         _active: GaugeGuard::new(::metrics::gauge!(metrics::LEASES_ACTIVE)),
                     };
-                    if self.stopped.is_cancelled() {
-                        self.dispose(pooled.credential);
+                    if !self.push(pooled) {
                         return;
                     }
-                    self.ready
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(pooled);
                 }
                 Err(e) => {
                     tracing::warn!(event = "prefetch_failed", error = %e, retry_in_ms = backoff.as_millis() as u64);
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = self.stopped.cancelled() => return,
+                        _ = self.stopping.cancelled() => return,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
@@ -162,15 +195,25 @@ impl Inner {
         }
     }
 
-    fn expire_old(&self) {
-        let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
-        let (old, young): (Vec<_>, Vec<_>) = std::mem::take(&mut *ready)
+    /// Disposes of credentials too old to hand out; returns how many are left
+    /// and the age of the oldest of them.
+    fn expire_old(&self) -> (usize, Duration) {
+        let mut ready = lock(&self.ready);
+        let (old, young): (Vec<_>, Vec<_>) = std::mem::take(&mut ready.credentials)
             .into_iter()
             .partition(|p| p.credential.lease.issued_at.elapsed() >= self.max_age);
-        *ready = young;
+        ready.credentials = young;
+        let left = ready.credentials.len();
+        let oldest = ready
+            .credentials
+            .iter()
+            .map(|p| p.credential.lease.issued_at.elapsed())
+            .max()
+            .unwrap_or_default();
         drop(ready);
         for p in old {
             self.dispose(p.credential);
         }
+        (left, oldest)
     }
 }

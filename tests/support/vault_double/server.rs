@@ -188,33 +188,45 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Resp {
         Ok(collected) => collected.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    if let Mode::Slow(delay) = state.mode() {
-        tokio::time::sleep(delay).await;
-    }
-    let resp = match full_path.strip_prefix("/v1/") {
-        Some(path) => {
-            let req = Req {
-                method: method.clone(),
-                path: path.to_owned(),
-                query,
-                token,
-                body,
-            };
-            route(state, &req).await
+    let state = state.clone();
+    let finish_abandoned = state.finish_abandoned.load(Ordering::SeqCst);
+    let answer = async move {
+        if let Mode::Slow(delay) = state.mode() {
+            tokio::time::sleep(delay).await;
         }
-        None => errors(404, &[]),
+        let resp = match full_path.strip_prefix("/v1/") {
+            Some(path) => {
+                let req = Req {
+                    method: method.clone(),
+                    path: path.to_owned(),
+                    query,
+                    token,
+                    body,
+                };
+                route(&state, &req).await
+            }
+            None => errors(404, &[]),
+        };
+        // A request that was in flight when the double went down got no answer.
+        if state.mode() != Mode::Down {
+            state.record(Call {
+                method: method.as_str().to_owned(),
+                path: full_path,
+                status: resp.status().as_u16(),
+                at,
+                namespace,
+            });
+        }
+        resp
     };
-    // A request that was in flight when the double went down got no answer.
-    if state.mode() != Mode::Down {
-        state.record(Call {
-            method: method.as_str().to_owned(),
-            path: full_path,
-            status: resp.status().as_u16(),
-            at,
-            namespace,
-        });
+    if finish_abandoned {
+        // A task of its own: hyper dropping this future when the client goes does not stop it.
+        tokio::spawn(answer)
+            .await
+            .unwrap_or_else(|_| errors(500, &["the handler panicked"]))
+    } else {
+        answer.await
     }
-    resp
 }
 
 fn is_write(method: &Method) -> bool {

@@ -73,6 +73,8 @@ pub(super) struct State {
     pub(super) fail_revocations: AtomicBool,
     /// Whether a token's leases die with it (Vault: always).
     pub(super) revoke_leases_with_token: AtomicBool,
+    /// Whether a request whose client went away is still handled to the end.
+    pub(super) finish_abandoned: AtomicBool,
     /// A duplicate of the listening socket, so `Down` can shut it synchronously.
     pub(super) listener: Mutex<Option<Socket>>,
     /// Duplicates of open connections, so `Down` can cut them synchronously.
