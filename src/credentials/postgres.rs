@@ -193,11 +193,12 @@ impl PostgresSource {
 /// settings never decide how another route's admin password travels.
 fn admin_key(upstream: &UpstreamConfig) -> String {
     format!(
-        "{} tls={:?} ca_file={:?} server_name={:?}",
+        "{} tls={:?} ca_file={:?} server_name={:?} allow_insecure_auth={}",
         upstream.endpoint(),
         upstream.tls,
         upstream.ca_file,
-        upstream.server_name
+        upstream.server_name,
+        upstream.allow_insecure_auth
     )
 }
 
@@ -299,6 +300,16 @@ impl AdminConnection {
             .options(format!(
                 "-c lock_timeout={ADMIN_LOCK_TIMEOUT} -c statement_timeout={ADMIN_STATEMENT_TIMEOUT}"
             ))
+            // Like the session's own login: no cleartext, MD5 or trust from
+            // the server unless the route opts in. Over TLS that means
+            // SCRAM-SHA-256-PLUS, which also binds the login to the certificate.
+            .channel_binding(
+                if u.allow_insecure_auth || u.tls == UpstreamTls::Disable {
+                    tokio_postgres::config::ChannelBinding::Prefer
+                } else {
+                    tokio_postgres::config::ChannelBinding::Require
+                },
+            )
             .keepalives(true)
             .keepalives_idle(ADMIN_KEEPALIVE_IDLE)
             .tcp_user_timeout(ADMIN_TCP_USER_TIMEOUT)

@@ -106,6 +106,8 @@ pub struct Options {
     pub cluster_sql: Vec<String>,
     /// A route for this database name to a local port where nothing listens.
     pub unreachable_route: Option<String>,
+    /// `allow_insecure_auth` on every route's upstream.
+    pub allow_insecure_auth: bool,
 }
 
 impl Default for Options {
@@ -128,6 +130,7 @@ impl Default for Options {
             cluster_hba: None,
             cluster_sql: Vec::new(),
             unreachable_route: None,
+            allow_insecure_auth: false,
         }
     }
 }
@@ -538,16 +541,22 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
         };
         t += &format!(
             "[[routes]]\ndatabase = {}\nusers = [{}]\n\
-             upstream = {{ host = \"127.0.0.1\", port = {pg_port}, database = {}, tls = \"verify-full\", ca_file = {} }}\n\
+             upstream = {{ host = \"127.0.0.1\", port = {pg_port}, database = {}, tls = \"verify-full\", ca_file = {}{} }}\n\
              credentials = \"test\"\n",
             q(&r.database),
             list(&r.users),
             q(r.upstream_database.as_deref().unwrap_or(DATABASE)),
             q(ca),
+            if opts.allow_insecure_auth {
+                ", allow_insecure_auth = true"
+            } else {
+                ""
+            },
         );
         if !shipped {
             t += &format!("session_role = {}\n", q(OWNER_ROLE));
         }
+
         t += "\n";
     }
     if let Some(database) = &opts.unreachable_route {

@@ -1,0 +1,110 @@
+//! What pgwarden accepts from the upstream server when logging in: SCRAM, and
+//! cleartext, MD5 or trust only on a route that opts in with
+//! `allow_insecure_auth` — for the session's own login and for the built-in
+//! source's admin connection alike.
+
+mod support;
+
+use pgwarden::dev::{ADMIN_ROLE, OWNER_ROLE};
+use support::harness::{Harness, Options};
+
+/// pg_hba lines: the admin connection authenticates with `admin`, the issued
+/// roles (members of the owner role) with `issued`.
+fn hba(admin: &str, issued: &str) -> Vec<String> {
+    vec![
+        format!("hostssl all {ADMIN_ROLE} 127.0.0.1/32 {admin}"),
+        format!("hostssl all +{OWNER_ROLE} 127.0.0.1/32 {issued}"),
+        "hostssl all all 127.0.0.1/32 scram-sha-256".into(),
+    ]
+}
+
+async fn refused(h: &Harness) -> (String, String) {
+    let err = h
+        .try_connect(&h.pg_config())
+        .await
+        .expect_err("the login is refused");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {err}"));
+    (db.code().code().to_owned(), db.message().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_login_asked_for_a_cleartext_or_md5_password_is_refused() {
+    // (`md5` in pg_hba.conf is SCRAM for a role whose password is stored as a
+    // SCRAM verifier, as every role here is; so `password` stands for both.)
+    let method = "password";
+    let h = Harness::start(Options {
+        cluster_hba: Some(hba("scram-sha-256", method)),
+        ..Options::default()
+    })
+    .await;
+    let (code, message) = refused(&h).await;
+    assert_eq!(code, "08006", "{method}: {message}");
+    assert!(
+        h.logs
+            .text()
+            .contains("asked for a cleartext or MD5 password"),
+        "{method}: the log says why"
+    );
+    // The credential issued for the refused login is dropped.
+    h.wait_for_no_dynamic_roles().await;
+    h.assert_no_secrets_logged();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_login_without_a_password_is_refused() {
+    let h = Harness::start(Options {
+        cluster_hba: Some(hba("scram-sha-256", "trust")),
+        ..Options::default()
+    })
+    .await;
+    let (code, message) = refused(&h).await;
+    assert_eq!(code, "08006", "{message}");
+    assert!(
+        h.logs.text().contains("without a password (trust)"),
+        "the log says why"
+    );
+    h.wait_for_no_dynamic_roles().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_connection_refuses_a_cleartext_password_request() {
+    // (`md5` in pg_hba.conf is SCRAM for a role whose password is stored as a
+    // SCRAM verifier, as every role here is; so `password` stands for both.)
+    let method = "password";
+    let h = Harness::start(Options {
+        cluster_hba: Some(hba(method, "scram-sha-256")),
+        ..Options::default()
+    })
+    .await;
+    let (code, message) = refused(&h).await;
+    assert_eq!(code, "08006", "{method}: {message}");
+    assert_eq!(message, "could not obtain database credentials", "{method}");
+    assert!(
+        h.logs.text().contains("channel binding"),
+        "{method}: the log says why"
+    );
+    assert!(h.dynamic_roles().await.is_empty());
+    h.assert_no_secrets_logged();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_that_opts_in_accepts_insecure_upstream_authentication() {
+    let h = Harness::start(Options {
+        cluster_hba: Some(hba("password", "password")),
+        allow_insecure_auth: true,
+        ..Options::default()
+    })
+    .await;
+    let c = h.connect().await;
+    let user: String = c
+        .query_one("SELECT session_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(user.starts_with("pgwarden_"), "{user}");
+    drop(c);
+    h.wait_for_no_dynamic_roles().await;
+    h.assert_no_secrets_logged();
+}
