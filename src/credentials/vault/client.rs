@@ -10,7 +10,7 @@
 //! explicitly. No token, secret id or JWT ever reaches a log line or an error.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
@@ -62,6 +62,8 @@ pub struct Vault {
     token: Mutex<Option<Token>>,
     /// One login at a time; others wait for its result.
     login_lock: tokio::sync::Mutex<()>,
+    /// Counts logins, so that requests refused together log in once.
+    generation: AtomicU64,
     /// Whether the last exchange with Vault succeeded (for readiness).
     reachable: AtomicBool,
     /// Why Vault is not usable, when it is not.
@@ -97,6 +99,7 @@ impl Vault {
             timeout: config.timeout,
             token: Mutex::new(None),
             login_lock: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(0),
             reachable: AtomicBool::new(false),
             last_error: Mutex::new(Some("not logged in to Vault yet".into())),
         })
@@ -131,7 +134,17 @@ impl Vault {
 
     /// Logs in with the configured method (one login at a time).
     pub async fn login(&self) -> Result<(), CredentialError> {
+        self.login_unless_since(None).await
+    }
+
+    /// Logs in, unless a login finished since generation `seen` (when given):
+    /// requests that found the token refused at the same moment then share
+    /// the one login instead of each making its own.
+    async fn login_unless_since(&self, seen: Option<u64>) -> Result<(), CredentialError> {
         let _one = self.login_lock.lock().await;
+        if seen.is_some_and(|g| g != self.generation.load(Ordering::Acquire)) {
+            return Ok(());
+        }
         let result = self.login_once().await;
         match &result {
             Ok(()) => {
@@ -203,6 +216,7 @@ impl Vault {
             renewable,
             since: Instant::now(),
         });
+        self.generation.fetch_add(1, Ordering::AcqRel);
         tracing::info!(event = "vault_login", ttl_s = ttl.as_secs(), renewable);
         Ok(())
     }
@@ -315,10 +329,12 @@ impl Vault {
     ) -> Result<Option<Envelope>, CredentialError> {
         let mut relogged = false;
         loop {
+            // Read before the token: a login in between only makes it newer.
+            let generation = self.generation.load(Ordering::Acquire);
             let token = match self.current_token() {
                 Some(t) => t,
                 None => {
-                    self.login().await?;
+                    self.login_unless_since(Some(generation)).await?;
                     relogged = true;
                     self.current_token().ok_or_else(|| {
                         CredentialError::new(ErrorKind::Unavailable, "no Vault token after login")
@@ -333,7 +349,7 @@ impl Vault {
                     if e.kind == ErrorKind::Refused && e.detail.starts_with("403") && !relogged =>
                 {
                     relogged = true;
-                    self.login().await?;
+                    self.login_unless_since(Some(generation)).await?;
                 }
                 other => return other,
             }
