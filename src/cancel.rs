@@ -21,6 +21,8 @@ const CANCEL_BURST: f64 = 50.0;
 /// Where a cancel for one session goes.
 pub struct CancelTarget {
     pub upstream: Arc<UpstreamTarget>,
+    /// The server the session's connection reached.
+    pub addr: std::net::SocketAddr,
     pub pid: i32,
     pub key: Vec<u8>,
 }
@@ -126,7 +128,11 @@ impl CancelMap {
         let Some(target) = self.lookup(pid, key) else {
             return CancelOutcome::UnknownKey;
         };
-        match target.upstream.cancel(target.pid, &target.key).await {
+        match target
+            .upstream
+            .cancel(target.addr, target.pid, &target.key)
+            .await
+        {
             Ok(()) => CancelOutcome::Forwarded,
             Err(e) => {
                 tracing::warn!(upstream = %target.upstream.endpoint(), error = %e, "could not forward cancel request");
@@ -193,6 +199,7 @@ mod tests {
         };
         CancelTarget {
             upstream: Arc::new(UpstreamTarget::new(config, None, Duration::ZERO).unwrap()),
+            addr: "127.0.0.1:5432".parse().unwrap(),
             pid,
             key: vec![9, 9, 9, 9],
         }

@@ -248,6 +248,7 @@ async fn login(
         client_key.clone(),
         CancelTarget {
             upstream: route.upstream.clone(),
+            addr: upstream.addr,
             pid: upstream.pid,
             key: upstream.key.clone(),
         },

@@ -115,7 +115,7 @@ impl UpstreamTarget {
         params: &[(String, String)],
         session_role: Option<&str>,
     ) -> Result<UpstreamSession, UpstreamError> {
-        let (stream, addr) = self.open().await?;
+        let (stream, addr) = self.open(None).await?;
         let tls_version = match &stream {
             MaybeTls::Tls(t) => t.get_ref().1.protocol_version().and_then(|v| v.as_str()),
             MaybeTls::Plain(_) => None,
@@ -133,10 +133,17 @@ impl UpstreamTarget {
         Ok(session)
     }
 
-    /// Forwards a cancel request for `pid`/`key` to this upstream, over the
-    /// same kind of channel a session uses.
-    pub async fn cancel(&self, pid: i32, key: &[u8]) -> Result<(), UpstreamError> {
-        let (mut stream, _) = self.open().await?;
+    /// Forwards a cancel request for `pid`/`key` to the server at `addr` (the
+    /// address the session's connection reached, not the host name resolved
+    /// anew, which may name several servers), over the same kind of channel a
+    /// session uses.
+    pub async fn cancel(
+        &self,
+        addr: SocketAddr,
+        pid: i32,
+        key: &[u8],
+    ) -> Result<(), UpstreamError> {
+        let (mut stream, _) = self.open(Some(addr)).await?;
         let packet = encode_cancel(pid, key);
         let write = async {
             stream.write_all(&packet).await?;
@@ -148,11 +155,20 @@ impl UpstreamTarget {
         })
     }
 
-    /// TCP, then TLS unless disabled.
-    async fn open(&self) -> Result<(UpstreamStream, SocketAddr), UpstreamError> {
+    /// TCP to `addr`, or to the configured host, then TLS unless disabled.
+    /// Either way the certificate is verified against the configured name.
+    async fn open(
+        &self,
+        addr: Option<SocketAddr>,
+    ) -> Result<(UpstreamStream, SocketAddr), UpstreamError> {
         let connect_timeout = self.config.connect_timeout;
-        let host = (self.config.host.as_str(), self.config.port);
-        let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(host))
+        let connect = async {
+            match addr {
+                Some(addr) => TcpStream::connect(addr).await,
+                None => TcpStream::connect((self.config.host.as_str(), self.config.port)).await,
+            }
+        };
+        let tcp = tokio::time::timeout(connect_timeout, connect)
             .await
             .map_err(|_| {
                 UpstreamError::new(
