@@ -69,7 +69,18 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(users: HashMap<String, UserAuth>, scram: ScramServer) -> Self {
+    pub fn new(users: HashMap<String, UserAuth>, mut scram: ScramServer) -> Self {
+        // An unknown user's mock verifier uses the iteration count real ones
+        // use most, so the server-first-message does not give it away.
+        let mut counts: HashMap<u32, usize> = HashMap::new();
+        for auth in users.values() {
+            if let UserAuth::Scram(v) = auth {
+                *counts.entry(v.iterations).or_default() += 1;
+            }
+        }
+        if let Some((&iterations, _)) = counts.iter().max_by_key(|(i, n)| (**n, **i)) {
+            scram.set_mock_iterations(iterations);
+        }
         Self { users, scram }
     }
 

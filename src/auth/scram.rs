@@ -24,6 +24,8 @@ pub struct ScramServer {
     /// Process-wide secret from which mock salts for unknown users are derived,
     /// so a user name always gets the same salt, as a real one would.
     mock_key: [u8; 32],
+    /// The iteration count of mock verifiers: that of the configured ones.
+    mock_iterations: u32,
 }
 
 impl ScramServer {
@@ -37,7 +39,13 @@ impl ScramServer {
             with_binding,
             without_binding: ScramServerAuth::new(),
             mock_key: super::verifier::random_bytes(),
+            mock_iterations: 4096,
         }
+    }
+
+    /// Mock verifiers for unknown users use `iterations`, as real ones do.
+    pub fn set_mock_iterations(&mut self, iterations: u32) {
+        self.mock_iterations = iterations;
     }
 
     /// Whether TLS sessions are offered SCRAM-SHA-256-PLUS.
@@ -127,7 +135,7 @@ impl ScramServer {
         );
         ScramSecret::Verifier {
             salt: tag.as_ref()[..16].to_vec(),
-            iterations: 4096,
+            iterations: self.mock_iterations as usize,
             stored_key: super::verifier::random_bytes::<32>().to_vec(),
             server_key: super::verifier::random_bytes::<32>().to_vec(),
         }
@@ -292,6 +300,25 @@ mod tests {
             salt(server.mock_secret("ghost")),
             salt(server.mock_secret("other"))
         );
+    }
+
+    #[test]
+    fn an_unknown_users_mock_verifier_uses_the_configured_iteration_count() {
+        let iterations = |s: ScramSecret| match s {
+            ScramSecret::Verifier { iterations, .. } => iterations,
+            _ => unreachable!(),
+        };
+        let mut users = HashMap::new();
+        for (name, count) in [("a", 10_000), ("b", 10_000), ("c", 4096)] {
+            let mut v = ScramVerifier::from_password(&"pw".to_owned().into());
+            v.iterations = count;
+            users.insert(name.to_owned(), UserAuth::Scram(v));
+        }
+        let auth = Authenticator::new(users, ScramServer::new(None));
+        assert_eq!(iterations(auth.scram.mock_secret("ghost")), 10_000);
+        // With no SCRAM user at all, PostgreSQL's default.
+        let auth = Authenticator::new(HashMap::new(), ScramServer::new(None));
+        assert_eq!(iterations(auth.scram.mock_secret("ghost")), 4096);
     }
 
     #[test]
