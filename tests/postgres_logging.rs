@@ -226,3 +226,32 @@ async fn the_sample_pg_hba_loads_and_refuses_whoever_it_does_not_name() {
         );
     }
 }
+
+/// The built-in source warns when the server would log its `CREATE ROLE`
+/// statements (and with them each issued role's SCRAM verifier), and is quiet
+/// when the admin role's statement logging is off as documented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_in_source_warns_when_its_statements_would_be_logged() {
+    let admin = pgwarden::dev::ADMIN_ROLE;
+    let logged = Harness::start(Options {
+        cluster_sql: vec![format!("ALTER ROLE {admin} SET log_statement = 'ddl'")],
+        ..Options::default()
+    })
+    .await;
+    drop(logged.connect().await);
+    let warnings = logged.logs.wait_for("admin_statements_logged", 1).await;
+    assert_eq!(warnings[0]["log_statement"], "ddl", "{warnings:?}");
+    logged.wait_for_no_dynamic_roles().await;
+    drop(logged);
+
+    // (The log capture is the test process's: count what this harness adds.)
+    let quiet = Harness::start(Options::default()).await;
+    let before = quiet.logs.events("admin_statements_logged").len();
+    drop(quiet.connect().await);
+    quiet.wait_for_no_dynamic_roles().await;
+    assert_eq!(
+        quiet.logs.events("admin_statements_logged").len(),
+        before,
+        "no warning while the admin role's statements are not logged"
+    );
+}

@@ -352,6 +352,7 @@ impl AdminConnection {
                 client
             }
         };
+        warn_if_statements_logged(&client, &u.endpoint(), &config.admin_user).await;
         Ok(client)
     }
 
@@ -376,6 +377,24 @@ impl AdminConnection {
                 ),
             ),
         }
+    }
+}
+
+/// Says so when the server logs the admin connection's statements: every
+/// `CREATE ROLE` logged carries the issued role's SCRAM verifier.
+async fn warn_if_statements_logged(client: &tokio_postgres::Client, endpoint: &str, admin: &str) {
+    let setting = client
+        .query_one("SELECT current_setting('log_statement')", &[])
+        .await
+        .ok()
+        .map(|row| row.get::<_, String>(0));
+    if let Some(level) = setting.filter(|l| l != "none") {
+        tracing::warn!(
+            event = "admin_statements_logged",
+            upstream = %endpoint,
+            log_statement = %level,
+            "the server logs the admin connection's statements, and with them each issued role's SCRAM verifier; run ALTER ROLE {admin} SET log_statement = 'none' (see config/postgres/logging.conf)"
+        );
     }
 }
 
