@@ -157,6 +157,13 @@ async fn authenticate(
                 let s = scram
                     .as_mut()
                     .ok_or_else(|| auth_err("SASLContinue before SASL"))?;
+                // Hashing runs as many rounds as the server says, inline on a
+                // runtime worker: a count no sane server uses is refused.
+                if iterations(data).is_none_or(|i| i > MAX_SCRAM_ITERATIONS) {
+                    return Err(auth_err(
+                        "SCRAM server-first-message has no usable iteration count",
+                    ));
+                }
                 s.update(data)
                     .map_err(|_| auth_err("invalid SCRAM server-first-message"))?;
                 frontend::sasl_response(s.message(), &mut out)
@@ -206,6 +213,20 @@ async fn authenticate(
 }
 
 /// The tls-server-end-point hash of the server's certificate, on TLS.
+/// The most SCRAM iterations pgwarden computes for an upstream login
+/// (PostgreSQL's default is 4096; `scram_iterations` may raise it).
+const MAX_SCRAM_ITERATIONS: u32 = 1_000_000;
+
+/// The `i=` attribute of a SCRAM server-first-message.
+fn iterations(server_first: &[u8]) -> Option<u32> {
+    std::str::from_utf8(server_first)
+        .ok()?
+        .split(',')
+        .find_map(|attr| attr.strip_prefix("i="))?
+        .parse()
+        .ok()
+}
+
 fn channel_binding(stream: &UpstreamStream) -> Option<Vec<u8>> {
     let MaybeTls::Tls(tls) = stream else {
         return None;
@@ -253,5 +274,20 @@ fn error_response(step: UpstreamFailure, frame: &Frame) -> UpstreamError {
             code.clone().unwrap_or_default()
         ),
         sqlstate: code,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_iteration_count_is_read_from_the_server_first_message() {
+        assert_eq!(iterations(b"r=abc,s=c2FsdA==,i=4096"), Some(4096));
+        assert_eq!(iterations(b"r=abc,s=c2FsdA==,i=1000001"), Some(1_000_001));
+        assert_eq!(iterations(b"r=abc,s=c2FsdA=="), None);
+        assert_eq!(iterations(b"r=abc,s=c2FsdA==,i=-1"), None);
+        assert_eq!(iterations(b"r=abc,s=c2FsdA==,i=99999999999"), None);
+        assert_eq!(iterations(b"\xff"), None);
     }
 }
