@@ -129,9 +129,13 @@ impl Server {
         }
         // One bound for the rest: credential requests still in flight end
         // (what they issue goes to the revoker), then the revoker drains.
+        // Retries of failed revocations stop waiting out their backoff now;
+        // requests in flight get at most half of the bound, the revoker the rest.
         let revoke_timeout = state.config.shutdown.revoke_timeout;
-        let deadline = tokio::time::Instant::now() + revoke_timeout;
-        state.stop_sources(deadline).await;
+        let now = tokio::time::Instant::now();
+        let deadline = now + revoke_timeout;
+        state.revoker.hurry();
+        state.stop_sources(now + revoke_timeout / 2).await;
         let left = state
             .revoker
             .drain(deadline.saturating_duration_since(tokio::time::Instant::now()))

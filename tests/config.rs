@@ -139,7 +139,7 @@ trust_from = ["127.0.0.1"]
 database = "db"
 users = ["u"]
 credentials = "pg"
-upstream = { host = "127.0.0.1", tls = "disable" }
+upstream = { host = "127.0.0.1", tls = "disable", allow_insecure_auth = true }
 [credentials.pg]
 source = "postgres"
 admin_user = "admin"
@@ -321,4 +321,19 @@ fn vault_over_plain_http_only_on_loopback_or_when_allowed() {
             "{bad:?}: {errs:#?}"
         );
     }
+}
+
+/// Without TLS the built-in source's admin connection could be asked for its
+/// password in clear (tokio-postgres cannot insist on SCRAM there), so such a
+/// route needs the explicit opt-in.
+#[test]
+fn the_built_in_source_without_tls_needs_the_insecure_auth_opt_in() {
+    let text =
+        format!("{BASE}admin_password = \"fine\"\n").replace(", allow_insecure_auth = true", "");
+    let errs = errors(&text, &[]);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("[[routes]] #1 (db)") && e.contains("allow_insecure_auth")),
+        "{errs:#?}"
+    );
 }

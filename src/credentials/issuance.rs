@@ -16,7 +16,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -40,17 +40,32 @@ impl Issued {
     }
 }
 
+/// Requests in flight at once per source. Requests whose connections gave up
+/// still run to the end, so without a bound a client reconnecting in a loop
+/// against a slow source could pile them up without end.
+const MAX_IN_FLIGHT: usize = 128;
+
 /// The credential requests of one source that are still in flight.
-#[derive(Default)]
 pub(super) struct Issuing {
     tasks: TaskTracker,
+    slots: Arc<Semaphore>,
+}
+
+impl Default for Issuing {
+    fn default() -> Self {
+        Issuing {
+            tasks: TaskTracker::new(),
+            slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        }
+    }
 }
 
 impl Issuing {
     /// Runs `request` to the end in a tracked task and waits for its answer,
-    /// for at most `within` when given. Dropping the returned future, or
-    /// `within` passing, abandons the answer but never the request: a
-    /// credential that arrives after that is revoked at once.
+    /// for at most `within` when given (waiting for a free slot included).
+    /// Dropping the returned future, or `within` passing, abandons the answer
+    /// but never a request once started: a credential that arrives after
+    /// that is revoked at once.
     pub(super) async fn issue<F>(
         &self,
         source: Arc<CredentialSource>,
@@ -60,8 +75,37 @@ impl Issuing {
     where
         F: Future<Output = Result<Credential, CredentialError>> + Send + 'static,
     {
+        let work = async {
+            // Giving up while waiting here is safe: nothing was sent yet.
+            let slot = self.slots.clone().acquire_owned().await.map_err(|_| {
+                CredentialError::new(ErrorKind::Unavailable, "the source is shutting down")
+            })?;
+            self.start(source, request, slot).await
+        };
+        match within {
+            None => work.await,
+            Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+                Err(CredentialError::new(
+                    ErrorKind::Unavailable,
+                    format!("no credential within {limit:?}"),
+                ))
+            }),
+        }
+    }
+
+    /// Spawns `request` holding `slot`, and waits for its answer.
+    async fn start<F>(
+        &self,
+        source: Arc<CredentialSource>,
+        request: F,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<Issued, CredentialError>
+    where
+        F: Future<Output = Result<Credential, CredentialError>> + Send + 'static,
+    {
         let (answer, answered) = oneshot::channel();
         let task = async move {
+            let _slot = slot;
             let result = request.await.map(|c| Issued::new(c, source));
             if let Err(Ok(late)) = answer.send(result) {
                 // Dropping `late` hands its lease to the revoker.
@@ -74,25 +118,12 @@ impl Issuing {
             }
         };
         self.tasks.spawn(task.in_current_span());
-        let answered = async {
-            answered.await.unwrap_or_else(|_| {
-                Err(CredentialError::new(
-                    ErrorKind::Unavailable,
-                    "the credential request ended without an answer",
-                ))
-            })
-        };
-        match within {
-            None => answered.await,
-            Some(limit) => tokio::time::timeout(limit, answered)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(CredentialError::new(
-                        ErrorKind::Unavailable,
-                        format!("no credential within {limit:?}"),
-                    ))
-                }),
-        }
+        answered.await.unwrap_or_else(|_| {
+            Err(CredentialError::new(
+                ErrorKind::Unavailable,
+                "the credential request ended without an answer",
+            ))
+        })
     }
 
     /// Shutdown: waits until every request in flight has ended (its credential,

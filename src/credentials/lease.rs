@@ -102,7 +102,17 @@ async fn renew_while_alive(lease: &Lease, source: &CredentialSource) -> (&'stati
     loop {
         tokio::time::sleep_until(next).await;
         let increment = source.renew_increment(lease);
-        match source.renew(lease, increment).await {
+        // A renewal that hangs must not hold up enforcement at expiry.
+        let enforce_at = expires
+            .checked_sub(margin(lease.duration))
+            .unwrap_or(expires);
+        let Ok(renewed) = tokio::time::timeout_at(enforce_at, source.renew(lease, increment)).await
+        else {
+            ::metrics::counter!(metrics::LEASE_RENEWALS, "outcome" => "unavailable").increment(1);
+            tracing::warn!(event = "lease_renewal_failed", lease_id_hash = %lease.id, error = "no answer before the credential expires");
+            return ("lease could not be renewed before it expired", expires);
+        };
+        match renewed {
             Ok(r) => {
                 ::metrics::counter!(metrics::LEASE_RENEWALS, "outcome" => "success").increment(1);
                 tracing::info!(event = "lease_renewed", lease_id_hash = %lease.id, ttl_s = r.duration.as_secs());
@@ -157,9 +167,10 @@ async fn end_of_life(
             return;
         }
     };
-    let deadline = expires
-        .checked_sub(margin(lease.duration))
-        .unwrap_or(expires);
+    let margin = margin(lease.duration);
+    let deadline = expires.checked_sub(margin).unwrap_or(expires);
+    // Cut by the expiry at the latest, even for a lease shorter than 10 × grace.
+    let grace = grace.min(margin);
     let left = deadline.saturating_duration_since(Instant::now());
     tracing::info!(event = "lease_end", lease_id_hash = %lease.id, reason = why, on_lease_end = ?policy, action, enforced_in_ms = left.as_millis() as u64);
     stop.request(first);

@@ -256,9 +256,24 @@ impl CredentialSource {
     /// One request to the source, measured however long it takes (a Vault
     /// credential taken from the prefetch pool was measured when the pool
     /// fetched it).
-    async fn request(&self, upstream: &UpstreamConfig) -> Result<Credential, CredentialError> {
+    async fn request(
+        self: &Arc<Self>,
+        upstream: &UpstreamConfig,
+    ) -> Result<Credential, CredentialError> {
         match &self.kind {
-            SourceKind::Postgres(p) => measured("postgres", p.issue(upstream)).await,
+            SourceKind::Postgres(p) => {
+                let result = measured("postgres", p.issue(upstream)).await;
+                for lease in p.take_orphans() {
+                    tracing::warn!(
+                        event = "credential_abandoned",
+                        lease_id_hash = %lease.id,
+                        upstream_user = %lease.username,
+                        "CREATE ROLE got no answer; dropping the role in case it was created"
+                    );
+                    self.revoker.submit(self.clone(), lease);
+                }
+                result
+            }
             SourceKind::Vault(v) => measured("vault", v.fetch(&upstream.endpoint())).await,
         }
     }

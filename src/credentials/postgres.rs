@@ -38,6 +38,12 @@ pub struct PostgresSource {
     /// One admin connection per upstream server and TLS settings (see
     /// [`admin_key`]), opened on first use and reopened when it breaks.
     admins: Mutex<HashMap<String, Arc<AdminConnection>>>,
+    /// See [`PostgresSource::take_orphans`].
+    orphans: std::sync::Mutex<Vec<Lease>>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct AdminConnection {
@@ -50,6 +56,7 @@ impl PostgresSource {
         Self {
             config,
             admins: Mutex::new(HashMap::new()),
+            orphans: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -82,20 +89,35 @@ impl PostgresSource {
             sql.push_str(" IN ROLE ");
             sql.push_str(&roles.join(", "));
         }
-        admin.execute(&sql, &self.config).await?;
+        let lease = Lease {
+            id: LeaseId::new(format!("postgres/{}/{}", upstream.endpoint(), username)),
+            username: username.clone(),
+            endpoint: upstream.endpoint(),
+            issuer: admin_key(upstream),
+            duration: self.config.ttl,
+            renewable: true,
+            issued_at: Instant::now(),
+        };
+        let client = admin.client(&self.config).await?;
+        if let Err(e) = admin.run(&client, &sql).await {
+            if e.kind == ErrorKind::Unavailable {
+                // Sent, but no answer: the role may exist. Revoking it
+                // (DROP ROLE IF EXISTS) is harmless if it does not.
+                lock(&self.orphans).push(lease);
+            }
+            return Err(e);
+        }
         Ok(Credential {
-            lease: Lease {
-                id: LeaseId::new(format!("postgres/{}/{}", upstream.endpoint(), username)),
-                username: username.clone(),
-                endpoint: upstream.endpoint(),
-                issuer: admin_key(upstream),
-                duration: self.config.ttl,
-                renewable: true,
-                issued_at: Instant::now(),
-            },
+            lease,
             username,
             password,
         })
+    }
+
+    /// Leases of `CREATE ROLE`s that were sent but got no answer, for the
+    /// revoker: each may have created its role.
+    pub fn take_orphans(&self) -> Vec<Lease> {
+        std::mem::take(&mut *lock(&self.orphans))
     }
 
     pub async fn renew(
@@ -209,20 +231,34 @@ impl AdminConnection {
         config: &PostgresSourceConfig,
     ) -> Result<(), CredentialError> {
         let client = self.client(config).await?;
-        let result = self.bounded(client.batch_execute(sql)).await?;
+        self.run(&client, sql).await
+    }
+
+    /// Runs `sql` on `client`, bounded.
+    async fn run(
+        &self,
+        client: &Arc<tokio_postgres::Client>,
+        sql: &str,
+    ) -> Result<(), CredentialError> {
+        let result = self.bounded(client, client.batch_execute(sql)).await?;
         result.map_err(|e| self.failed(e))
     }
 
-    /// Runs one admin call for at most [`ADMIN_CALL_TIMEOUT`]; past it the
-    /// connection is forgotten (and so closed), to be reopened by the next call.
+    /// Runs one call on `client` for at most [`ADMIN_CALL_TIMEOUT`]; past it
+    /// the connection is forgotten (and so closed once the call is dropped),
+    /// to be reopened by the next call, unless another call did so already.
     async fn bounded<T>(
         &self,
+        client: &Arc<tokio_postgres::Client>,
         call: impl std::future::Future<Output = T>,
     ) -> Result<T, CredentialError> {
         match tokio::time::timeout(ADMIN_CALL_TIMEOUT, call).await {
             Ok(result) => Ok(result),
             Err(_) => {
-                self.client.lock().await.take();
+                let mut slot = self.client.lock().await;
+                if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, client)) {
+                    slot.take();
+                }
                 Err(CredentialError::new(
                     ErrorKind::Unavailable,
                     format!(
@@ -242,7 +278,7 @@ impl AdminConnection {
     ) -> Result<Vec<String>, CredentialError> {
         let client = self.client(config).await?;
         let rows = self
-            .bounded(client.query(sql, &[&param]))
+            .bounded(&client, client.query(sql, &[&param]))
             .await?
             .map_err(|e| self.failed(e))?;
         Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
@@ -279,7 +315,20 @@ impl AdminConnection {
         if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }
-        let client = Arc::new(self.connect(config).await?);
+        // tokio-postgres bounds only the TCP connect; TLS, authentication and
+        // the first query are bounded here (the slot's lock is held meanwhile).
+        let client = tokio::time::timeout(ADMIN_CALL_TIMEOUT, self.connect(config))
+            .await
+            .unwrap_or_else(|_| {
+                Err(CredentialError::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "admin connection to {}: not established within {ADMIN_CALL_TIMEOUT:?}",
+                        self.upstream.endpoint()
+                    ),
+                ))
+            })?;
+        let client = Arc::new(client);
         *slot = Some(client.clone());
         Ok(client)
     }
@@ -300,9 +349,13 @@ impl AdminConnection {
             .options(format!(
                 "-c lock_timeout={ADMIN_LOCK_TIMEOUT} -c statement_timeout={ADMIN_STATEMENT_TIMEOUT}"
             ))
-            // Like the session's own login: no cleartext, MD5 or trust from
-            // the server unless the route opts in. Over TLS that means
-            // SCRAM-SHA-256-PLUS, which also binds the login to the certificate.
+            // No cleartext, MD5 or trust from the server unless the route
+            // opts in. tokio-postgres can only say so by requiring channel
+            // binding, so over TLS the admin login must be SCRAM-SHA-256-PLUS
+            // (stricter than a session's login, which also takes plain SCRAM):
+            // a server that does not offer it (a pooler in between; an Ed25519
+            // certificate, which has no tls-server-end-point hash) needs the
+            // opt-in. Without TLS, validation demands the opt-in.
             .channel_binding(
                 if u.allow_insecure_auth || u.tls == UpstreamTls::Disable {
                     tokio_postgres::config::ChannelBinding::Prefer
@@ -380,22 +433,52 @@ impl AdminConnection {
     }
 }
 
-/// Says so when the server logs the admin connection's statements: every
-/// `CREATE ROLE` logged carries the issued role's SCRAM verifier.
+/// Says so when the server would log the admin connection's statements:
+/// every `CREATE ROLE` logged carries the issued role's SCRAM verifier. They
+/// are logged by `log_statement` (ddl, mod, all), by
+/// `log_min_duration_statement` (any value but -1, for a slow one), and when
+/// one fails by `log_min_error_statement` (at `error` or below, the default).
 async fn warn_if_statements_logged(client: &tokio_postgres::Client, endpoint: &str, admin: &str) {
-    let setting = client
-        .query_one("SELECT current_setting('log_statement')", &[])
+    let Ok(row) = client
+        .query_one(
+            "SELECT current_setting('log_statement'), \
+                    current_setting('log_min_duration_statement'), \
+                    current_setting('log_min_error_statement')",
+            &[],
+        )
         .await
-        .ok()
-        .map(|row| row.get::<_, String>(0));
-    if let Some(level) = setting.filter(|l| l != "none") {
-        tracing::warn!(
-            event = "admin_statements_logged",
-            upstream = %endpoint,
-            log_statement = %level,
-            "the server logs the admin connection's statements, and with them each issued role's SCRAM verifier; run ALTER ROLE {admin} SET log_statement = 'none' (see config/postgres/logging.conf)"
-        );
+    else {
+        return;
+    };
+    let (statement, duration, error): (String, String, String) =
+        (row.get(0), row.get(1), row.get(2));
+    let mut fixes = Vec::new();
+    if statement != "none" {
+        fixes.push("log_statement = 'none'");
     }
+    if duration != "-1" {
+        fixes.push("log_min_duration_statement = -1");
+    }
+    if !matches!(error.as_str(), "log" | "fatal" | "panic") {
+        fixes.push("log_min_error_statement = 'panic'");
+    }
+    if fixes.is_empty() {
+        return;
+    }
+    let admin = quote_ident(admin);
+    let fix = fixes
+        .iter()
+        .map(|f| format!("ALTER ROLE {admin} SET {f};"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    tracing::warn!(
+        event = "admin_statements_logged",
+        upstream = %endpoint,
+        log_statement = %statement,
+        log_min_duration_statement = %duration,
+        log_min_error_statement = %error,
+        "the server may log the admin connection's statements, and with them issued roles' SCRAM verifiers; run: {fix} (see config/postgres/logging.conf)"
+    );
 }
 
 /// An error and its sources, joined with ": ". tokio-postgres's own text stops

@@ -97,6 +97,11 @@ impl Revoker {
         }
     }
 
+    /// Shutdown has begun: retries stop waiting out their backoff.
+    pub fn hurry(&self) {
+        self.inner.hurry.cancel();
+    }
+
     /// Retries now instead of after their backoff, and waits until every lease
     /// is revoked or `timeout` passes. Returns how many are left.
     pub async fn drain(&self, timeout: Duration) -> usize {

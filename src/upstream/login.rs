@@ -212,7 +212,6 @@ async fn authenticate(
     }
 }
 
-/// The tls-server-end-point hash of the server's certificate, on TLS.
 /// The most SCRAM iterations pgwarden computes for an upstream login
 /// (PostgreSQL's default is 4096; `scram_iterations` may raise it).
 const MAX_SCRAM_ITERATIONS: u32 = 1_000_000;
@@ -227,6 +226,7 @@ fn iterations(server_first: &[u8]) -> Option<u32> {
         .ok()
 }
 
+/// The tls-server-end-point hash of the server's certificate, on TLS.
 fn channel_binding(stream: &UpstreamStream) -> Option<Vec<u8>> {
     let MaybeTls::Tls(tls) = stream else {
         return None;

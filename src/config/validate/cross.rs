@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::super::{CredentialsConfig, RouteConfig, UserConfig};
+use super::super::{CredentialsConfig, RouteConfig, UpstreamTls, UserConfig};
 use super::Validator;
 
 impl Validator<'_> {
@@ -60,6 +60,19 @@ impl Validator<'_> {
                     self.err(format!(
                         "[credentials.{}] uses source = \"vault\" but there is no [vault] section",
                         r.credentials
+                    ))
+                }
+                Some(CredentialsConfig::Postgres(_))
+                    if r.upstream.tls == UpstreamTls::Disable
+                        && !r.upstream.allow_insecure_auth =>
+                {
+                    // tokio-postgres cannot insist on SCRAM without TLS: a
+                    // server (or anyone on the path) asking for a cleartext
+                    // password would get the admin password.
+                    self.err(format!(
+                        "[[routes]] #{} ({}): the built-in source's admin connection would run                          without TLS and could be asked for its password in clear; use                          upstream.tls = \"verify-full\", or set upstream.allow_insecure_auth = true                          to accept the risk",
+                        i + 1,
+                        r.database
                     ))
                 }
                 Some(_) => {}
