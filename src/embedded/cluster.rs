@@ -14,14 +14,16 @@
 //! connection without TLS, and never put a password into a file that outlives the cluster (the
 //! template's own password is replaced before [`Cluster::start`] returns), a log or an error.
 
+mod conf;
+mod error;
 mod system;
 mod template;
 
+pub use self::error::ClusterError;
+
 use std::fmt;
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,9 +32,12 @@ use rand::rngs::OsRng;
 use secrecy::{ExposeSecret, SecretString};
 use tempfile::TempDir;
 
-use self::system::{Binaries, DbUser, output_tail, program_name, set_mode, tail, write_new};
-use super::pki::{Pki, PkiError};
-use crate::tls::pg_connector::{RustlsConnect, TlsConfigError, verify_full_client_config};
+use self::conf::{hba_conf, quote_ident, settings_conf, validate};
+use self::system::{
+    Binaries, DbUser, free_port, output_tail, run_async, set_mode, tail, write_new,
+};
+use super::pki::Pki;
+use crate::tls::pg_connector::{RustlsConnect, verify_full_client_config};
 
 /// The only address the cluster listens on.
 const HOST: &str = "127.0.0.1";
@@ -44,27 +49,6 @@ const PORT_ATTEMPTS: usize = 5;
 const PASSWORD_BYTES: usize = 30;
 /// Deadline for connecting to the cluster, generous for loaded CI machines.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Settings for every embedded cluster; [`ClusterOptions::settings`] come after and win.
-const BASE_SETTINGS: &[(&str, &str)] = &[
-    ("listen_addresses", HOST),
-    ("unix_socket_directories", ""),
-    ("ssl", "on"),
-    ("ssl_cert_file", "server.crt"),
-    ("ssl_key_file", "server.key"),
-    // Lets tests use `cert` authentication with client certificates from the same CA.
-    ("ssl_ca_file", "ca.crt"),
-    ("ssl_min_protocol_version", "TLSv1.2"),
-    ("password_encryption", "scram-sha-256"),
-    ("max_connections", "300"),
-    // Throwaway data: durability only costs time.
-    ("fsync", "off"),
-    ("synchronous_commit", "off"),
-    ("full_page_writes", "off"),
-    ("log_connections", "on"),
-    ("log_disconnections", "on"),
-    ("log_line_prefix", "%m [%p] %q%u@%d "),
-];
 
 /// What to start; `Default` gives a TLS + SCRAM cluster for loopback clients.
 #[derive(Debug, Clone)]
@@ -98,76 +82,6 @@ impl Default for ClusterOptions {
                 .map(str::to_owned)
                 .to_vec(),
         }
-    }
-}
-
-/// What went wrong, with the tail of the failing program's output or the server log. Never
-/// carries a password.
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
-    #[error("PostgreSQL binaries not found: {0}")]
-    Binaries(String),
-    #[error("no unprivileged user to run PostgreSQL as: {0}")]
-    NoDbUser(String),
-    #[error("invalid cluster option: {0}")]
-    InvalidOption(String),
-    #[error("initdb template cache {path} is unsafe to use: {reason}; remove it")]
-    UnsafeCache { path: PathBuf, reason: String },
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{program} failed ({status}):\n{output}")]
-    Command {
-        program: String,
-        status: std::process::ExitStatus,
-        output: String,
-    },
-    #[error(
-        "PostgreSQL did not start: {reason}\n--- pg_ctl ---\n{pg_ctl}\n--- server log ---\n{log}"
-    )]
-    Start {
-        reason: String,
-        pg_ctl: String,
-        log: String,
-    },
-    #[error("server certificate: {0}")]
-    Pki(#[from] PkiError),
-    #[error("TLS client configuration: {0}")]
-    Tls(#[from] TlsConfigError),
-    // tokio-postgres prints only "db error" for server errors; the chain has the message.
-    #[error("connecting to the cluster on port {port}: {}", chain(.error))]
-    Connect {
-        port: u16,
-        error: tokio_postgres::Error,
-    },
-    #[error("replacing the template's superuser password: {}", chain(.0))]
-    SetPassword(tokio_postgres::Error),
-    #[error("the operating system's random generator failed: {0}")]
-    Random(String),
-    #[error("background task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
-}
-
-/// `error` and its sources, joined with ": ".
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(source) = next {
-        text.push_str(": ");
-        text.push_str(&source.to_string());
-        next = source.source();
-    }
-    text
-}
-
-impl ClusterError {
-    /// An adapter for `map_err` that says what we were doing.
-    fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> ClusterError {
-        let what = what.into();
-        move |source| ClusterError::Io { what, source }
     }
 }
 
@@ -565,26 +479,6 @@ impl Server {
     }
 }
 
-/// Run a command on tokio's process driver.
-async fn run_async(cmd: std::process::Command) -> Result<Output, ClusterError> {
-    let program = program_name(cmd.get_program());
-    tokio::process::Command::from(cmd)
-        .output()
-        .await
-        .map_err(ClusterError::io(format!("run {program}")))
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> Result<u16, ClusterError> {
-    let listener =
-        std::net::TcpListener::bind((HOST, 0)).map_err(ClusterError::io("pick a free port"))?;
-    let port = listener
-        .local_addr()
-        .map_err(ClusterError::io("pick a free port"))?
-        .port();
-    Ok(port)
-}
-
 /// A 40-character password from the operating system's CSPRNG.
 pub(crate) fn random_password() -> Result<SecretString, ClusterError> {
     use base64::Engine;
@@ -597,109 +491,9 @@ pub(crate) fn random_password() -> Result<SecretString, ClusterError> {
     Ok(SecretString::from(password))
 }
 
-fn hba_conf(superuser: &str, lines: Option<&[String]>) -> String {
-    let su = quote_ident(superuser);
-    let mut conf = format!(
-        "# Written by pgwarden's embedded cluster.\n\
-         hostssl all {su} 127.0.0.1/32 scram-sha-256\n"
-    );
-    match lines {
-        Some(lines) => lines.iter().for_each(|l| {
-            conf.push_str(l);
-            conf.push('\n');
-        }),
-        None => conf.push_str(
-            "hostssl all all 127.0.0.1/32 scram-sha-256\n\
-             hostssl all all ::1/128 scram-sha-256\n",
-        ),
-    }
-    conf
-}
-
-fn settings_conf(extra: &[(String, String)]) -> String {
-    let base = BASE_SETTINGS.iter().map(|&(n, v)| (n, v));
-    let extra = extra.iter().map(|(n, v)| (n.as_str(), v.as_str()));
-    let mut conf = String::from("\n# Written by pgwarden's embedded cluster.\n");
-    for (name, value) in base.chain(extra) {
-        conf.push_str(&format!("{name} = '{}'\n", value.replace('\'', "''")));
-    }
-    conf
-}
-
-/// `"name"` with embedded quotes doubled, for SQL and pg_hba.conf.
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Reject options that would corrupt the files we write.
-fn validate(opts: &ClusterOptions) -> Result<(), ClusterError> {
-    let bad = |what: String| Err(ClusterError::InvalidOption(what));
-    let line_safe = |s: &str| !s.contains(['\n', '\r', '\0']);
-    let su = &opts.superuser;
-    if su.is_empty() || su.len() > 63 || su.contains('"') || !line_safe(su) {
-        return bad(format!("superuser name {su:?}"));
-    }
-    if let Some(line) = opts.hba.iter().flatten().find(|l| !line_safe(l)) {
-        return bad(format!("pg_hba.conf line {line:?} spans lines"));
-    }
-    for (name, value) in &opts.settings {
-        let name_ok = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
-        if !name_ok || !line_safe(value) {
-            return bad(format!("setting {name:?}"));
-        }
-    }
-    if opts.server_names.is_empty() {
-        return bad("server_names is empty".to_owned());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn settings_are_quoted_and_ours_come_first() {
-        let conf = settings_conf(&[("log_statement".into(), "it's".into())]);
-        assert!(conf.contains("ssl = 'on'\n"));
-        assert!(conf.contains("log_line_prefix = '%m [%p] %q%u@%d '\n"));
-        assert!(conf.ends_with("log_statement = 'it''s'\n"));
-    }
-
-    #[test]
-    fn hba_always_admits_the_superuser_first() {
-        let conf = hba_conf(
-            "post\"gres",
-            Some(&["hostssl all all 0.0.0.0/0 cert".into()]),
-        );
-        let lines: Vec<&str> = conf.lines().skip(1).collect();
-        assert_eq!(
-            lines,
-            [
-                "hostssl all \"post\"\"gres\" 127.0.0.1/32 scram-sha-256",
-                "hostssl all all 0.0.0.0/0 cert"
-            ]
-        );
-        assert!(hba_conf("postgres", None).contains("hostssl all all ::1/128 scram-sha-256"));
-    }
-
-    #[test]
-    fn options_that_would_corrupt_files_are_refused() {
-        let with = |f: fn(&mut ClusterOptions)| {
-            let mut opts = ClusterOptions::default();
-            f(&mut opts);
-            validate(&opts)
-        };
-        assert!(with(|_| {}).is_ok());
-        assert!(with(|o| o.superuser = "a\"b".into()).is_err());
-        assert!(with(|o| o.hba = Some(vec!["host all all\nlocal".into()])).is_err());
-        assert!(with(|o| o.settings = vec![("a = 1\nb".into(), "x".into())]).is_err());
-        assert!(with(|o| o.settings = vec![("work_mem".into(), "1\n".into())]).is_err());
-        assert!(with(|o| o.server_names.clear()).is_err());
-    }
 
     #[test]
     fn passwords_are_long_and_distinct() {

@@ -13,6 +13,7 @@
 
 mod client;
 mod prefetch;
+mod transport;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -14,7 +14,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use super::ClusterError;
+use super::{ClusterError, HOST};
 
 /// Where Debian and Ubuntu install each PostgreSQL major version.
 const DEBIAN_LIB: &str = "/usr/lib/postgresql";
@@ -324,6 +324,26 @@ pub(super) fn tail(text: &str) -> String {
         start += 1;
     }
     format!("...{}", &kept[start..])
+}
+
+/// Run a command on tokio's process driver.
+pub(super) async fn run_async(cmd: std::process::Command) -> Result<Output, ClusterError> {
+    let program = program_name(cmd.get_program());
+    tokio::process::Command::from(cmd)
+        .output()
+        .await
+        .map_err(ClusterError::io(format!("run {program}")))
+}
+
+/// A port that was free a moment ago.
+pub(super) fn free_port() -> Result<u16, ClusterError> {
+    let listener =
+        std::net::TcpListener::bind((HOST, 0)).map_err(ClusterError::io("pick a free port"))?;
+    let port = listener
+        .local_addr()
+        .map_err(ClusterError::io("pick a free port"))?
+        .port();
+    Ok(port)
 }
 
 #[cfg(test)]

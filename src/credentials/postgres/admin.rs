@@ -1,0 +1,332 @@
+//! The built-in source's admin connections: one per server and TLS settings,
+//! opened on first use, bounded on both sides (server-side lock and
+//! statement timeouts, a client-side bound on every call, TCP keepalive), and
+//! reopened when they break.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use tokio::sync::Mutex;
+
+use super::quote_ident;
+use crate::config::{PostgresSourceConfig, UpstreamConfig, UpstreamTls};
+use crate::credentials::{CredentialError, ErrorKind};
+
+/// The admin connection's server-side bounds: a role statement that waits on a
+/// lock (a long transaction holding `pg_authid`, say) or runs away fails, and
+/// is retried, rather than holding up credentials for every later session.
+const ADMIN_LOCK_TIMEOUT: &str = "10s";
+const ADMIN_STATEMENT_TIMEOUT: &str = "30s";
+/// The client-side bound on one admin statement, for a server or network that
+/// stops answering altogether: past it the connection is dropped and reopened.
+const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(45);
+/// TCP keepalive on the admin connection, so a dead peer is noticed.
+const ADMIN_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const ADMIN_TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub(super) struct AdminConnection {
+    pub(super) upstream: UpstreamConfig,
+    pub(super) client: Mutex<Option<Arc<tokio_postgres::Client>>>,
+}
+
+/// What makes two routes' admin connections the same one: the server and how
+/// it is reached. Routes to one server with different TLS settings (another CA,
+/// another name to verify, or TLS off) never share a connection, so a route's
+/// settings never decide how another route's admin password travels.
+pub(super) fn admin_key(upstream: &UpstreamConfig) -> String {
+    format!(
+        "{} tls={:?} ca_file={:?} server_name={:?} allow_insecure_auth={}",
+        upstream.endpoint(),
+        upstream.tls,
+        upstream.ca_file,
+        upstream.server_name,
+        upstream.allow_insecure_auth
+    )
+}
+
+impl AdminConnection {
+    pub(super) async fn execute(
+        &self,
+        sql: &str,
+        config: &PostgresSourceConfig,
+    ) -> Result<(), CredentialError> {
+        let client = self.client(config).await?;
+        self.run(&client, sql).await
+    }
+
+    /// Runs `sql` on `client`, bounded.
+    pub(super) async fn run(
+        &self,
+        client: &Arc<tokio_postgres::Client>,
+        sql: &str,
+    ) -> Result<(), CredentialError> {
+        let result = self.bounded(client, client.batch_execute(sql)).await?;
+        result.map_err(|e| self.failed(e))
+    }
+
+    /// Runs one call on `client` for at most [`ADMIN_CALL_TIMEOUT`]; past it
+    /// the connection is forgotten (and so closed once the call is dropped),
+    /// to be reopened by the next call, unless another call did so already.
+    async fn bounded<T>(
+        &self,
+        client: &Arc<tokio_postgres::Client>,
+        call: impl std::future::Future<Output = T>,
+    ) -> Result<T, CredentialError> {
+        match tokio::time::timeout(ADMIN_CALL_TIMEOUT, call).await {
+            Ok(result) => Ok(result),
+            Err(_) => {
+                let mut slot = self.client.lock().await;
+                if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, client)) {
+                    slot.take();
+                }
+                Err(CredentialError::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "admin connection to {}: no answer within {ADMIN_CALL_TIMEOUT:?}",
+                        self.upstream.endpoint()
+                    ),
+                ))
+            }
+        }
+    }
+
+    pub(super) async fn query_names(
+        &self,
+        sql: &str,
+        param: &str,
+        config: &PostgresSourceConfig,
+    ) -> Result<Vec<String>, CredentialError> {
+        let client = self.client(config).await?;
+        let rows = self
+            .bounded(&client, client.query(sql, &[&param]))
+            .await?
+            .map_err(|e| self.failed(e))?;
+        Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+    }
+
+    /// Drops a role. Should it own objects (no session_role was set), they are
+    /// handed to the admin user first so the role can go.
+    pub(super) async fn drop_role(
+        &self,
+        name: &str,
+        config: &PostgresSourceConfig,
+    ) -> Result<(), CredentialError> {
+        let drop = format!("DROP ROLE IF EXISTS {}", quote_ident(name));
+        match self.execute(&drop, config).await {
+            Err(e) if e.detail.contains("2BP01") => {
+                // Membership in the role is what REASSIGN/DROP OWNED require.
+                let reassign = format!(
+                    "GRANT {0} TO CURRENT_USER; REASSIGN OWNED BY {0} TO {1}; DROP OWNED BY {0}; {2}",
+                    quote_ident(name),
+                    quote_ident(&config.admin_user),
+                    drop
+                );
+                self.execute(&reassign, config).await
+            }
+            other => other,
+        }
+    }
+
+    pub(super) async fn client(
+        &self,
+        config: &PostgresSourceConfig,
+    ) -> Result<Arc<tokio_postgres::Client>, CredentialError> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        // tokio-postgres bounds only the TCP connect; TLS, authentication and
+        // the first query are bounded here (the slot's lock is held meanwhile).
+        let client = tokio::time::timeout(ADMIN_CALL_TIMEOUT, self.connect(config))
+            .await
+            .unwrap_or_else(|_| {
+                Err(CredentialError::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "admin connection to {}: not established within {ADMIN_CALL_TIMEOUT:?}",
+                        self.upstream.endpoint()
+                    ),
+                ))
+            })?;
+        let client = Arc::new(client);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    async fn connect(
+        &self,
+        config: &PostgresSourceConfig,
+    ) -> Result<tokio_postgres::Client, CredentialError> {
+        let u = &self.upstream;
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(u.server_name.as_deref().unwrap_or(&u.host))
+            .hostaddr_if_ip(&u.host)
+            .port(u.port)
+            .user(&config.admin_user)
+            .password(config.admin_password.expose_secret())
+            .dbname(&config.admin_database)
+            .application_name("pgwarden-admin")
+            .options(format!(
+                "-c lock_timeout={ADMIN_LOCK_TIMEOUT} -c statement_timeout={ADMIN_STATEMENT_TIMEOUT}"
+            ))
+            // No cleartext, MD5 or trust from the server unless the route
+            // opts in. tokio-postgres can only say so by requiring channel
+            // binding, so over TLS the admin login must be SCRAM-SHA-256-PLUS
+            // (stricter than a session's login, which also takes plain SCRAM):
+            // a server that does not offer it (a pooler in between; an Ed25519
+            // certificate, which has no tls-server-end-point hash) needs the
+            // opt-in. Without TLS, validation demands the opt-in.
+            .channel_binding(
+                if u.allow_insecure_auth || u.tls == UpstreamTls::Disable {
+                    tokio_postgres::config::ChannelBinding::Prefer
+                } else {
+                    tokio_postgres::config::ChannelBinding::Require
+                },
+            )
+            .keepalives(true)
+            .keepalives_idle(ADMIN_KEEPALIVE_IDLE)
+            .tcp_user_timeout(ADMIN_TCP_USER_TIMEOUT)
+            .connect_timeout(u.connect_timeout);
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+            CredentialError::new(
+                ErrorKind::Unavailable,
+                format!("admin connection to {}: {what}: {e}", u.endpoint()),
+            )
+        };
+        let client = match u.tls {
+            UpstreamTls::Disable => {
+                pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                let (client, conn) = pg
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| unavailable("connect", &causes(&e)))?;
+                tokio::spawn(conn);
+                client
+            }
+            mode => {
+                let ca = u
+                    .ca_file
+                    .as_deref()
+                    .ok_or_else(|| unavailable("tls", &"no ca_file"))?;
+                let verification = if mode == UpstreamTls::VerifyCa {
+                    crate::tls::Verification::CaOnly
+                } else {
+                    crate::tls::Verification::Full
+                };
+                let tls_config = crate::tls::upstream_config(ca, verification)
+                    .map_err(|e| unavailable("tls", &e))?;
+                pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let connector = crate::tls::pg_connector::RustlsConnect::new(tls_config);
+                let (client, conn) = pg
+                    .connect(connector)
+                    .await
+                    .map_err(|e| unavailable("connect", &causes(&e)))?;
+                tokio::spawn(conn);
+                client
+            }
+        };
+        warn_if_statements_logged(&client, &u.endpoint(), &config.admin_user).await;
+        Ok(client)
+    }
+
+    fn failed(&self, e: tokio_postgres::Error) -> CredentialError {
+        match e.as_db_error() {
+            // Keep the SQLSTATE in the detail: callers match on it.
+            Some(db) => CredentialError::new(
+                ErrorKind::Refused,
+                format!(
+                    "{}: {} ({})",
+                    self.upstream.endpoint(),
+                    db.message(),
+                    db.code().code()
+                ),
+            ),
+            None => CredentialError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "admin connection to {}: {}",
+                    self.upstream.endpoint(),
+                    causes(&e)
+                ),
+            ),
+        }
+    }
+}
+
+/// Says so when the server would log the admin connection's statements:
+/// every `CREATE ROLE` logged carries the issued role's SCRAM verifier. They
+/// are logged by `log_statement` (ddl, mod, all), by
+/// `log_min_duration_statement` (any value but -1, for a slow one), and when
+/// one fails by `log_min_error_statement` (at `error` or below, the default).
+async fn warn_if_statements_logged(client: &tokio_postgres::Client, endpoint: &str, admin: &str) {
+    let Ok(row) = client
+        .query_one(
+            "SELECT current_setting('log_statement'), \
+                    current_setting('log_min_duration_statement'), \
+                    current_setting('log_min_error_statement')",
+            &[],
+        )
+        .await
+    else {
+        return;
+    };
+    let (statement, duration, error): (String, String, String) =
+        (row.get(0), row.get(1), row.get(2));
+    let mut fixes = Vec::new();
+    if statement != "none" {
+        fixes.push("log_statement = 'none'");
+    }
+    if duration != "-1" {
+        fixes.push("log_min_duration_statement = -1");
+    }
+    if !matches!(error.as_str(), "log" | "fatal" | "panic") {
+        fixes.push("log_min_error_statement = 'panic'");
+    }
+    if fixes.is_empty() {
+        return;
+    }
+    let admin = quote_ident(admin);
+    let fix = fixes
+        .iter()
+        .map(|f| format!("ALTER ROLE {admin} SET {f};"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    tracing::warn!(
+        event = "admin_statements_logged",
+        upstream = %endpoint,
+        log_statement = %statement,
+        log_min_duration_statement = %duration,
+        log_min_error_statement = %error,
+        "the server may log the admin connection's statements, and with them issued roles' SCRAM verifiers; run: {fix} (see config/postgres/logging.conf)"
+    );
+}
+
+/// An error and its sources, joined with ": ". tokio-postgres's own text stops
+/// at "error performing TLS handshake"; the reason (an unknown issuer, say) is
+/// in the source, and the log should say it.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(source) = next {
+        text.push_str(": ");
+        text.push_str(&source.to_string());
+        next = source.source();
+    }
+    text
+}
+
+trait HostAddr {
+    fn hostaddr_if_ip(&mut self, host: &str) -> &mut Self;
+}
+
+impl HostAddr for tokio_postgres::Config {
+    /// Connect to the literal address when `host` is one, while verifying the
+    /// certificate against the server name.
+    fn hostaddr_if_ip(&mut self, host: &str) -> &mut Self {
+        if let Ok(ip) = host.parse() {
+            self.hostaddr(ip);
+        }
+        self
+    }
+}
