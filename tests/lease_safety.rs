@@ -7,22 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::harness::{GENEROUS, Harness, Options, VaultOptions, wait_until};
+use support::harness::{GENEROUS, Harness, Options, VaultOptions, session_user, wait_until};
 use support::vault_double::Mode;
-
-fn vault(v: VaultOptions) -> Options {
-    Options {
-        vault: Some(v),
-        ..Options::default()
-    }
-}
-
-async fn session_user(c: &tokio_postgres::Client) -> String {
-    c.query_one("SELECT session_user::text", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
 
 /// The SQLSTATE and message a connection ended with.
 async fn ended_with(
@@ -41,7 +27,7 @@ async fn ended_with(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vault_credential_that_arrives_after_the_timeout_is_revoked() {
-    let mut h = Harness::start(vault(VaultOptions {
+    let mut h = Harness::start(Options::vault(VaultOptions {
         timeout: "1s".into(),
         ..VaultOptions::default()
     }))
@@ -143,7 +129,7 @@ async fn a_role_created_after_the_handshake_deadline_is_dropped() {
 async fn a_session_idle_in_a_transaction_is_ended_when_its_credential_expires() {
     // Vault's default revocation only drops the role, so whatever ends this
     // session is pgwarden's doing.
-    let mut h = Harness::start(vault(VaultOptions {
+    let mut h = Harness::start(Options::vault(VaultOptions {
         default_ttl: Duration::from_secs(2),
         max_ttl: Duration::from_secs(4),
         terminate_on_revoke: false,
@@ -170,7 +156,7 @@ async fn a_session_idle_in_a_transaction_is_ended_when_its_credential_expires() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_lets_a_session_run_past_its_lease() {
-    let mut h = Harness::start(vault(VaultOptions {
+    let mut h = Harness::start(Options::vault(VaultOptions {
         default_ttl: Duration::from_secs(2),
         max_ttl: Duration::from_secs(3),
         terminate_on_revoke: false,

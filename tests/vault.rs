@@ -6,22 +6,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::harness::{GENEROUS, Harness, Options, VaultAuth, VaultOptions, wait_until};
+use support::harness::{
+    GENEROUS, Harness, Options, VaultAuth, VaultOptions, session_user, wait_until,
+};
 use support::vault_double::Mode;
-
-fn vault(v: VaultOptions) -> Options {
-    Options {
-        vault: Some(v),
-        ..Options::default()
-    }
-}
-
-async fn session_user(c: &tokio_postgres::Client) -> String {
-    c.query_one("SELECT session_user::text", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
 
 async fn valid_until(h: &Harness, role: &str) -> Option<String> {
     h.direct()
@@ -48,7 +36,7 @@ async fn finish(mut h: Harness) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_connection_gets_its_own_lease_and_role() {
-    let h = Harness::start(vault(VaultOptions::default())).await;
+    let h = Harness::start(Options::vault(VaultOptions::default())).await;
     let mut clients = Vec::new();
     for _ in 0..5 {
         clients.push(h.connect().await);
@@ -87,7 +75,7 @@ async fn every_connection_gets_its_own_lease_and_role() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_session_outlives_three_short_leases() {
-    let h = Harness::start(vault(VaultOptions {
+    let h = Harness::start(Options::vault(VaultOptions {
         default_ttl: Duration::from_secs(3),
         max_ttl: Duration::from_secs(300),
         ..VaultOptions::default()
@@ -135,7 +123,7 @@ async fn max_ttl_recycles_the_session_only_between_transactions() {
     // session is pgwarden's doing. The first renewal asks for more than the
     // max TTL leaves, so recycling starts then, long before the lease expires
     // (when pgwarden would end the session even inside a transaction).
-    let h = Harness::start(vault(VaultOptions {
+    let h = Harness::start(Options::vault(VaultOptions {
         default_ttl: Duration::from_secs(2),
         max_ttl: Duration::from_secs(60),
         renew_increment: Some("1h".into()),
@@ -176,7 +164,7 @@ async fn max_ttl_recycles_the_session_only_between_transactions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminate_policy_ends_the_session_at_once() {
-    let h = Harness::start(vault(VaultOptions {
+    let h = Harness::start(Options::vault(VaultOptions {
         default_ttl: Duration::from_secs(2),
         max_ttl: Duration::from_secs(3),
         on_lease_end: Some("terminate".into()),
@@ -201,7 +189,7 @@ async fn terminate_policy_ends_the_session_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_are_revoked_on_every_exit_path() {
-    let mut h = Harness::start(vault(VaultOptions::default())).await;
+    let mut h = Harness::start(Options::vault(VaultOptions::default())).await;
     // 1. The client closes.
     let c = h.connect().await;
     let closed = session_user(&c).await;
@@ -253,7 +241,7 @@ async fn leases_are_revoked_on_every_exit_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_trouble_fails_new_connections_fast_with_08006() {
-    let h = Harness::start(vault(VaultOptions {
+    let h = Harness::start(Options::vault(VaultOptions {
         timeout: "2s".into(),
         ..VaultOptions::default()
     }))
@@ -296,7 +284,7 @@ async fn vault_trouble_fails_new_connections_fast_with_08006() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_leaves_live_sessions_alone_and_backlog_drains_after() {
-    let h = Harness::start(vault(VaultOptions::default())).await;
+    let h = Harness::start(Options::vault(VaultOptions::default())).await;
     let live = h.connect().await;
     let leaving = h.connect().await;
     let leaving_role = session_user(&leaving).await;
@@ -330,7 +318,7 @@ async fn outage_leaves_live_sessions_alone_and_backlog_drains_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_token_is_renewed_and_obtained_again() {
-    let h = Harness::start(vault(VaultOptions {
+    let h = Harness::start(Options::vault(VaultOptions {
         token_ttl: Duration::from_secs(3),
         token_max_ttl: Duration::from_secs(7),
         ..VaultOptions::default()
@@ -363,7 +351,7 @@ async fn own_token_is_renewed_and_obtained_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_and_token_logins_work() {
     for auth in [VaultAuth::Kubernetes, VaultAuth::Token] {
-        let h = Harness::start(vault(VaultOptions {
+        let h = Harness::start(Options::vault(VaultOptions {
             auth,
             ..VaultOptions::default()
         }))
@@ -377,7 +365,7 @@ async fn kubernetes_and_token_logins_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_takes_vault_off_the_connect_path() {
-    let h = Harness::start(vault(VaultOptions {
+    let h = Harness::start(Options::vault(VaultOptions {
         prefetch: 2,
         ..VaultOptions::default()
     }))
@@ -416,7 +404,7 @@ async fn prefetch_takes_vault_off_the_connect_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetched_credentials_too_old_are_revoked_not_used() {
-    let h = Harness::start(vault(VaultOptions {
+    let h = Harness::start(Options::vault(VaultOptions {
         prefetch: 1,
         prefetch_max_age: "2s".into(),
         ..VaultOptions::default()
@@ -441,7 +429,7 @@ async fn prefetched_credentials_too_old_are_revoked_not_used() {
 async fn a_revocation_the_database_refuses_is_retried_and_counted_until_it_succeeds() {
     let h = Harness::start(Options {
         admin: true,
-        ..vault(VaultOptions::default())
+        ..Options::vault(VaultOptions::default())
     })
     .await;
     let c = h.connect().await;

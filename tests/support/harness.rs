@@ -110,6 +110,24 @@ pub struct Options {
     pub allow_insecure_auth: bool,
 }
 
+impl Options {
+    /// The `pgwarden dev` configuration with a Vault credential source.
+    pub fn vault(v: VaultOptions) -> Options {
+        Options {
+            vault: Some(v),
+            ..Options::default()
+        }
+    }
+}
+
+/// `session_user` of a connection: the issued role.
+pub async fn session_user(c: &Client) -> String {
+    c.query_one("SELECT session_user::text", &[])
+        .await
+        .expect("session_user")
+        .get(0)
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
