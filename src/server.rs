@@ -129,13 +129,13 @@ impl Server {
         }
         // One bound for the rest: credential requests still in flight end
         // (what they issue goes to the revoker), then the revoker drains.
-        // Retries of failed revocations stop waiting out their backoff now;
-        // requests in flight get at most half of the bound, the revoker the rest.
+        // Retries of failed revocations stop waiting out their backoff now and
+        // run while requests in flight are waited for; then the revoker drains,
+        // all within the one bound.
         let revoke_timeout = state.config.shutdown.revoke_timeout;
-        let now = tokio::time::Instant::now();
-        let deadline = now + revoke_timeout;
+        let deadline = tokio::time::Instant::now() + revoke_timeout;
         state.revoker.hurry();
-        state.stop_sources(now + revoke_timeout / 2).await;
+        state.stop_sources(deadline).await;
         let left = state
             .revoker
             .drain(deadline.saturating_duration_since(tokio::time::Instant::now()))

@@ -332,8 +332,9 @@ fn the_built_in_source_without_tls_needs_the_insecure_auth_opt_in() {
         format!("{BASE}admin_password = \"fine\"\n").replace(", allow_insecure_auth = true", "");
     let errs = errors(&text, &[]);
     assert!(
-        errs.iter()
-            .any(|e| e.contains("[[routes]] #1 (db)") && e.contains("allow_insecure_auth")),
+        errs.iter().any(|e| e.contains("[[routes]] #1 (db)")
+            && e.contains("would run without TLS")
+            && e.contains("allow_insecure_auth")),
         "{errs:#?}"
     );
 }

@@ -88,7 +88,11 @@ impl PostgresSource {
         if let Err(e) = admin.run(&client, &sql).await {
             if e.kind == ErrorKind::Unavailable {
                 // Sent, but no answer: the role may exist. Revoking it
-                // (DROP ROLE IF EXISTS) is harmless if it does not.
+                // (DROP ROLE IF EXISTS) is harmless if it does not. Best
+                // effort: should the old backend commit only after the drop
+                // ran (a commit waiting on a synchronous standby), the role
+                // stays until its VALID UNTIL and the next start-up's sweep;
+                // nobody holds its password.
                 lock(&self.orphans).push(lease);
             }
             return Err(e);

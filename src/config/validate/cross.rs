@@ -70,7 +70,10 @@ impl Validator<'_> {
                     // server (or anyone on the path) asking for a cleartext
                     // password would get the admin password.
                     self.err(format!(
-                        "[[routes]] #{} ({}): the built-in source's admin connection would run                          without TLS and could be asked for its password in clear; use                          upstream.tls = \"verify-full\", or set upstream.allow_insecure_auth = true                          to accept the risk",
+                        "[[routes]] #{} ({}): the built-in source's admin connection would run \
+                         without TLS and could be asked for its password in clear; use \
+                         upstream.tls = \"verify-full\", or set upstream.allow_insecure_auth = true \
+                         to accept the risk",
                         i + 1,
                         r.database
                     ))

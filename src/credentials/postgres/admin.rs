@@ -259,6 +259,8 @@ impl AdminConnection {
 /// are logged by `log_statement` (ddl, mod, all), by
 /// `log_min_duration_statement` (any value but -1, for a slow one), and when
 /// one fails by `log_min_error_statement` (at `error` or below, the default).
+/// Not checked: the sampling settings (`log_transaction_sample_rate`,
+/// `log_min_duration_sample`) and extensions such as pgaudit.
 async fn warn_if_statements_logged(client: &tokio_postgres::Client, endpoint: &str, admin: &str) {
     let Ok(row) = client
         .query_one(
