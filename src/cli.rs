@@ -119,7 +119,11 @@ pub async fn healthcheck(
     let response = match client.get(url).send().await {
         Ok(r) => r,
         Err(e) => {
-            let _ = writeln!(err, "unhealthy: no answer from {url}: {}", with_causes(&e));
+            let _ = writeln!(
+                err,
+                "unhealthy: no answer from {url}: {}",
+                crate::error_text::with_causes(&e)
+            );
             return 1;
         }
     };
@@ -132,19 +136,4 @@ pub async fn healthcheck(
     let body: String = body.trim().chars().take(HEALTHCHECK_BODY_LIMIT).collect();
     let _ = writeln!(err, "unhealthy: {url} answered {status} {body}");
     1
-}
-
-/// An error and its causes on one line (reqwest's own text omits them).
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let c_text = c.to_string();
-        if !text.contains(&c_text) {
-            text.push_str(": ");
-            text.push_str(&c_text);
-        }
-        cause = c.source();
-    }
-    text
 }

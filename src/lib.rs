@@ -9,6 +9,7 @@ pub mod config;
 pub mod credentials;
 pub mod dev;
 pub mod embedded;
+pub mod error_text;
 pub mod handshake;
 pub mod listener;
 pub mod logging;

@@ -12,6 +12,7 @@ use tokio::sync::Mutex;
 use super::quote_ident;
 use crate::config::{PostgresSourceConfig, UpstreamConfig, UpstreamTls};
 use crate::credentials::{CredentialError, ErrorKind};
+use crate::error_text::with_causes;
 
 /// The admin connection's server-side bounds: a role statement that waits on a
 /// lock (a long transaction holding `pg_authid`, say) or runs away fails, and
@@ -200,7 +201,7 @@ impl AdminConnection {
                 let (client, conn) = pg
                     .connect(tokio_postgres::NoTls)
                     .await
-                    .map_err(|e| unavailable("connect", &causes(&e)))?;
+                    .map_err(|e| unavailable("connect", &with_causes(&e)))?;
                 tokio::spawn(conn);
                 client
             }
@@ -221,7 +222,7 @@ impl AdminConnection {
                 let (client, conn) = pg
                     .connect(connector)
                     .await
-                    .map_err(|e| unavailable("connect", &causes(&e)))?;
+                    .map_err(|e| unavailable("connect", &with_causes(&e)))?;
                 tokio::spawn(conn);
                 client
             }
@@ -247,7 +248,7 @@ impl AdminConnection {
                 format!(
                     "admin connection to {}: {}",
                     self.upstream.endpoint(),
-                    causes(&e)
+                    with_causes(&e)
                 ),
             ),
         }
@@ -302,20 +303,6 @@ async fn warn_if_statements_logged(client: &tokio_postgres::Client, endpoint: &s
         log_min_error_statement = %error,
         "the server may log the admin connection's statements, and with them issued roles' SCRAM verifiers; run: {fix} (see config/postgres/logging.conf)"
     );
-}
-
-/// An error and its sources, joined with ": ". tokio-postgres's own text stops
-/// at "error performing TLS handshake"; the reason (an unknown issuer, say) is
-/// in the source, and the log should say it.
-fn causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(source) = next {
-        text.push_str(": ");
-        text.push_str(&source.to_string());
-        next = source.source();
-    }
-    text
 }
 
 trait HostAddr {

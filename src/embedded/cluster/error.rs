@@ -43,29 +43,17 @@ pub enum ClusterError {
     #[error("TLS client configuration: {0}")]
     Tls(#[from] TlsConfigError),
     // tokio-postgres prints only "db error" for server errors; the chain has the message.
-    #[error("connecting to the cluster on port {port}: {}", chain(.error))]
+    #[error("connecting to the cluster on port {port}: {}", crate::error_text::with_causes(.error))]
     Connect {
         port: u16,
         error: tokio_postgres::Error,
     },
-    #[error("replacing the template's superuser password: {}", chain(.0))]
+    #[error("replacing the template's superuser password: {}", crate::error_text::with_causes(.0))]
     SetPassword(tokio_postgres::Error),
     #[error("the operating system's random generator failed: {0}")]
     Random(String),
     #[error("background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
-}
-
-/// `error` and its sources, joined with ": ".
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(source) = next {
-        text.push_str(": ");
-        text.push_str(&source.to_string());
-        next = source.source();
-    }
-    text
 }
 
 impl ClusterError {
