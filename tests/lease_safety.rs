@@ -7,23 +7,10 @@ mod support;
 
 use std::time::Duration;
 
-use support::harness::{GENEROUS, Harness, Options, VaultOptions, session_user, wait_until};
+use support::harness::{
+    GENEROUS, Harness, Options, VaultOptions, ended_with, server_error, session_user, wait_until,
+};
 use support::vault_double::Mode;
-
-/// The SQLSTATE and message a connection ended with.
-async fn ended_with(
-    conn: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
-) -> (String, String) {
-    let ended = tokio::time::timeout(GENEROUS, conn)
-        .await
-        .expect("the session is ended")
-        .unwrap();
-    let err = ended.expect_err("the session ends with an error");
-    let db = err
-        .as_db_error()
-        .unwrap_or_else(|| panic!("not a server error: {err}"));
-    (db.code().code().to_owned(), db.message().to_owned())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vault_credential_that_arrives_after_the_timeout_is_revoked() {
@@ -39,11 +26,9 @@ async fn a_vault_credential_that_arrives_after_the_timeout_is_revoked() {
         .try_connect(&h.pg_config())
         .await
         .expect_err("no credential within the timeout");
-    let db = err
-        .as_db_error()
-        .unwrap_or_else(|| panic!("not a server error: {err}"));
-    assert_eq!(db.code().code(), "08006");
-    assert_eq!(db.message(), "could not obtain database credentials");
+    let (code, message) = server_error(&err);
+    assert_eq!(code, "08006");
+    assert_eq!(message, "could not obtain database credentials");
     // The double records a call once it has answered it.
     assert_eq!(
         h.vault().count("/v1/database/creds/"),
@@ -96,11 +81,9 @@ async fn a_role_created_after_the_handshake_deadline_is_dropped() {
         .try_connect(&h.pg_config())
         .await
         .expect_err("the handshake deadline passes while the role is being created");
-    let db = err
-        .as_db_error()
-        .unwrap_or_else(|| panic!("not a server error: {err}"));
     // As PostgreSQL's own authentication_timeout answers.
-    assert_eq!(db.code().code(), "57014", "{}", db.message());
+    let (code, message) = server_error(&err);
+    assert_eq!(code, "57014", "{message}");
     // The CREATE ROLE still waits on the lock; let it go through.
     wait_until(GENEROUS, "CREATE ROLE waits on the lock", async || {
         h.direct()
@@ -212,11 +195,10 @@ async fn a_lock_on_role_creation_fails_the_connection_instead_of_hanging_it() {
         .try_connect(&config)
         .await
         .expect_err("no role can be created");
-    let db = err
-        .as_db_error()
-        .unwrap_or_else(|| panic!("not a server error (the client gave up first?): {err}"));
-    assert_eq!(db.code().code(), "08006", "{}", db.message());
-    assert_eq!(db.message(), "could not obtain database credentials");
+    // A server error: the client's own 90 s did not run out first.
+    let (code, message) = server_error(&err);
+    assert_eq!(code, "08006", "{message}");
+    assert_eq!(message, "could not obtain database credentials");
     let failures = h.logs.text();
     assert!(
         failures.contains("lock timeout"),

@@ -6,7 +6,7 @@
 mod support;
 
 use pgwarden::dev::{ADMIN_ROLE, OWNER_ROLE};
-use support::harness::{Harness, Options};
+use support::harness::{Harness, Options, server_error};
 
 /// pg_hba lines: the admin connection authenticates with `admin`, the issued
 /// roles (members of the owner role) with `issued`.
@@ -23,10 +23,7 @@ async fn refused(h: &Harness) -> (String, String) {
         .try_connect(&h.pg_config())
         .await
         .expect_err("the login is refused");
-    let db = err
-        .as_db_error()
-        .unwrap_or_else(|| panic!("not a server error: {err}"));
-    (db.code().code().to_owned(), db.message().to_owned())
+    server_error(&err)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::harness::{
-    GENEROUS, Harness, Options, VaultAuth, VaultOptions, session_user, wait_until,
+    GENEROUS, Harness, Options, VaultAuth, VaultOptions, ended_with, session_user, wait_until,
 };
 use support::vault_double::Mode;
 
@@ -149,16 +149,9 @@ async fn max_ttl_recycles_the_session_only_between_transactions() {
         .await
         .expect("commit goes through");
     // Now idle: pgwarden ends it with 57P01.
-    let ended = tokio::time::timeout(GENEROUS, conn)
-        .await
-        .expect("session ends once idle")
-        .unwrap();
-    let err = ended.expect_err("the session ends with an error");
-    let db = err
-        .as_db_error()
-        .unwrap_or_else(|| panic!("not a server error: {err}"));
-    assert_eq!(db.code().code(), "57P01", "{}", db.message());
-    assert!(db.message().contains("lease"), "{}", db.message());
+    let (code, message) = ended_with(conn).await;
+    assert_eq!(code, "57P01", "{message}");
+    assert!(message.contains("lease"), "{message}");
     finish(h).await;
 }
 
@@ -174,16 +167,8 @@ async fn terminate_policy_ends_the_session_at_once() {
     let (c, conn) = h.connect_parts(&h.pg_config()).await.unwrap();
     let conn = tokio::spawn(conn);
     c.batch_execute("BEGIN").await.unwrap();
-    let ended = tokio::time::timeout(GENEROUS, conn)
-        .await
-        .expect("session is ended")
-        .unwrap();
-    let err = ended.expect_err("ended with an error");
-    assert_eq!(
-        err.as_db_error().map(|d| d.code().code()),
-        Some("57P01"),
-        "{err}"
-    );
+    let (code, message) = ended_with(conn).await;
+    assert_eq!(code, "57P01", "{message}");
     finish(h).await;
 }
 

@@ -120,6 +120,25 @@ impl Options {
     }
 }
 
+/// The SQLSTATE and message of a server error; fails the test on any other error.
+pub fn server_error(err: &tokio_postgres::Error) -> (String, String) {
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {err}"));
+    (db.code().code().to_owned(), db.message().to_owned())
+}
+
+/// The server error a spawned connection ended with (waited for generously).
+pub async fn ended_with(
+    conn: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) -> (String, String) {
+    let ended = tokio::time::timeout(GENEROUS, conn)
+        .await
+        .expect("the session is ended")
+        .expect("the connection task");
+    server_error(&ended.expect_err("the session ends with an error"))
+}
+
 /// `session_user` of a connection: the issued role.
 pub async fn session_user(c: &Client) -> String {
     c.query_one("SELECT session_user::text", &[])
