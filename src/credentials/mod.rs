@@ -327,8 +327,8 @@ impl CredentialSource {
 
     /// Shutdown: credentials held in reserve go to the revoker, and so do
     /// those of requests still in flight once they arrive, waited for until
-    /// `deadline`. Returns how many requests were still in flight then.
-    pub async fn stop(&self, deadline: tokio::time::Instant) -> usize {
+    /// `deadline`; those still in flight then are logged.
+    pub async fn stop(&self, deadline: tokio::time::Instant) {
         if let SourceKind::Vault(v) = &self.kind {
             v.stop(deadline).await;
         }
@@ -341,7 +341,6 @@ impl CredentialSource {
                 "credential requests still in flight at exit; what they issue expires at the end of its TTL"
             );
         }
-        left
     }
 
     /// Whether the source can issue credentials now, and if not, why.
