@@ -1,12 +1,10 @@
 //! pgwarden's own Vault login under contention: connections that find the
 //! token revoked at the same moment share one new login.
 
-mod support;
-
 use std::time::Duration;
 
-use support::harness::{GENEROUS, Harness, Options, VaultOptions, wait_until};
-use support::vault_double::Mode;
+use crate::support::harness::{GENEROUS, Harness, Options, VaultOptions, wait_until};
+use crate::support::vault_double::Mode;
 
 const LOGIN: &str = "/v1/auth/approle/login";
 

@@ -5,8 +5,6 @@
 //! that cannot flood the log, and `/readyz` following Vault's health while `/healthz` stays
 //! up. No secret reaches any log line of these tests.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
@@ -14,11 +12,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::support::harness::{GENEROUS, Harness, Options, VaultOptions, parse_metric, wait_until};
+use crate::support::vault_double::Mode;
+use crate::support::wire;
 use secrecy::ExposeSecret;
 use serde_json::Value;
-use support::harness::{GENEROUS, Harness, Options, VaultOptions, parse_metric, wait_until};
-use support::vault_double::Mode;
-use support::wire;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const REASONS: [&str; 8] = [

@@ -2,11 +2,9 @@
 //! at `debug`, with pgwarden's own JSON format, from pgwarden and every library it logs
 //! through.
 
-mod support;
-
+use crate::support::harness::{Harness, Options, User, UserAuth};
 use secrecy::ExposeSecret;
 use serde_json::Value;
-use support::harness::{Harness, Options, User, UserAuth};
 
 const ALICE_PASSWORD: &str = "alice-Password-0123456789";
 const WRONG_PASSWORD: &str = "wrong-Password-0123456789";

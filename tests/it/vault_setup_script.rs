@@ -8,15 +8,13 @@
 //! failing, and stops before any change when a read or a `vault` listing fails.
 //! (`shellcheck --shell=sh` on it is in `tests/deploy_files.rs`.)
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::hcl;
-use support::shipped;
+use crate::support::hcl;
+use crate::support::shipped;
 
 /// Records every call in `$FAKE_VAULT_STATE/calls/N/` (`argv`, NUL-separated, and `stdin`
 /// when a value or the policy is read from stdin); keeps mounts in `secrets`/`auth`; answers

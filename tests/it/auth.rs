@@ -2,11 +2,11 @@
 //! connection limit, routing after authentication, and what the client is told when the
 //! database cannot be reached (nothing internal).
 
-mod support;
-
+use crate::support::harness::{
+    GENEROUS, Harness, Options, Route, UpstreamCa, User, UserAuth, wait_until,
+};
+use crate::support::wire::{self, Message};
 use secrecy::ExposeSecret;
-use support::harness::{GENEROUS, Harness, Options, Route, UpstreamCa, User, UserAuth, wait_until};
-use support::wire::{self, Message};
 use tokio_postgres::tls::MakeTlsConnect;
 
 const WRONG: &str = "not-the-password-at-all";

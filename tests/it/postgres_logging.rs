@@ -5,12 +5,10 @@
 //! documented per-role setting, never the passwords Vault's statements carry. The sample
 //! `config/postgres/pg_hba.conf` loads without error and refuses everyone it does not name.
 
-mod support;
-
 use std::path::Path;
 
+use crate::support::harness::{GENEROUS, Harness, Options, VaultOptions, wait_until};
 use secrecy::ExposeSecret;
-use support::harness::{GENEROUS, Harness, Options, VaultOptions, wait_until};
 use tokio_postgres::config::SslMode;
 
 /// `name = value` settings of a postgresql.conf include file, comments dropped and the

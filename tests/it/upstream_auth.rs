@@ -3,10 +3,8 @@
 //! `allow_insecure_auth` — for the session's own login and for the built-in
 //! source's admin connection alike.
 
-mod support;
-
+use crate::support::harness::{Harness, Options, server_error};
 use pgwarden::dev::{ADMIN_ROLE, OWNER_ROLE};
-use support::harness::{Harness, Options, server_error};
 
 /// pg_hba lines: the admin connection authenticates with `admin`, the issued
 /// roles (members of the owner role) with `issued`.

@@ -4,16 +4,16 @@
 //! policy (exactly what pgwarden needs, and enough for every call it makes) and the
 //! password policy.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use crate::support::harness::{GENEROUS, Harness, Options, VaultOptions, wait_until};
+use crate::support::hcl;
+use crate::support::shipped::{
+    self, APP_GROUP, APP_ROLE, MIGRATE_ROLE, PasswordPolicy, VAULT_ADMIN,
+};
 use pgwarden::auth::ScramVerifier;
 use secrecy::{ExposeSecret, SecretString};
-use support::harness::{GENEROUS, Harness, Options, VaultOptions, wait_until};
-use support::hcl;
-use support::shipped::{self, APP_GROUP, APP_ROLE, MIGRATE_ROLE, PasswordPolicy, VAULT_ADMIN};
 
 const OWNER: &str = "keycloak_owner";
 

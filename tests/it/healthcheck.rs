@@ -2,12 +2,10 @@
 //! client): exit 0 exactly when the admin listener answers 2xx, against a real
 //! pgwarden whose Vault double goes down and comes back.
 
-mod support;
-
 use std::process::Output;
 
-use support::harness::{GENEROUS, Harness, Options, VaultOptions, wait_until};
-use support::vault_double::Mode;
+use crate::support::harness::{GENEROUS, Harness, Options, VaultOptions, wait_until};
+use crate::support::vault_double::Mode;
 
 async fn probe(url: &str, timeout: &str) -> Output {
     let url = url.to_owned();

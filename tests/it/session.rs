@@ -2,12 +2,10 @@
 //! database role of its own that runs as the route's `session_role` and is dropped when the
 //! session ends, however it ends; the client is told the upstream backend's real pid.
 
-mod support;
-
+use crate::support::harness::{GENEROUS, Harness, Options, wait_until};
+use crate::support::wire;
 use pgwarden::dev::OWNER_ROLE;
 use secrecy::ExposeSecret;
-use support::harness::{GENEROUS, Harness, Options, wait_until};
-use support::wire;
 
 /// `session_user` and `current_user` of a connection.
 async fn whoami(client: &tokio_postgres::Client) -> (String, String) {

@@ -3,14 +3,12 @@
 //! not lost; and a session is not let run past its credential's expiry unless
 //! `on_lease_end = "keep"` says so, even when it never goes idle.
 
-mod support;
-
 use std::time::Duration;
 
-use support::harness::{
+use crate::support::harness::{
     GENEROUS, Harness, Options, VaultOptions, ended_with, server_error, session_user, wait_until,
 };
-use support::vault_double::Mode;
+use crate::support::vault_double::Mode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vault_credential_that_arrives_after_the_timeout_is_revoked() {

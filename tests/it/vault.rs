@@ -2,14 +2,12 @@
 //! role per connection, renewal, end of lease life, revocation on every exit
 //! path, outages, pgwarden's own token, prefetch, and no secret in any log.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::harness::{
+use crate::support::harness::{
     GENEROUS, Harness, Options, VaultAuth, VaultOptions, ended_with, session_user, wait_until,
 };
-use support::vault_double::Mode;
+use crate::support::vault_double::Mode;
 
 async fn valid_until(h: &Harness, role: &str) -> Option<String> {
     h.direct()

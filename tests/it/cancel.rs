@@ -2,11 +2,9 @@
 //! before 17 send it), with 3.0 and 3.2 keys, even when every connection slot is taken; and
 //! cancels with a wrong key, a wrong pid or from outside the allowlist that do nothing.
 
-mod support;
-
+use crate::support::harness::{GENEROUS, Harness, Options, wait_until};
+use crate::support::wire;
 use secrecy::ExposeSecret;
-use support::harness::{GENEROUS, Harness, Options, wait_until};
-use support::wire;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 

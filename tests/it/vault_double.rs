@@ -1,15 +1,13 @@
 //! Tests of the Vault double itself: vaultrs must parse what it serves (vaultrs is strict about
 //! Vault's envelopes), and the lease, token and fault behaviour must be Vault's.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::vault_double::*;
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::vault_double::*;
 use tokio::io::AsyncReadExt;
 use vaultrs::client::{Client, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;

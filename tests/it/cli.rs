@@ -3,11 +3,11 @@
 //! `pgwarden dev` prints a libpq URI and a JDBC URL that work as printed with psql and pgjdbc
 //! and leaves nothing behind after SIGTERM.
 
-mod support;
-
 use std::path::Path;
 use std::process::Stdio;
 
+use crate::support::harness::GENEROUS;
+use crate::support::java;
 use aws_lc_rs::{digest, hmac, pbkdf2};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -16,8 +16,6 @@ use pgwarden::embedded::cluster::{Cluster, ClusterOptions};
 use pgwarden::embedded::pki::Pki;
 use pgwarden::tls::pg_connector::{RustlsConnect, verify_full_client_config};
 use secrecy::ExposeSecret;
-use support::harness::GENEROUS;
-use support::java;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 

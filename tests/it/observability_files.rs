@@ -10,14 +10,12 @@
 //! promtool comes from Debian's `prometheus` package, which `.ci/run` installs. When it is
 //! missing these tests fail; they never skip.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::support::harness::{Harness, Options, VaultOptions};
 use serde_json::Value;
-use support::harness::{Harness, Options, VaultOptions};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)

@@ -6,16 +6,14 @@
 //! labelled with a value that was not configured. nextest runs each test in a process of
 //! its own, so the process-global metrics start fresh for every test.
 
-mod support;
-
 use std::time::Duration;
 
-use secrecy::ExposeSecret;
-use support::harness::{
+use crate::support::harness::{
     GENEROUS, Harness, Options, Route, UpstreamCa, VaultOptions, parse_metric, wait_until,
 };
-use support::vault_double::Mode;
-use support::wire;
+use crate::support::vault_double::Mode;
+use crate::support::wire;
+use secrecy::ExposeSecret;
 
 /// One scrape of `/metrics`.
 struct Scrape(String);

@@ -9,7 +9,6 @@
 //! line; `systemd-analyze` checks the unit; a real PostgreSQL runs the init
 //! script.
 
-#[path = "deploy/files.rs"]
 mod files;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -4,16 +4,14 @@
 //! with the real sender pid, the same ParameterStatus set, and the same FATAL for an unknown
 //! database. Every comparison runs the same thing on both paths in the same test.
 
-mod support;
-
+use crate::support::harness::{GENEROUS, Harness, Options};
+use crate::support::wire::{self, Message};
 use aws_lc_rs::digest;
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use postgres_protocol::IsNull;
 use postgres_protocol::message::frontend;
 use secrecy::ExposeSecret;
-use support::harness::{GENEROUS, Harness, Options};
-use support::wire::{self, Message};
 use tokio_postgres::{AsyncMessage, Client};
 
 /// The least a bulk COPY must carry.

@@ -178,12 +178,9 @@ pub struct Harness {
     /// The CA of both the listener and the cluster.
     pub ca_path: PathBuf,
     pub ca_pem: String,
-    pub client_user: &'static str,
     pub client_password: SecretString,
     pub admin_password: SecretString,
     pub role_prefix: String,
-    /// The configuration pgwarden runs with, for failure messages.
-    pub config_text: String,
     pub logs: Logs,
     pub cluster: Cluster,
     direct: Client,
@@ -278,7 +275,6 @@ impl Harness {
             proxy_addr: server.addr,
             ca_path: dir.path().join("ca.crt"),
             ca_pem: pki.ca_cert_pem().to_owned(),
-            client_user: CLIENT_USER,
             client_password,
             admin_password,
             role_prefix: match &opts.vault {
@@ -286,7 +282,6 @@ impl Harness {
                 Some(_) => "v-".into(),
                 None => opts.role_prefix.clone().unwrap_or("pgwarden_".into()),
             },
-            config_text,
             logs,
             cluster,
             direct,

@@ -4,12 +4,10 @@
 //! role acting as `keycloak_owner`, and its sessions are recorded as ended by the client.
 //! The Java programs are in `tests/java/`.
 
-mod support;
-
+use crate::support::harness::{GENEROUS, Harness, Options, wait_until};
+use crate::support::java::{self, Interactive};
 use pgwarden::dev::OWNER_ROLE;
 use secrecy::ExposeSecret;
-use support::harness::{GENEROUS, Harness, Options, wait_until};
-use support::java::{self, Interactive};
 
 /// Keycloak's `KC_DB_URL` for this pgwarden, plus `extra` parameters.
 fn keycloak_url(h: &Harness, extra: &str) -> String {

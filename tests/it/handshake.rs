@@ -2,11 +2,9 @@
 //! GSSAPI refusal, protocol versions, and every refusal with PostgreSQL's own code and text.
 //! After each misbehaving client the server must go on serving others.
 
-mod support;
-
+use crate::support::harness::{Harness, ListenTls, Options};
+use crate::support::wire::{self, Message};
 use secrecy::ExposeSecret;
-use support::harness::{Harness, ListenTls, Options};
-use support::wire::{self, Message};
 
 const PARAMS: &[(&str, &str)] = &[("user", "keycloak"), ("database", "keycloak")];
 
