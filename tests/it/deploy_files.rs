@@ -37,6 +37,43 @@ const POSTGRES_IMAGE_UID: u32 = 999;
 /// 2 s for their goodbye (src/session/mod.rs) before leases are revoked.
 const SESSION_WIND_DOWN: Duration = Duration::from_secs(7);
 
+/// Runs check-jsonschema with a schema it carries (no network) on `files`; its output on failure.
+fn check_jsonschema(schema: &str, files: &[&Path]) -> Result<(), String> {
+    let out = Command::new(crate::support::venv::bin("check-jsonschema"))
+        .arg("--builtin-schema")
+        .arg(schema)
+        .args(files)
+        .output()
+        .expect("run check-jsonschema");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+#[test]
+fn compose_file_validates_against_the_compose_specification() {
+    let compose = files::repo().join("docker-compose.yml");
+    if let Err(e) = check_jsonschema("vendor.compose-spec", &[&compose]) {
+        panic!("docker-compose.yml does not follow the Compose specification:\n{e}");
+    }
+    // The check can fail: a service with a key the specification does not know.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("docker-compose.yml");
+    let text = files::read("docker-compose.yml").replacen(
+        "services:\n",
+        "services:\n  broken:\n    imagee: nothing\n",
+        1,
+    );
+    std::fs::write(&bad, text).unwrap();
+    assert!(check_jsonschema("vendor.compose-spec", &[&bad]).is_err());
+}
+
 #[test]
 fn compose_dependencies_name_services_with_conditions_their_targets_can_meet() {
     let compose = Compose::load();

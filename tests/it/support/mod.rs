@@ -8,4 +8,5 @@ pub mod logs;
 pub mod shipped;
 pub mod vault_double;
 pub mod vault_setup;
+pub mod venv;
 pub mod wire;
