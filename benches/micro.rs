@@ -4,6 +4,8 @@
 //!
 //! `cargo bench --bench micro`. Under `cargo test`/nextest each benchmark runs once, as a smoke
 //! test of the code it measures.
+// Benchmarks measure wall-clock time: std::time::Instant is what they need.
+#![allow(clippy::disallowed_types)]
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

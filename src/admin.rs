@@ -133,13 +133,12 @@ pub fn readiness(state: &State) -> (bool, serde_json::Value) {
     for name in names {
         let source = &state.sources[name];
         let result = source.readiness();
-        ::metrics::gauge!(metrics::CREDENTIAL_SOURCE_UP, "name" => name.clone())
-            .set(if result.is_ok() { 1.0 } else { 0.0 });
+        metrics::CREDENTIAL_SOURCE_UP.set(name, if result.is_ok() { 1.0 } else { 0.0 });
         let entry = match result {
             Ok(()) => json!("ok"),
             Err(why) => {
                 ready = false;
-                json!(why)
+                json!(why.to_string())
             }
         };
         checks.insert(format!("credentials.{name}"), entry);
@@ -151,7 +150,7 @@ pub fn readiness(state: &State) -> (bool, serde_json::Value) {
 /// Gauges read at scrape time.
 fn update_gauges(state: &State) {
     let _ = readiness(state);
-    ::metrics::gauge!(metrics::LEASE_REVOCATIONS_PENDING).set(state.revoker.pending() as f64);
+    metrics::LEASE_REVOCATIONS_PENDING.set(state.revoker.pending() as f64);
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -50,9 +50,10 @@ impl AuthMethod {
 /// Why authentication did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    /// Wrong password, unknown user, or trust from the wrong network: one answer for all.
-    #[error("password authentication failed")]
-    Failed { reason: &'static str },
+    /// Wrong password, unknown user, or trust from the wrong network: one
+    /// answer for all (the client is told only `user`; `reason` is for the log).
+    #[error("{reason}")]
+    Failed { user: String, reason: &'static str },
     /// The client broke the SASL exchange.
     #[error("malformed SASL exchange: {0}")]
     Protocol(&'static str),
@@ -101,6 +102,7 @@ impl Authenticator {
                 // Same exchange and answer as a wrong password.
                 self.scram.exchange(stream, user, None, tls).await?;
                 Err(AuthError::Failed {
+                    user: user.to_owned(),
                     reason: "trust user connecting from outside trust_from",
                 })
             }
@@ -110,6 +112,7 @@ impl Authenticator {
             None => {
                 self.scram.exchange(stream, user, None, tls).await?;
                 Err(AuthError::Failed {
+                    user: user.to_owned(),
                     reason: "unknown user",
                 })
             }

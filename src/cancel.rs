@@ -9,9 +9,16 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tokio::time::Instant;
+
+use crate::metrics::{self, Label};
 use crate::upstream::UpstreamTarget;
+
+/// `pgwarden_cancel_requests_total`, by outcome.
+pub(crate) static CANCELS: metrics::Counter<CancelOutcome> =
+    metrics::Counter::new(metrics::name::CANCEL_REQUESTS, "outcome");
 
 /// Cancel requests one address may send per second, sustained.
 const CANCELS_PER_SECOND: f64 = 10.0;
@@ -70,15 +77,15 @@ pub enum CancelOutcome {
     UpstreamFailed,
 }
 
-impl CancelOutcome {
-    pub const ALL: [CancelOutcome; 4] = [
+impl Label for CancelOutcome {
+    const ALL: &'static [Self] = &[
         CancelOutcome::Forwarded,
         CancelOutcome::UnknownKey,
         CancelOutcome::RateLimited,
         CancelOutcome::UpstreamFailed,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
             CancelOutcome::Forwarded => "forwarded",
             CancelOutcome::UnknownKey => "unknown_key",

@@ -10,18 +10,22 @@
 
 pub mod issuance;
 pub mod lease;
+pub mod outcome;
 pub mod postgres;
 pub mod revoker;
 pub mod vault;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use secrecy::SecretString;
 
 use crate::config::{CredentialsConfig, OnLeaseEnd, UpstreamConfig};
 pub use issuance::Issued;
+use outcome::{RequestOutcome, SourceType};
 
 /// A database login issued for one upstream connection.
 pub struct Credential {
@@ -129,40 +133,22 @@ impl CredentialError {
             detail: detail.into(),
         }
     }
-
-    /// The `outcome` label of a failed credential request: `unavailable`
-    /// (worth retrying) or `refused`.
-    pub fn request_outcome(&self) -> &'static str {
-        match self.kind {
-            ErrorKind::Unavailable => "unavailable",
-            _ => "refused",
-        }
-    }
-
-    /// The `outcome` label for metrics.
-    pub fn outcome(&self) -> &'static str {
-        match self.kind {
-            ErrorKind::Unavailable => "unavailable",
-            ErrorKind::Refused => "refused",
-            ErrorKind::LeaseGone => "lease_gone",
-            ErrorKind::NotRenewable => "not_renewable",
-        }
-    }
 }
 
 /// Runs one credential request to a source of kind `source`, counting it in
 /// `pgwarden_credential_requests_total` and timing it.
 pub(crate) async fn measured(
-    source: &'static str,
+    source: SourceType,
     request: impl std::future::Future<Output = Result<Credential, CredentialError>>,
 ) -> Result<Credential, CredentialError> {
     let started = Instant::now();
     let result = request.await;
     let outcome = match &result {
-        Ok(_) => "success",
+        Ok(_) => RequestOutcome::Success,
         Err(e) => e.request_outcome(),
     };
-    crate::metrics::credential_request(source, started.elapsed(), outcome);
+    outcome::REQUEST_DURATION.record(source, started.elapsed());
+    outcome::REQUESTS.increment(source, outcome);
     result
 }
 
@@ -214,15 +200,15 @@ impl CredentialSource {
             revoker,
             issuing: issuance::Issuing::default(),
         };
-        crate::metrics::zero_credential_requests(source.kind());
+        outcome::REQUESTS.zero(source.kind());
         Ok(Arc::new(source))
     }
 
     /// `postgres` or `vault`: the metric label and log field.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> SourceType {
         match self.kind {
-            SourceKind::Postgres(_) => "postgres",
-            SourceKind::Vault(_) => "vault",
+            SourceKind::Postgres(_) => SourceType::Postgres,
+            SourceKind::Vault(_) => SourceType::Vault,
         }
     }
 
@@ -262,7 +248,7 @@ impl CredentialSource {
     ) -> Result<Credential, CredentialError> {
         match &self.kind {
             SourceKind::Postgres(p) => {
-                let result = measured("postgres", p.issue(upstream)).await;
+                let result = measured(SourceType::Postgres, p.issue(upstream)).await;
                 for lease in p.take_orphans() {
                     tracing::warn!(
                         event = "credential_abandoned",
@@ -274,7 +260,9 @@ impl CredentialSource {
                 }
                 result
             }
-            SourceKind::Vault(v) => measured("vault", v.fetch(&upstream.endpoint())).await,
+            SourceKind::Vault(v) => {
+                measured(SourceType::Vault, v.fetch(&upstream.endpoint())).await
+            }
         }
     }
 
@@ -328,7 +316,7 @@ impl CredentialSource {
     /// Shutdown: credentials held in reserve go to the revoker, and so do
     /// those of requests still in flight once they arrive, waited for until
     /// `deadline`; those still in flight then are logged.
-    pub async fn stop(&self, deadline: tokio::time::Instant) {
+    pub async fn stop(&self, deadline: Instant) {
         if let SourceKind::Vault(v) = &self.kind {
             v.stop(deadline).await;
         }
@@ -344,7 +332,7 @@ impl CredentialSource {
     }
 
     /// Whether the source can issue credentials now, and if not, why.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn readiness(&self) -> Result<(), vault::NotReady> {
         match &self.kind {
             SourceKind::Postgres(_) => Ok(()),
             SourceKind::Vault(v) => v.vault().readiness(),

@@ -2,33 +2,39 @@
 //!
 //! One loop over SSLRequest | GSSENCRequest | CancelRequest | StartupMessage,
 //! with direct TLS (first byte 0x16, ALPN `postgresql` required) handled before
-//! it. Pre-TLS packets are read exactly, never buffered ahead; after answering
-//! `S`, the next byte must open a TLS record or the client is refused with
-//! 08P01 — plaintext smuggled after an SSLRequest never reaches a parser
-//! (CVE-2021-23214). Each request may come once. Every refusal that can be
-//! answered is answered with a FATAL ErrorResponse of PostgreSQL's own code.
+//! it. It works on any transport (`AsyncRead + AsyncWrite`): the first byte is
+//! read, not peeked, and handed back through [`Prefixed`]. Pre-TLS packets are
+//! read exactly, never buffered ahead; after answering `S`, exactly one byte is
+//! read and must open a TLS record, or the client is refused with 08P01 —
+//! plaintext smuggled after an SSLRequest never reaches a parser
+//! (CVE-2021-23214). Each request may come once. Negotiation answers nothing
+//! itself when it fails: it returns the error with the stream, when the stream
+//! can still carry an answer, for `session::refuse` to send.
 
+use std::io;
 use std::sync::Arc;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::metrics::RejectReason;
-use crate::net::{ClientStream, MaybeTls};
-use crate::protocol::backend::{fatal, sqlstate};
+use crate::net::{ClientStream, MaybeTls, Prefixed};
+use crate::protocol::backend::sqlstate;
 use crate::protocol::startup::{self, CancelRequest, StartupError, StartupMessage, StartupPacket};
 use crate::protocol::{TLS_HANDSHAKE_RECORD, tls_alpn_ok};
+use crate::session::RejectReason;
 use crate::tls::ALPN_POSTGRESQL;
 
 /// What the client wants, once negotiation is over.
-pub enum Negotiated {
+pub enum Negotiated<S> {
     Startup {
-        stream: ClientStream,
+        stream: ClientStream<S>,
         startup: StartupMessage,
         tls: Option<TlsInfo>,
     },
     Cancel {
+        /// Closed (cleanly, for TLS) once the cancel was handled.
+        stream: ClientStream<S>,
         request: CancelRequest,
         /// Whether it came inside TLS (pgjdbc and libpq before 17 send it in plaintext).
         tls: bool,
@@ -45,19 +51,101 @@ pub struct TlsInfo {
     pub direct: bool,
 }
 
-/// Why negotiation ended without a startup or cancel. The client has already
-/// been told, where that was possible.
-#[derive(Debug, thiserror::Error)]
-#[error("{detail}")]
-pub struct HandshakeError {
-    pub reason: RejectReason,
-    pub detail: String,
+/// Negotiation failed: why, and the stream when it can still carry the answer.
+pub struct Refused<S> {
+    pub stream: Option<ClientStream<S>>,
+    pub error: NegotiateError,
 }
 
-fn refused(reason: RejectReason, detail: impl Into<String>) -> HandshakeError {
-    HandshakeError {
-        reason,
-        detail: detail.into(),
+/// Why negotiation ended without a startup or a cancel.
+#[derive(Debug, thiserror::Error)]
+pub enum NegotiateError {
+    #[error("closed before sending anything")]
+    ClosedEarly,
+    #[error("connection closed during startup")]
+    Closed,
+    #[error("closed after SSLRequest")]
+    ClosedAfterSslRequest,
+    #[error("{0}")]
+    Packet(StartupError),
+    #[error("duplicate SSL negotiation request")]
+    DuplicateSslRequest,
+    #[error("unexpected GSSAPI encryption request")]
+    DuplicateGssEncRequest,
+    #[error("received unencrypted data after SSL request")]
+    PlaintextAfterSslRequest,
+    #[error("TLS is required: connect with sslmode=require or stricter")]
+    TlsRequired,
+    #[error("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.2")]
+    UnsupportedVersion { major: u16, minor: u16 },
+    #[error("direct TLS attempted but TLS is not configured")]
+    DirectTlsNotConfigured,
+    #[error("TLS handshake failed: {0}")]
+    TlsHandshake(io::Error),
+    #[error("direct SSL connection requires ALPN protocol \"postgresql\"")]
+    AlpnRequired,
+    #[error("unexpected ALPN protocol")]
+    UnexpectedAlpn,
+    #[error("{0}")]
+    Io(io::Error),
+    #[error("no startup message before the handshake deadline")]
+    Timeout,
+}
+
+impl NegotiateError {
+    /// The `reason` it is counted and logged under.
+    pub fn reason(&self) -> RejectReason {
+        use NegotiateError::*;
+        match self {
+            TlsRequired => RejectReason::TlsRequired,
+            ClosedAfterSslRequest
+            | DirectTlsNotConfigured
+            | TlsHandshake(_)
+            | AlpnRequired
+            | UnexpectedAlpn => RejectReason::TlsHandshake,
+            Timeout => RejectReason::HandshakeTimeout,
+            ClosedEarly
+            | Closed
+            | Packet(_)
+            | DuplicateSslRequest
+            | DuplicateGssEncRequest
+            | PlaintextAfterSslRequest
+            | UnsupportedVersion { .. }
+            | Io(_) => RejectReason::Protocol,
+        }
+    }
+
+    /// The SQLSTATE of the answer, PostgreSQL's own for the same refusal.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            NegotiateError::TlsRequired => sqlstate::INVALID_AUTHORIZATION,
+            NegotiateError::UnsupportedVersion { .. } => sqlstate::FEATURE_NOT_SUPPORTED,
+            _ => sqlstate::PROTOCOL_VIOLATION,
+        }
+    }
+
+    /// What the client is told, if it can be told anything: nothing when it
+    /// left, when TLS failed (it cannot read a plaintext answer), or when the
+    /// deadline passed before it spoke the protocol.
+    pub fn client_message(&self) -> Option<String> {
+        use NegotiateError::*;
+        match self {
+            Packet(_)
+            | DuplicateSslRequest
+            | DuplicateGssEncRequest
+            | PlaintextAfterSslRequest
+            | TlsRequired
+            | UnsupportedVersion { .. }
+            | AlpnRequired => Some(self.to_string()),
+            ClosedEarly
+            | Closed
+            | ClosedAfterSslRequest
+            | DirectTlsNotConfigured
+            | TlsHandshake(_)
+            | UnexpectedAlpn
+            | Io(_)
+            | Timeout => None,
+        }
     }
 }
 
@@ -67,23 +155,32 @@ pub struct Negotiator {
     pub require_tls: bool,
 }
 
+type Step<S, T> = Result<T, Refused<S>>;
+
+fn refused<S>(stream: Option<ClientStream<S>>, error: NegotiateError) -> Refused<S> {
+    Refused { stream, error }
+}
+
 impl Negotiator {
-    pub async fn negotiate(&self, tcp: TcpStream) -> Result<Negotiated, HandshakeError> {
+    /// Negotiates on `io` until the client asks for a session or a cancel, or
+    /// `deadline` passes.
+    pub async fn negotiate<S>(&self, mut io: S, deadline: Instant) -> Step<S, Negotiated<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let mut first = [0u8; 1];
-        let n = tcp
-            .peek(&mut first)
-            .await
-            .map_err(|e| refused(RejectReason::Protocol, e.to_string()))?;
+        let n = match tokio::time::timeout_at(deadline, io.read(&mut first)).await {
+            Err(_) => return Err(refused(None, NegotiateError::Timeout)),
+            Ok(Err(e)) => return Err(refused(None, NegotiateError::Io(e))),
+            Ok(Ok(n)) => n,
+        };
         if n == 0 {
-            return Err(refused(
-                RejectReason::Protocol,
-                "closed before sending anything",
-            ));
+            return Err(refused(None, NegotiateError::ClosedEarly));
         }
-        let mut stream = ClientStream::Plain(tcp);
+        let mut stream = ClientStream::Plain(Prefixed::new(Some(first[0]), io));
         let mut tls_info = None;
         if first[0] == TLS_HANDSHAKE_RECORD {
-            let (s, info) = self.direct_tls(stream).await?;
+            let (s, info) = self.direct_tls(stream, deadline).await?;
             stream = s;
             tls_info = Some(info);
         }
@@ -92,86 +189,64 @@ impl Negotiator {
         let mut tried_ssl = false;
         let mut tried_gss = false;
         loop {
-            let packet = match startup::read_packet(&mut stream).await {
-                Ok(p) => p,
-                Err(StartupError::Closed) => {
-                    return Err(refused(
-                        RejectReason::Protocol,
-                        "connection closed during startup",
-                    ));
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    send_fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, &msg).await;
-                    return Err(refused(RejectReason::Protocol, msg));
-                }
-            };
+            let packet =
+                match tokio::time::timeout_at(deadline, startup::read_packet(&mut stream)).await {
+                    Err(_) => return Err(refused(Some(stream), NegotiateError::Timeout)),
+                    Ok(Err(StartupError::Closed)) => {
+                        return Err(refused(Some(stream), NegotiateError::Closed));
+                    }
+                    Ok(Err(e)) => return Err(refused(Some(stream), NegotiateError::Packet(e))),
+                    Ok(Ok(p)) => p,
+                };
             match packet {
                 StartupPacket::SslRequest if tried_ssl || tls_info.is_some() => {
-                    return Err(fatal_and_refuse(
-                        &mut stream,
-                        RejectReason::Protocol,
-                        sqlstate::PROTOCOL_VIOLATION,
-                        "duplicate SSL negotiation request",
-                    )
-                    .await);
+                    return Err(refused(Some(stream), NegotiateError::DuplicateSslRequest));
                 }
-                StartupPacket::SslRequest => match &self.tls {
-                    None => {
-                        tried_ssl = true;
-                        write_raw(&mut stream, b"N").await?;
+                StartupPacket::SslRequest => {
+                    tried_ssl = true;
+                    match (&self.tls, stream) {
+                        (Some(_), MaybeTls::Plain(plain)) => {
+                            let (s, info) = self.ssl_request(plain, deadline).await?;
+                            stream = s;
+                            tls_info = Some(info);
+                        }
+                        (_, s) => {
+                            stream = s;
+                            stream = answer(stream, b"N", deadline).await?;
+                        }
                     }
-                    Some(_) => {
-                        let (s, info) = self.ssl_request(stream).await?;
-                        stream = s;
-                        tls_info = Some(info);
-                    }
-                },
+                }
                 StartupPacket::GssEncRequest if tried_gss || tls_info.is_some() => {
-                    return Err(fatal_and_refuse(
-                        &mut stream,
-                        RejectReason::Protocol,
-                        sqlstate::PROTOCOL_VIOLATION,
-                        "unexpected GSSAPI encryption request",
-                    )
-                    .await);
+                    return Err(refused(
+                        Some(stream),
+                        NegotiateError::DuplicateGssEncRequest,
+                    ));
                 }
                 StartupPacket::GssEncRequest => {
                     tried_gss = true;
-                    write_raw(&mut stream, b"N").await?;
+                    stream = answer(stream, b"N", deadline).await?;
                 }
                 StartupPacket::Cancel(request) => {
                     return Ok(Negotiated::Cancel {
+                        stream,
                         request,
                         tls: tls_info.is_some(),
                     });
                 }
-                StartupPacket::Startup(s) => {
-                    if tls_info.is_none() && self.require_tls {
-                        return Err(fatal_and_refuse(
-                            &mut stream,
-                            RejectReason::TlsRequired,
-                            sqlstate::INVALID_AUTHORIZATION,
-                            "TLS is required: connect with sslmode=require or stricter",
-                        )
-                        .await);
-                    }
-                    if s.major != 3 {
-                        let msg = format!(
-                            "unsupported frontend protocol {}.{}: server supports 3.0 to 3.2",
-                            s.major, s.minor
-                        );
-                        return Err(fatal_and_refuse(
-                            &mut stream,
-                            RejectReason::Protocol,
-                            sqlstate::FEATURE_NOT_SUPPORTED,
-                            &msg,
-                        )
-                        .await);
-                    }
+                StartupPacket::Startup(_) if tls_info.is_none() && self.require_tls => {
+                    return Err(refused(Some(stream), NegotiateError::TlsRequired));
+                }
+                StartupPacket::Startup(s) if s.major != 3 => {
+                    let (major, minor) = (s.major, s.minor);
+                    return Err(refused(
+                        Some(stream),
+                        NegotiateError::UnsupportedVersion { major, minor },
+                    ));
+                }
+                StartupPacket::Startup(startup) => {
                     return Ok(Negotiated::Startup {
                         stream,
-                        startup: s,
+                        startup,
                         tls: tls_info,
                     });
                 }
@@ -179,91 +254,77 @@ impl Negotiator {
         }
     }
 
-    /// Answers `S`, checks that what follows is TLS, and runs the handshake.
-    async fn ssl_request(
+    /// Answers `S`, reads exactly one byte, which must open a TLS record, and
+    /// runs the handshake.
+    async fn ssl_request<S>(
         &self,
-        stream: ClientStream,
-    ) -> Result<(ClientStream, TlsInfo), HandshakeError> {
-        let MaybeTls::Plain(mut tcp) = stream else {
-            return Err(refused(RejectReason::Protocol, "SSLRequest inside TLS"));
-        };
-        tcp.write_all(b"S")
-            .await
-            .map_err(|e| refused(RejectReason::Protocol, e.to_string()))?;
+        plain: Prefixed<S>,
+        deadline: Instant,
+    ) -> Step<S, (ClientStream<S>, TlsInfo)>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut stream = answer(MaybeTls::Plain(plain), b"S", deadline).await?;
         let mut next = [0u8; 1];
-        let n = tcp
-            .peek(&mut next)
-            .await
-            .map_err(|e| refused(RejectReason::TlsHandshake, e.to_string()))?;
+        let n = match tokio::time::timeout_at(deadline, stream.read(&mut next)).await {
+            Err(_) => return Err(refused(Some(stream), NegotiateError::Timeout)),
+            Ok(Err(e)) => return Err(refused(None, NegotiateError::Io(e))),
+            Ok(Ok(n)) => n,
+        };
         if n == 0 {
+            return Err(refused(None, NegotiateError::ClosedAfterSslRequest));
+        }
+        let MaybeTls::Plain(mut plain) = stream else {
+            unreachable!("an SSLRequest is only answered on a plaintext stream")
+        };
+        if next[0] != TLS_HANDSHAKE_RECORD {
             return Err(refused(
-                RejectReason::TlsHandshake,
-                "closed after SSLRequest",
+                Some(MaybeTls::Plain(plain)),
+                NegotiateError::PlaintextAfterSslRequest,
             ));
         }
-        if next[0] != TLS_HANDSHAKE_RECORD {
-            let mut plain = ClientStream::Plain(tcp);
-            return Err(fatal_and_refuse(
-                &mut plain,
-                RejectReason::Protocol,
-                sqlstate::PROTOCOL_VIOLATION,
-                "received unencrypted data after SSL request",
-            )
-            .await);
-        }
-        self.accept(tcp, false).await
+        plain.push_back(next[0]);
+        self.accept(plain, false, deadline).await
     }
 
-    async fn direct_tls(
+    async fn direct_tls<S>(
         &self,
-        stream: ClientStream,
-    ) -> Result<(ClientStream, TlsInfo), HandshakeError> {
-        let MaybeTls::Plain(tcp) = stream else {
-            return Err(refused(RejectReason::Protocol, "direct TLS inside TLS"));
+        stream: ClientStream<S>,
+        deadline: Instant,
+    ) -> Step<S, (ClientStream<S>, TlsInfo)>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let MaybeTls::Plain(plain) = stream else {
+            unreachable!("direct TLS is tried on the first byte, before any TLS")
         };
-        if self.tls.is_none() {
-            return Err(refused(
-                RejectReason::TlsHandshake,
-                "direct TLS attempted but TLS is not configured",
-            ));
-        }
-        let (mut s, info) = self.accept(tcp, true).await?;
+        let (s, info) = self.accept(plain, true, deadline).await?;
         if info.alpn.as_deref().map(str::as_bytes) != Some(ALPN_POSTGRESQL) {
-            return Err(fatal_and_refuse(
-                &mut s,
-                RejectReason::TlsHandshake,
-                sqlstate::PROTOCOL_VIOLATION,
-                "direct SSL connection requires ALPN protocol \"postgresql\"",
-            )
-            .await);
+            return Err(refused(Some(s), NegotiateError::AlpnRequired));
         }
         Ok((s, info))
     }
 
-    async fn accept(
+    async fn accept<S>(
         &self,
-        tcp: TcpStream,
+        plain: Prefixed<S>,
         direct: bool,
-    ) -> Result<(ClientStream, TlsInfo), HandshakeError> {
-        let acceptor: &TlsAcceptor = self
-            .tls
-            .as_ref()
-            .ok_or_else(|| refused(RejectReason::TlsHandshake, "TLS is not configured"))?;
-        let tls = acceptor.accept(tcp).await.map_err(|e| {
-            refused(
-                RejectReason::TlsHandshake,
-                format!("TLS handshake failed: {e}"),
-            )
-        })?;
+        deadline: Instant,
+    ) -> Step<S, (ClientStream<S>, TlsInfo)>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Some(acceptor) = self.tls.as_ref() else {
+            return Err(refused(None, NegotiateError::DirectTlsNotConfigured));
+        };
+        let tls = match tokio::time::timeout_at(deadline, acceptor.accept(plain)).await {
+            Err(_) => return Err(refused(None, NegotiateError::Timeout)),
+            Ok(Err(e)) => return Err(refused(None, NegotiateError::TlsHandshake(e))),
+            Ok(Ok(tls)) => tls,
+        };
         let conn = tls.get_ref().1;
-        let alpn = conn
-            .alpn_protocol()
-            .map(|a| String::from_utf8_lossy(a).into_owned());
         if !tls_alpn_ok(conn.alpn_protocol()) {
-            return Err(refused(
-                RejectReason::TlsHandshake,
-                "unexpected ALPN protocol",
-            ));
+            return Err(refused(None, NegotiateError::UnexpectedAlpn));
         }
         let info = TlsInfo {
             version: conn
@@ -274,37 +335,34 @@ impl Negotiator {
                 .negotiated_cipher_suite()
                 .and_then(|c| c.suite().as_str())
                 .unwrap_or("unknown"),
-            alpn,
+            alpn: conn
+                .alpn_protocol()
+                .map(|a| String::from_utf8_lossy(a).into_owned()),
             direct,
         };
         Ok((MaybeTls::Tls(Box::new(tls)), info))
     }
 }
 
-async fn write_raw(stream: &mut ClientStream, bytes: &[u8]) -> Result<(), HandshakeError> {
-    let r = async {
-        stream.write_all(bytes).await?;
+/// Writes a one-byte answer (`S` or `N`) and flushes.
+async fn answer<S>(
+    mut stream: ClientStream<S>,
+    byte: &[u8],
+    deadline: Instant,
+) -> Step<S, ClientStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let written = tokio::time::timeout_at(deadline, async {
+        stream.write_all(byte).await?;
         stream.flush().await
-    };
-    r.await
-        .map_err(|e| refused(RejectReason::Protocol, e.to_string()))
-}
-
-/// Best effort: the client may already be gone.
-pub async fn send_fatal(stream: &mut ClientStream, code: &str, message: &str) {
-    let _ = stream.write_all(&fatal(code, message)).await;
-    let _ = stream.flush().await;
-    let _ = stream.shutdown().await;
-}
-
-async fn fatal_and_refuse(
-    stream: &mut ClientStream,
-    reason: RejectReason,
-    code: &str,
-    message: &str,
-) -> HandshakeError {
-    send_fatal(stream, code, message).await;
-    refused(reason, message)
+    })
+    .await;
+    match written {
+        Err(_) => Err(refused(Some(stream), NegotiateError::Timeout)),
+        Ok(Err(e)) => Err(refused(None, NegotiateError::Io(e))),
+        Ok(Ok(())) => Ok(stream),
+    }
 }
 
 /// Shared by the listener: the server config behind a negotiator.

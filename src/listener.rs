@@ -12,7 +12,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use tokio::net::TcpListener;
 
-use crate::metrics::{self, RejectReason};
+use crate::metrics;
+use crate::session::RejectReason;
 use crate::state::State;
 
 /// Whether `peer` may talk to pgwarden at all.
@@ -48,7 +49,7 @@ pub async fn serve(state: Arc<State>, listener: TcpListener) {
             );
             continue;
         }
-        ::metrics::counter!(metrics::CONNECTIONS_ACCEPTED).increment(1);
+        metrics::CONNECTIONS_ACCEPTED.increment();
         spawn_session(&state, tcp, peer);
     }
 }

@@ -1,211 +1,215 @@
-//! Every metric pgwarden exports: names, descriptions and bounded label values.
+//! Every metric pgwarden exports: its name, its description, and a typed
+//! handle to record it through.
 //!
-//! Names live here and nowhere else. Label values come from fixed enums or from
-//! the configuration (credential source kinds), never from client input, so the
-//! number of series is bounded whatever clients send.
+//! This module is a leaf: it knows nothing of pgwarden's other modules. A
+//! label's values are an enum owned by the module it describes (a session's
+//! close reason by `session`, a cancel's outcome by `cancel`), implementing
+//! [`Label`]; that module declares the labelled family as a static
+//! ([`Counter`], [`Counter2`]) and records through it, so a value that is not
+//! one of the enum's cannot be recorded. Families whose labels are fixed are
+//! exported at zero from start-up by [`install`], from the same enums. The
+//! number of series is bounded whatever clients send: label values come from
+//! enums or from the configuration, never from client input.
 
+use std::marker::PhantomData;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-pub const CONNECTIONS_ACCEPTED: &str = "pgwarden_connections_accepted_total";
-pub const CONNECTIONS_REJECTED: &str = "pgwarden_connections_rejected_total";
-pub const SESSIONS_ACTIVE: &str = "pgwarden_sessions_active";
-pub const SESSIONS: &str = "pgwarden_sessions_total";
-pub const SESSION_DURATION: &str = "pgwarden_session_duration_seconds";
-pub const HANDSHAKE_DURATION: &str = "pgwarden_handshake_duration_seconds";
-pub const CREDENTIAL_REQUESTS: &str = "pgwarden_credential_requests_total";
-pub const CREDENTIAL_REQUEST_DURATION: &str = "pgwarden_credential_request_duration_seconds";
-pub const LEASES_ACTIVE: &str = "pgwarden_leases_active";
-pub const LEASE_RENEWALS: &str = "pgwarden_lease_renewals_total";
-pub const LEASE_REVOCATIONS: &str = "pgwarden_lease_revocations_total";
-pub const LEASE_REVOCATIONS_PENDING: &str = "pgwarden_lease_revocations_pending";
-pub const UPSTREAM_CONNECT_DURATION: &str = "pgwarden_upstream_connect_duration_seconds";
-pub const UPSTREAM_CONNECT_FAILURES: &str = "pgwarden_upstream_connect_failures_total";
-pub const RELAY_BYTES: &str = "pgwarden_relay_bytes_total";
-pub const CANCEL_REQUESTS: &str = "pgwarden_cancel_requests_total";
-pub const VAULT_TOKEN_RENEWALS: &str = "pgwarden_vault_token_renewals_total";
-pub const TLS_CERTIFICATE_EXPIRY: &str = "pgwarden_tls_certificate_expiry_timestamp_seconds";
-pub const BUILD_INFO: &str = "pgwarden_build_info";
-pub const CREDENTIAL_SOURCE_UP: &str = "pgwarden_credential_source_up";
-
-/// Why a connection was refused before its session began.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectReason {
-    IpNotAllowed,
-    TooManyConnections,
-    TlsRequired,
-    TlsHandshake,
-    Protocol,
-    HandshakeTimeout,
-    AuthFailed,
-    UnknownDatabase,
+/// Every metric's name, in one place.
+pub mod name {
+    pub const CONNECTIONS_ACCEPTED: &str = "pgwarden_connections_accepted_total";
+    pub const CONNECTIONS_REJECTED: &str = "pgwarden_connections_rejected_total";
+    pub const SESSIONS_ACTIVE: &str = "pgwarden_sessions_active";
+    pub const SESSIONS: &str = "pgwarden_sessions_total";
+    pub const SESSION_DURATION: &str = "pgwarden_session_duration_seconds";
+    pub const HANDSHAKE_DURATION: &str = "pgwarden_handshake_duration_seconds";
+    pub const CREDENTIAL_REQUESTS: &str = "pgwarden_credential_requests_total";
+    pub const CREDENTIAL_REQUEST_DURATION: &str = "pgwarden_credential_request_duration_seconds";
+    pub const LEASES_ACTIVE: &str = "pgwarden_leases_active";
+    pub const LEASE_RENEWALS: &str = "pgwarden_lease_renewals_total";
+    pub const LEASE_REVOCATIONS: &str = "pgwarden_lease_revocations_total";
+    pub const LEASE_REVOCATIONS_PENDING: &str = "pgwarden_lease_revocations_pending";
+    pub const UPSTREAM_CONNECT_DURATION: &str = "pgwarden_upstream_connect_duration_seconds";
+    pub const UPSTREAM_CONNECT_FAILURES: &str = "pgwarden_upstream_connect_failures_total";
+    pub const RELAY_BYTES: &str = "pgwarden_relay_bytes_total";
+    pub const CANCEL_REQUESTS: &str = "pgwarden_cancel_requests_total";
+    pub const VAULT_TOKEN_RENEWALS: &str = "pgwarden_vault_token_renewals_total";
+    pub const TLS_CERTIFICATE_EXPIRY: &str = "pgwarden_tls_certificate_expiry_timestamp_seconds";
+    pub const BUILD_INFO: &str = "pgwarden_build_info";
+    pub const CREDENTIAL_SOURCE_UP: &str = "pgwarden_credential_source_up";
 }
 
-impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
-        RejectReason::IpNotAllowed,
-        RejectReason::TooManyConnections,
-        RejectReason::TlsRequired,
-        RejectReason::TlsHandshake,
-        RejectReason::Protocol,
-        RejectReason::HandshakeTimeout,
-        RejectReason::AuthFailed,
-        RejectReason::UnknownDatabase,
-    ];
+/// The values a label can take: a fixed set, each with its text.
+pub trait Label: Copy + Send + Sync + 'static {
+    /// Every value, in the order they are exported.
+    const ALL: &'static [Self];
+    fn as_str(self) -> &'static str;
+}
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectReason::IpNotAllowed => "ip_not_allowed",
-            RejectReason::TooManyConnections => "too_many_connections",
-            RejectReason::TlsRequired => "tls_required",
-            RejectReason::TlsHandshake => "tls_handshake",
-            RejectReason::Protocol => "protocol",
-            RejectReason::HandshakeTimeout => "handshake_timeout",
-            RejectReason::AuthFailed => "auth_failed",
-            RejectReason::UnknownDatabase => "unknown_database",
+/// A counter family with one label whose values are `L`'s.
+pub struct Counter<L> {
+    name: &'static str,
+    key: &'static str,
+    values: PhantomData<fn(L)>,
+}
+
+impl<L: Label> Counter<L> {
+    pub const fn new(name: &'static str, key: &'static str) -> Self {
+        Counter {
+            name,
+            key,
+            values: PhantomData,
+        }
+    }
+
+    pub fn increment(&self, value: L) {
+        self.handle(value).increment(1);
+    }
+
+    /// The series for `value`, to keep where one is incremented often.
+    pub fn handle(&self, value: L) -> metrics::Counter {
+        metrics::counter!(self.name, self.key => value.as_str())
+    }
+}
+
+/// A counter family with two labels: the first says which configured thing
+/// (a credential source's kind), the second what happened (`B`'s values).
+pub struct Counter2<A, B> {
+    name: &'static str,
+    keys: (&'static str, &'static str),
+    values: PhantomData<fn(A, B)>,
+}
+
+impl<A: Label, B: Label> Counter2<A, B> {
+    pub const fn new(name: &'static str, keys: (&'static str, &'static str)) -> Self {
+        Counter2 {
+            name,
+            keys,
+            values: PhantomData,
+        }
+    }
+
+    pub fn increment(&self, a: A, b: B) {
+        metrics::counter!(self.name, self.keys.0 => a.as_str(), self.keys.1 => b.as_str())
+            .increment(1);
+    }
+
+    /// Exports every `B` for `a` at zero: called when the configuration
+    /// brings `a` into being.
+    pub fn zero(&self, a: A) {
+        for b in B::ALL {
+            metrics::counter!(self.name, self.keys.0 => a.as_str(), self.keys.1 => b.as_str())
+                .absolute(0);
         }
     }
 }
 
-/// Why a session that reached the relay ended: the `close_reason` of the
-/// session record and of `pgwarden_sessions_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The client sent Terminate: an orderly logout.
-    ClientTerminated,
-    /// The client closed its connection without Terminate.
-    ClientClosed,
-    /// The client connection failed.
-    ClientError,
-    /// The backend closed its connection (exit, `pg_terminate_backend`).
-    UpstreamClosed,
-    /// The upstream connection failed.
-    UpstreamError,
-    /// The upstream sent a message header no PostgreSQL server sends.
-    UpstreamProtocol,
-    /// Nothing moved for `[listen] idle_timeout`.
-    IdleTimeout,
-    /// pgwarden ended it at the end of its credential's lease.
-    LeaseEnded,
-    /// pgwarden ended it while shutting down.
-    Shutdown,
+/// A histogram family with one label.
+pub struct Histogram1<L> {
+    name: &'static str,
+    key: &'static str,
+    values: PhantomData<fn(L)>,
 }
 
-impl CloseReason {
-    pub const ALL: [CloseReason; 9] = [
-        CloseReason::ClientTerminated,
-        CloseReason::ClientClosed,
-        CloseReason::ClientError,
-        CloseReason::UpstreamClosed,
-        CloseReason::UpstreamError,
-        CloseReason::UpstreamProtocol,
-        CloseReason::IdleTimeout,
-        CloseReason::LeaseEnded,
-        CloseReason::Shutdown,
-    ];
+impl<L: Label> Histogram1<L> {
+    pub const fn new(name: &'static str, key: &'static str) -> Self {
+        Histogram1 {
+            name,
+            key,
+            values: PhantomData,
+        }
+    }
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::ClientTerminated => "client_terminated",
-            CloseReason::ClientClosed => "client_closed",
-            CloseReason::ClientError => "client_error",
-            CloseReason::UpstreamClosed => "upstream_closed",
-            CloseReason::UpstreamError => "upstream_error",
-            CloseReason::UpstreamProtocol => "upstream_protocol",
-            CloseReason::IdleTimeout => "idle_timeout",
-            CloseReason::LeaseEnded => "lease_ended",
-            CloseReason::Shutdown => "shutdown",
+    pub fn record(&self, value: L, took: Duration) {
+        metrics::histogram!(self.name, self.key => value.as_str()).record(took.as_secs_f64());
+    }
+}
+
+/// A histogram without labels, of durations in seconds.
+pub struct Histogram(&'static str);
+
+impl Histogram {
+    pub fn record(&self, took: Duration) {
+        metrics::histogram!(self.0).record(took.as_secs_f64());
+    }
+}
+
+/// A gauge without labels.
+pub struct Gauge(&'static str);
+
+impl Gauge {
+    pub fn handle(&self) -> metrics::Gauge {
+        metrics::gauge!(self.0)
+    }
+
+    pub fn set(&self, value: f64) {
+        self.handle().set(value);
+    }
+}
+
+/// A gauge family whose label values come from the configuration (a
+/// credential source's name, a certificate's role), bounded by it.
+pub struct ConfiguredGauge {
+    name: &'static str,
+    key: &'static str,
+}
+
+impl ConfiguredGauge {
+    pub fn set(&self, value: &str, to: f64) {
+        metrics::gauge!(self.name, self.key => value.to_owned()).set(to);
+    }
+}
+
+/// A counter without labels.
+pub struct Total(&'static str);
+
+impl Total {
+    pub fn increment(&self) {
+        metrics::counter!(self.0).increment(1);
+    }
+}
+
+pub static CONNECTIONS_ACCEPTED: Total = Total(name::CONNECTIONS_ACCEPTED);
+pub static SESSIONS_ACTIVE: Gauge = Gauge(name::SESSIONS_ACTIVE);
+pub static LEASES_ACTIVE: Gauge = Gauge(name::LEASES_ACTIVE);
+pub static LEASE_REVOCATIONS_PENDING: Gauge = Gauge(name::LEASE_REVOCATIONS_PENDING);
+pub static SESSION_DURATION: Histogram = Histogram(name::SESSION_DURATION);
+pub static HANDSHAKE_DURATION: Histogram = Histogram(name::HANDSHAKE_DURATION);
+pub static UPSTREAM_CONNECT_DURATION: Histogram = Histogram(name::UPSTREAM_CONNECT_DURATION);
+pub static TLS_CERTIFICATE_EXPIRY: ConfiguredGauge = ConfiguredGauge {
+    name: name::TLS_CERTIFICATE_EXPIRY,
+    key: "certificate",
+};
+pub static CREDENTIAL_SOURCE_UP: ConfiguredGauge = ConfiguredGauge {
+    name: name::CREDENTIAL_SOURCE_UP,
+    key: "name",
+};
+
+/// A family exported at zero for each of its label values from start-up, so
+/// `rate()` and alerts see it before its first event.
+pub trait Zeroed: Sync {
+    fn zero(&self);
+}
+
+impl<L: Label> Zeroed for Counter<L> {
+    fn zero(&self) {
+        for v in L::ALL {
+            self.handle(*v).absolute(0);
         }
     }
 }
 
-/// Which step of reaching the database failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamFailure {
-    Connect,
-    Tls,
-    Auth,
-    Startup,
-    Credentials,
-}
-
-impl UpstreamFailure {
-    pub const ALL: [UpstreamFailure; 5] = [
-        UpstreamFailure::Connect,
-        UpstreamFailure::Tls,
-        UpstreamFailure::Auth,
-        UpstreamFailure::Startup,
-        UpstreamFailure::Credentials,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpstreamFailure::Connect => "connect",
-            UpstreamFailure::Tls => "tls",
-            UpstreamFailure::Auth => "auth",
-            UpstreamFailure::Startup => "startup",
-            UpstreamFailure::Credentials => "credentials",
-        }
-    }
-}
-
-/// Every `outcome` of a lease renewal: success, or the failure's kind.
-pub const RENEWAL_OUTCOMES: [&str; 5] = [
-    "success",
-    "unavailable",
-    "refused",
-    "lease_gone",
-    "not_renewable",
-];
-
-/// Every `outcome` of a revocation attempt.
-pub const REVOCATION_OUTCOMES: [&str; 3] = ["success", "failure", "lease_gone"];
-
-/// Every `outcome` of a credential request to a source.
-pub const CREDENTIAL_OUTCOMES: [&str; 3] = ["success", "unavailable", "refused"];
-
-/// Every `outcome` of pgwarden's own Vault token upkeep.
-pub const TOKEN_OUTCOMES: [&str; 4] = ["renewed", "renewal_failure", "login", "login_failure"];
-
-pub fn rejected(reason: RejectReason) {
-    metrics::counter!(CONNECTIONS_REJECTED, "reason" => reason.as_str()).increment(1);
-}
-
-pub fn upstream_failure(failure: UpstreamFailure) {
-    metrics::counter!(UPSTREAM_CONNECT_FAILURES, "reason" => failure.as_str()).increment(1);
-}
-
-/// One request to a credential source (`source` is its kind): how long it
-/// took and how it ended (one of [`CREDENTIAL_OUTCOMES`]).
-pub fn credential_request(source: &'static str, took: std::time::Duration, outcome: &'static str) {
-    metrics::histogram!(CREDENTIAL_REQUEST_DURATION, "source" => source).record(took.as_secs_f64());
-    metrics::counter!(CREDENTIAL_REQUESTS, "source" => source, "outcome" => outcome).increment(1);
-}
-
-/// Zeroes the credential request counters of a source kind, when a source
-/// of that kind is configured.
-pub fn zero_credential_requests(source: &'static str) {
-    for o in CREDENTIAL_OUTCOMES {
-        metrics::counter!(CREDENTIAL_REQUESTS, "source" => source, "outcome" => o).absolute(0);
-    }
-}
-
-/// Zeroes the Vault token counters, when `[vault]` is configured.
-pub fn zero_token_renewals() {
-    for o in TOKEN_OUTCOMES {
-        metrics::counter!(VAULT_TOKEN_RENEWALS, "outcome" => o).absolute(0);
-    }
-}
-
-/// A gauge raised for as long as the guard lives.
+/// A gauge that moves up for as long as the guard lives.
 pub struct GaugeGuard(metrics::Gauge);
 
 impl GaugeGuard {
-    pub fn new(gauge: metrics::Gauge) -> Self {
-        gauge.increment(1.0);
-        GaugeGuard(gauge)
+    pub fn new(gauge: &Gauge) -> Self {
+        let handle = gauge.handle();
+        handle.increment(1.0);
+        GaugeGuard(handle)
     }
 }
 
@@ -226,13 +230,17 @@ const SESSION_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Installs the Prometheus recorder once per process and describes every
-/// metric; returns the handle `/metrics` renders from.
-pub fn install() -> PrometheusHandle {
+/// Installs the Prometheus recorder once per process, describes every metric,
+/// and exports `zeroed` (the families with fixed labels) and the unlabelled
+/// metrics at zero; returns the handle `/metrics` renders from.
+pub fn install(zeroed: &[&dyn Zeroed]) -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full(SESSION_DURATION.to_owned()), SESSION_BUCKETS)
+                .set_buckets_for_metric(
+                    Matcher::Full(name::SESSION_DURATION.to_owned()),
+                    SESSION_BUCKETS,
+                )
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Suffix("_seconds".to_owned()),
@@ -248,47 +256,22 @@ pub fn install() -> PrometheusHandle {
             // program's); then pgwarden's metrics go there and /metrics is empty.
             let _ = metrics::set_global_recorder(recorder);
             describe();
-            zero_counters();
-            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            for family in zeroed {
+                family.zero();
+            }
+            metrics::counter!(name::CONNECTIONS_ACCEPTED).absolute(0);
+            SESSIONS_ACTIVE.set(0.0);
+            LEASES_ACTIVE.set(0.0);
+            LEASE_REVOCATIONS_PENDING.set(0.0);
+            metrics::gauge!(name::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             handle
         })
         .clone()
 }
 
-/// Counters with fixed label sets start at zero, so `rate()` and alerts see
-/// them before the first event. Those whose labels depend on the
-/// configuration are zeroed where it is read ([`zero_credential_requests`],
-/// [`zero_token_renewals`]).
-fn zero_counters() {
-    metrics::counter!(CONNECTIONS_ACCEPTED).absolute(0);
-    for r in RejectReason::ALL {
-        metrics::counter!(CONNECTIONS_REJECTED, "reason" => r.as_str()).absolute(0);
-    }
-    for c in CloseReason::ALL {
-        metrics::counter!(SESSIONS, "close_reason" => c.as_str()).absolute(0);
-    }
-    for f in UpstreamFailure::ALL {
-        metrics::counter!(UPSTREAM_CONNECT_FAILURES, "reason" => f.as_str()).absolute(0);
-    }
-    for d in ["client_to_upstream", "upstream_to_client"] {
-        metrics::counter!(RELAY_BYTES, "direction" => d).absolute(0);
-    }
-    for o in REVOCATION_OUTCOMES {
-        metrics::counter!(LEASE_REVOCATIONS, "outcome" => o).absolute(0);
-    }
-    for o in RENEWAL_OUTCOMES {
-        metrics::counter!(LEASE_RENEWALS, "outcome" => o).absolute(0);
-    }
-    for o in crate::cancel::CancelOutcome::ALL {
-        metrics::counter!(CANCEL_REQUESTS, "outcome" => o.as_str()).absolute(0);
-    }
-    metrics::gauge!(SESSIONS_ACTIVE).set(0.0);
-    metrics::gauge!(LEASES_ACTIVE).set(0.0);
-    metrics::gauge!(LEASE_REVOCATIONS_PENDING).set(0.0);
-}
-
 /// Describes every metric; called once at start-up, before the first is touched.
-pub fn describe() {
+fn describe() {
+    use name::*;
     describe_counter!(
         CONNECTIONS_ACCEPTED,
         "TCP connections accepted from allowed addresses"

@@ -36,7 +36,29 @@ use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::metrics::{self, Label};
 use crate::protocol::frame::FrameTracker;
+
+/// Which way bytes move: the `direction` of `pgwarden_relay_bytes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ClientToUpstream,
+    UpstreamToClient,
+}
+
+impl Label for Direction {
+    const ALL: &'static [Self] = &[Direction::ClientToUpstream, Direction::UpstreamToClient];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Direction::ClientToUpstream => "client_to_upstream",
+            Direction::UpstreamToClient => "upstream_to_client",
+        }
+    }
+}
+
+pub static RELAY_BYTES: metrics::Counter<Direction> =
+    metrics::Counter::new(metrics::name::RELAY_BYTES, "direction");
 
 /// Size of each direction's buffer; TLS records carry at most 16 KiB, so this
 /// takes several records per read on bulk transfers.
@@ -139,7 +161,7 @@ struct Pump {
     bytes: u64,
     /// The metric this direction's bytes are added to as they are read, so it
     /// moves while a session lives (Keycloak's pooled sessions last hours).
-    counter: metrics::Counter,
+    counter: ::metrics::Counter,
 }
 
 enum PumpState {
@@ -150,7 +172,7 @@ enum PumpState {
 }
 
 impl Pump {
-    fn new(leftover: BytesMut, counter: metrics::Counter) -> Self {
+    fn new(leftover: BytesMut, counter: ::metrics::Counter) -> Self {
         let mut buf = vec![0u8; RELAY_BUFFER.max(leftover.len())].into_boxed_slice();
         buf[..leftover.len()].copy_from_slice(&leftover);
         counter.increment(leftover.len() as u64);
@@ -240,9 +262,9 @@ pub struct RelayOptions {
     /// End the session when nothing moved for this long.
     pub idle_timeout: Option<Duration>,
     /// Where bytes read from the client are counted (default: nowhere).
-    pub client_to_upstream: metrics::Counter,
+    pub client_to_upstream: ::metrics::Counter,
     /// Where bytes read from the upstream are counted (default: nowhere).
-    pub upstream_to_client: metrics::Counter,
+    pub upstream_to_client: ::metrics::Counter,
 }
 
 impl Default for RelayOptions {
@@ -250,8 +272,8 @@ impl Default for RelayOptions {
     fn default() -> Self {
         RelayOptions {
             idle_timeout: None,
-            client_to_upstream: metrics::Counter::noop(),
-            upstream_to_client: metrics::Counter::noop(),
+            client_to_upstream: ::metrics::Counter::noop(),
+            upstream_to_client: ::metrics::Counter::noop(),
         }
     }
 }

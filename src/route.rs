@@ -43,9 +43,12 @@ impl Route {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a client may not use the database it asked for (the text is for the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
+    #[error("no route for this database")]
     UnknownDatabase,
+    #[error("user not listed on the route")]
     NotPermitted,
 }
 

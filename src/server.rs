@@ -17,6 +17,18 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::state::{BuildError, State};
 
+/// The families with fixed labels, exported at zero from start-up; their
+/// values come from the label enums themselves.
+static METRICS_FROM_ZERO: [&dyn crate::metrics::Zeroed; 7] = [
+    &crate::session::REJECTIONS,
+    &crate::session::SESSIONS_ENDED,
+    &crate::upstream::CONNECT_FAILURES,
+    &crate::relay::RELAY_BYTES,
+    &crate::cancel::CANCELS,
+    &crate::credentials::outcome::RENEWALS,
+    &crate::credentials::outcome::REVOCATIONS,
+];
+
 pub struct Server {
     /// The address the proxy listens on (the real port when 0 was asked).
     pub addr: SocketAddr,
@@ -42,7 +54,7 @@ pub enum StartError {
 impl Server {
     /// Builds the state, binds the listener and starts accepting.
     pub async fn start(config: Config) -> Result<Server, StartError> {
-        let metrics_handle = crate::metrics::install();
+        let metrics_handle = crate::metrics::install(&METRICS_FROM_ZERO);
         let addr = config.listen.address;
         let state = State::build(config)?;
         let listener = TcpListener::bind(addr)
@@ -165,10 +177,7 @@ fn record_certificate_expiry(state: &State) {
     }
     for (label, path) in certs {
         match crate::tls::certificate_not_after(path) {
-            Ok(t) => {
-                ::metrics::gauge!(crate::metrics::TLS_CERTIFICATE_EXPIRY, "certificate" => label)
-                    .set(t as f64)
-            }
+            Ok(t) => crate::metrics::TLS_CERTIFICATE_EXPIRY.set(&label, t as f64),
             Err(e) => {
                 tracing::warn!(certificate = %label, error = %e, "cannot read certificate expiry")
             }

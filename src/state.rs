@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -15,11 +17,11 @@ use crate::cancel::CancelMap;
 use crate::config::{Config, CredentialsConfig, UpstreamTls};
 use crate::credentials::CredentialSource;
 use crate::credentials::revoker::Revoker;
-use crate::credentials::vault::Vault;
+use crate::credentials::vault::{SetupError, Vault};
 use crate::handshake::Negotiator;
 use crate::route::{Route, Routes};
-use crate::tls::Verification;
-use crate::upstream::UpstreamTarget;
+use crate::tls::{TlsError, Verification};
+use crate::upstream::{TargetError, UpstreamTarget};
 
 /// Most refused connections handled at once beyond `max_connections` (they
 /// are walked through TLS so they can be told 53300).
@@ -55,9 +57,30 @@ pub struct Shutdown {
     pub end_sessions: CancellationToken,
 }
 
+/// Why the shared state could not be built from a validated configuration
+/// (files that changed since validation, TLS material rustls refuses).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BuildError(pub String);
+pub enum BuildError {
+    #[error("listener TLS: {0}")]
+    ListenerTls(TlsError),
+    #[error("listener certificate: {0}")]
+    ListenerCertificate(std::io::Error),
+    #[error("{0}")]
+    Vault(#[from] SetupError),
+    #[error("[credentials.{name}]: {error}")]
+    Source {
+        name: String,
+        error: crate::credentials::CredentialError,
+    },
+    #[error("route {route}: {error}")]
+    RouteTls { route: String, error: TlsError },
+    #[error("route {route}: {error}")]
+    RouteTarget { route: String, error: TargetError },
+    #[error("route {route}: upstream ca_file missing")]
+    RouteCaMissing { route: String },
+    #[error("route {route}: unknown credentials {name}")]
+    UnknownCredentials { route: String, name: String },
+}
 
 impl State {
     pub fn build(config: Config) -> Result<Arc<State>, BuildError> {
@@ -65,9 +88,9 @@ impl State {
         let (server_tls, listener_cert_pem) = match &config.listen.tls {
             Some(files) => {
                 let server = crate::tls::server_config(&files.cert_file, &files.key_file)
-                    .map_err(|e| BuildError(format!("listener TLS: {e}")))?;
-                let pem = std::fs::read(&files.cert_file)
-                    .map_err(|e| BuildError(format!("listener certificate: {e}")))?;
+                    .map_err(BuildError::ListenerTls)?;
+                let pem =
+                    std::fs::read(&files.cert_file).map_err(BuildError::ListenerCertificate)?;
                 (Some(server), Some(pem))
             }
             None => (None, None),
@@ -81,14 +104,18 @@ impl State {
             Authenticator::new(users, ScramServer::new(listener_cert_pem.as_deref()));
 
         let vault = match &config.vault {
-            Some(v) => Some(Arc::new(Vault::new(v).map_err(BuildError)?)),
+            Some(v) => Some(Arc::new(Vault::new(v)?)),
             None => None,
         };
         let revoker = Revoker::new();
         let mut sources = HashMap::new();
         for (name, c) in &config.credentials {
-            let source = CredentialSource::new(name, c, vault.as_ref(), revoker.clone())
-                .map_err(|e| BuildError(format!("[credentials.{name}]: {e}")))?;
+            let source = CredentialSource::new(name, c, vault.as_ref(), revoker.clone()).map_err(
+                |error| BuildError::Source {
+                    name: name.clone(),
+                    error,
+                },
+            )?;
             sources.insert(name.clone(), source);
         }
         let mut routes = Routes::default();
@@ -101,25 +128,29 @@ impl State {
                     } else {
                         Verification::Full
                     };
-                    Some(
-                        crate::tls::upstream_config(ca, v)
-                            .map_err(|e| BuildError(format!("route {}: {e}", r.database)))?,
-                    )
+                    Some(crate::tls::upstream_config(ca, v).map_err(|error| {
+                        BuildError::RouteTls {
+                            route: r.database.clone(),
+                            error,
+                        }
+                    })?)
                 }
                 (_, None) => {
-                    return Err(BuildError(format!(
-                        "route {}: upstream ca_file missing",
-                        r.database
-                    )));
+                    return Err(BuildError::RouteCaMissing {
+                        route: r.database.clone(),
+                    });
                 }
             };
             let target = UpstreamTarget::new(r.upstream.clone(), tls, config.listen.tcp_keepalive)
-                .map_err(|e| BuildError(format!("route {}: {e}", r.database)))?;
+                .map_err(|error| BuildError::RouteTarget {
+                    route: r.database.clone(),
+                    error,
+                })?;
             let source = sources.get(&r.credentials).cloned().ok_or_else(|| {
-                BuildError(format!(
-                    "route {}: unknown credentials {}",
-                    r.database, r.credentials
-                ))
+                BuildError::UnknownCredentials {
+                    route: r.database.clone(),
+                    name: r.credentials.clone(),
+                }
             })?;
             if let (CredentialsConfig::Postgres(_), UpstreamTls::Disable) =
                 (&config.credentials[&r.credentials], r.upstream.tls)

@@ -22,7 +22,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::{UpstreamConfig, UpstreamTls};
 use crate::credentials::Credential;
-use crate::metrics::UpstreamFailure;
+use crate::metrics::{self, Label};
 use crate::net::{MaybeTls, UpstreamStream};
 use crate::protocol::startup::{encode_cancel, encode_ssl_request};
 
@@ -61,8 +61,52 @@ pub struct UpstreamError {
     pub sqlstate: Option<String>,
 }
 
+/// Which step of reaching the database failed: the `reason` of
+/// `pgwarden_upstream_connect_failures_total` and of `session_failed` records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    Connect,
+    Tls,
+    Auth,
+    Startup,
+    /// The credential source gave no credential to log in with.
+    Credentials,
+}
+
+impl Label for UpstreamFailure {
+    const ALL: &'static [Self] = &[
+        UpstreamFailure::Connect,
+        UpstreamFailure::Tls,
+        UpstreamFailure::Auth,
+        UpstreamFailure::Startup,
+        UpstreamFailure::Credentials,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Tls => "tls",
+            UpstreamFailure::Auth => "auth",
+            UpstreamFailure::Startup => "startup",
+            UpstreamFailure::Credentials => "credentials",
+        }
+    }
+}
+
+pub(crate) static CONNECT_FAILURES: metrics::Counter<UpstreamFailure> =
+    metrics::Counter::new(metrics::name::UPSTREAM_CONNECT_FAILURES, "reason");
+
+/// Why an upstream target could not be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("server name {0:?} is neither a DNS name nor an IP address")]
+    ServerName(String),
+    #[error("TLS configuration missing")]
+    TlsConfigMissing,
+}
+
 impl UpstreamError {
-    fn new(step: UpstreamFailure, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(step: UpstreamFailure, detail: impl Into<String>) -> Self {
         Self {
             step,
             detail: detail.into(),
@@ -82,7 +126,7 @@ impl UpstreamTarget {
         config: UpstreamConfig,
         tls_config: Option<Arc<ClientConfig>>,
         keepalive: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, TargetError> {
         let tls = match (config.tls, tls_config) {
             (UpstreamTls::Disable, _) => None,
             (_, Some(c)) => {
@@ -90,10 +134,11 @@ impl UpstreamTarget {
                     .server_name
                     .clone()
                     .unwrap_or_else(|| config.host.clone());
-                let name = ServerName::try_from(name).map_err(|e| e.to_string())?;
+                let name = ServerName::try_from(name.clone())
+                    .map_err(|_| TargetError::ServerName(name))?;
                 Some((TlsConnector::from(c), name))
             }
-            (_, None) => return Err("TLS configuration missing".into()),
+            (_, None) => return Err(TargetError::TlsConfigMissing),
         };
         Ok(Self {
             config,

@@ -121,6 +121,7 @@ impl ScramServer {
             // A mock verifier cannot succeed; should a proof ever match by chance,
             // it still fails.
             Ok(_) | Err(pgwire::error::PgWireError::InvalidPassword(_)) => Err(AuthError::Failed {
+                user: user.to_owned(),
                 reason: "wrong password",
             }),
             Err(_) => Err(AuthError::Protocol("malformed SCRAM client-final-message")),

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::outcome::{RENEWALS, RenewalOutcome};
 use super::revoker::Revoker;
 use super::{CredentialSource, ErrorKind, Lease};
 use crate::config::OnLeaseEnd;
@@ -48,7 +49,7 @@ impl LeaseGuard {
             source,
             revoker,
             renewal: None,
-            _active: GaugeGuard::new(::metrics::gauge!(metrics::LEASES_ACTIVE)),
+            _active: GaugeGuard::new(&metrics::LEASES_ACTIVE),
         }
     }
 
@@ -92,7 +93,7 @@ impl Drop for LeaseGuard {
 /// Renews `lease` for as long as it can live; returns why it cannot live
 /// longer and when it expires.
 async fn renew_while_alive(lease: &Lease, source: &CredentialSource) -> (&'static str, Instant) {
-    let start = Instant::from_std(lease.issued_at);
+    let start = lease.issued_at;
     let mut expires = start + lease.duration;
     let mut next = start + lease.duration * 2 / 3;
     if !lease.renewable {
@@ -108,13 +109,13 @@ async fn renew_while_alive(lease: &Lease, source: &CredentialSource) -> (&'stati
             .unwrap_or(expires);
         let Ok(renewed) = tokio::time::timeout_at(enforce_at, source.renew(lease, increment)).await
         else {
-            ::metrics::counter!(metrics::LEASE_RENEWALS, "outcome" => "unavailable").increment(1);
+            RENEWALS.increment(RenewalOutcome::Unavailable);
             tracing::warn!(event = "lease_renewal_failed", lease_id_hash = %lease.id, error = "no answer before the credential expires");
             return ("lease could not be renewed before it expired", expires);
         };
         match renewed {
             Ok(r) => {
-                ::metrics::counter!(metrics::LEASE_RENEWALS, "outcome" => "success").increment(1);
+                RENEWALS.increment(RenewalOutcome::Success);
                 tracing::info!(event = "lease_renewed", lease_id_hash = %lease.id, ttl_s = r.duration.as_secs());
                 let now = Instant::now();
                 expires = now + r.duration;
@@ -127,7 +128,7 @@ async fn renew_while_alive(lease: &Lease, source: &CredentialSource) -> (&'stati
                 }
             }
             Err(e) => {
-                ::metrics::counter!(metrics::LEASE_RENEWALS, "outcome" => e.outcome()).increment(1);
+                RENEWALS.increment(e.renewal_outcome());
                 tracing::warn!(event = "lease_renewal_failed", lease_id_hash = %lease.id, error = %e);
                 let now = Instant::now();
                 match e.kind {

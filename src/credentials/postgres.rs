@@ -10,7 +10,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use secrecy::ExposeSecret;
 use tokio::sync::Mutex;

@@ -16,6 +16,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::outcome::{REVOCATIONS, RevocationOutcome};
 use super::{CredentialSource, ErrorKind, Lease};
 use crate::metrics;
 
@@ -76,7 +77,7 @@ impl Revoker {
     /// Hands a lease over for revocation. Never blocks; usable from `Drop`.
     pub fn submit(&self, source: Arc<CredentialSource>, lease: Lease) {
         let count = self.inner.pending.fetch_add(1, Ordering::AcqRel) + 1;
-        ::metrics::gauge!(metrics::LEASE_REVOCATIONS_PENDING).set(count as f64);
+        metrics::LEASE_REVOCATIONS_PENDING.set(count as f64);
         let inner = self.inner.clone();
         // Spawning needs a runtime; a Drop during runtime teardown has none, and
         // then the lease is reported as abandoned below instead of silently lost.
@@ -156,20 +157,17 @@ async fn revoke_until_done(inner: Arc<Inner>, source: Arc<CredentialSource>, lea
         };
         match result {
             Ok(()) => {
-                ::metrics::counter!(metrics::LEASE_REVOCATIONS, "outcome" => "success")
-                    .increment(1);
+                REVOCATIONS.increment(RevocationOutcome::Success);
                 tracing::info!(event = "lease_revoked", lease_id_hash = %lease.id, upstream_user = %lease.username, source = %source.name, attempt);
                 break;
             }
             Err(e) if e.kind == ErrorKind::LeaseGone => {
-                ::metrics::counter!(metrics::LEASE_REVOCATIONS, "outcome" => "lease_gone")
-                    .increment(1);
+                REVOCATIONS.increment(RevocationOutcome::LeaseGone);
                 tracing::info!(event = "lease_revoked", lease_id_hash = %lease.id, upstream_user = %lease.username, source = %source.name, attempt, note = "lease already gone");
                 break;
             }
             Err(e) => {
-                ::metrics::counter!(metrics::LEASE_REVOCATIONS, "outcome" => "failure")
-                    .increment(1);
+                REVOCATIONS.increment(RevocationOutcome::Failure);
                 tracing::warn!(event = "lease_revocation_failed", lease_id_hash = %lease.id, upstream_user = %lease.username, source = %source.name, attempt, retry_in_ms = backoff.as_millis() as u64, error = %e);
                 if !inner.hurry.is_cancelled() {
                     tokio::select! {
@@ -187,6 +185,6 @@ async fn revoke_until_done(inner: Arc<Inner>, source: Arc<CredentialSource>, lea
         }
     }
     let left = inner.pending.fetch_sub(1, Ordering::AcqRel) - 1;
-    ::metrics::gauge!(metrics::LEASE_REVOCATIONS_PENDING).set(left as f64);
+    metrics::LEASE_REVOCATIONS_PENDING.set(left as f64);
     inner.drained.notify_waiters();
 }

@@ -16,14 +16,16 @@ mod prefetch;
 mod transport;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use reqwest::Method;
 use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::json;
 
-pub use client::Vault;
+pub use client::{NotReady, SetupError, Vault};
 use prefetch::Pool;
 
 use super::revoker::Revoker;
@@ -179,7 +181,7 @@ impl VaultSource {
             self.pool.start(
                 move || {
                     let me = me.clone();
-                    async move { super::measured("vault", me.fetch("")).await }
+                    async move { super::measured(super::outcome::SourceType::Vault, me.fetch("")).await }
                 },
                 Box::new(move |lease| revoker.submit(source.clone(), lease)),
             );

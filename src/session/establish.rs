@@ -1,30 +1,32 @@
-//! From a startup message to a welcomed client with a live upstream backend.
+//! From a startup message to a welcomed client with a live upstream backend:
+//! identify → authenticate → route → issue a credential → log in upstream →
+//! register the cancel key → welcome. Each step fails with a [`super::Error`];
+//! none of them answers the client itself.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant as StdInstant;
 
 use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use crate::auth::AuthError;
+use super::error::{Error, StartupRefusal};
 use crate::cancel::{CancelTarget, Registration};
 use crate::credentials::Issued;
 use crate::credentials::lease::LeaseGuard;
-use crate::handshake::send_fatal;
-use crate::metrics::{self, RejectReason, UpstreamFailure};
+use crate::metrics;
 use crate::net::ClientStream;
-use crate::protocol::backend::{self, sqlstate};
+use crate::protocol::backend;
 use crate::protocol::frame::FramedStream;
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::{ProtocolMinor, backend::negotiate_protocol_version};
-use crate::route::{Route, RouteError};
+use crate::route::Route;
 use crate::state::State;
 use crate::upstream::UpstreamSession;
 
 /// A session ready to relay.
-pub struct Established {
-    pub client: ClientStream,
+pub struct Established<S> {
+    pub client: ClientStream<S>,
     /// Bytes the client sent after its last authentication message.
     pub client_leftover: BytesMut,
     pub upstream: UpstreamSession,
@@ -35,216 +37,119 @@ pub struct Established {
     pub route: Arc<Route>,
 }
 
-/// A refusal: what the client is told, and why (for the log).
-struct Refusal {
-    /// For `connection_rejected`; `None` for failures past authentication
-    /// that are upstream or credential failures, logged on their own.
-    reason: Option<RejectReason>,
-    /// For `session_failed`: which step of reaching the database failed.
-    failure: Option<UpstreamFailure>,
-    code: &'static str,
-    message: String,
-    detail: String,
-}
-
-impl Refusal {
-    fn new(
-        reason: Option<RejectReason>,
-        code: &'static str,
-        message: impl Into<String>,
-        detail: impl Into<String>,
-    ) -> Self {
-        Refusal {
-            reason,
-            failure: None,
-            code,
-            message: message.into(),
-            detail: detail.into(),
-        }
-    }
-
-    fn failed_at(mut self, step: UpstreamFailure) -> Self {
-        self.failure = Some(step);
-        self
-    }
-}
+/// A refused session: the client's stream, to be told why, and the error.
+pub type Refused<S> = (ClientStream<S>, Error);
 
 /// Authenticates, routes, issues a credential, logs in upstream and welcomes
-/// the client. `None` when the session ended (the client was told why).
-pub async fn establish(
+/// the client, all before `deadline`.
+pub async fn establish<S>(
     state: &State,
-    stream: ClientStream,
+    stream: ClientStream<S>,
     startup: &StartupMessage,
     peer: SocketAddr,
     tls: bool,
     deadline: Instant,
-) -> Option<Established> {
+) -> Result<Established<S>, Refused<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut framed = FramedStream::new(stream);
     let result =
         tokio::time::timeout_at(deadline, login(state, &mut framed, startup, peer, tls)).await;
-    let refusal = match result {
-        Ok(Ok((upstream, lease, cancel_registration, route))) => {
-            let (client, client_leftover) = framed.into_parts();
-            return Some(Established {
-                client,
-                client_leftover,
-                upstream,
-                lease,
-                cancel_registration,
-                route,
-            });
-        }
-        Ok(Err(r)) => r,
-        Err(_) => Refusal::new(
-            Some(RejectReason::HandshakeTimeout),
-            sqlstate::QUERY_CANCELED,
-            "canceling authentication due to timeout",
-            "handshake deadline passed",
-        ),
-    };
-    let (mut client, _) = framed.into_parts();
-    if !refusal.message.is_empty() {
-        send_fatal(&mut client, refusal.code, &refusal.message).await;
+    let (client, client_leftover) = framed.into_parts();
+    match result {
+        Ok(Ok(Login {
+            upstream,
+            lease,
+            cancel_registration,
+            route,
+        })) => Ok(Established {
+            client,
+            client_leftover,
+            upstream,
+            lease,
+            cancel_registration,
+            route,
+        }),
+        Ok(Err(error)) => Err((client, error)),
+        Err(_) => Err((client, Error::Timeout)),
     }
-    match refusal.reason {
-        Some(reason) => super::reject(state, reason, peer, &refusal.detail),
-        None => {
-            let reason = refusal.failure.map(UpstreamFailure::as_str);
-            tracing::warn!(event = "session_failed", reason, detail = %refusal.detail, sqlstate = refusal.code)
-        }
-    }
-    None
 }
 
-type Login = (UpstreamSession, LeaseGuard, Registration, Arc<Route>);
+struct Login {
+    upstream: UpstreamSession,
+    lease: LeaseGuard,
+    cancel_registration: Registration,
+    route: Arc<Route>,
+}
 
-async fn login(
+async fn login<S>(
     state: &State,
-    framed: &mut FramedStream<ClientStream>,
+    framed: &mut FramedStream<ClientStream<S>>,
     startup: &StartupMessage,
     peer: SocketAddr,
     tls: bool,
-) -> Result<Login, Refusal> {
+) -> Result<Login, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let span = tracing::Span::current();
     let (minor, npv) = protocol_version(startup);
-    let user = startup
-        .param("user")
-        .filter(|u| !u.is_empty())
-        .ok_or_else(|| {
-            Refusal::new(
-                Some(RejectReason::Protocol),
-                sqlstate::INVALID_AUTHORIZATION,
-                "no PostgreSQL user name specified in startup packet",
-                "no user",
-            )
-        })?;
-    let database = startup
-        .param("database")
-        .filter(|d| !d.is_empty())
-        .unwrap_or(user);
-    span.record("user", user);
-    span.record("database", database);
-    if startup
-        .param("replication")
-        .is_some_and(|r| !matches!(r, "false" | "off" | "no" | "0"))
-    {
-        return Err(Refusal::new(
-            Some(RejectReason::Protocol),
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            "replication connections are not supported by pgwarden",
-            "replication requested",
-        ));
-    }
+    let (user, database) = identify(startup)?;
     if let Some(npv) = npv {
         write(framed, &npv).await?;
     }
-
     let method = state
         .authenticator
         .authenticate(framed, user, peer.ip().to_canonical(), tls)
-        .await
-        .map_err(|e| match e {
-            AuthError::Failed { reason } => Refusal::new(
-                Some(RejectReason::AuthFailed),
-                sqlstate::INVALID_PASSWORD,
-                format!("password authentication failed for user \"{user}\""),
-                reason,
-            ),
-            AuthError::Protocol(what) => Refusal::new(
-                Some(RejectReason::Protocol),
-                sqlstate::PROTOCOL_VIOLATION,
-                what,
-                what,
-            ),
-            AuthError::Closed => Refusal::new(
-                Some(RejectReason::Protocol),
-                sqlstate::PROTOCOL_VIOLATION,
-                "",
-                "client went away during authentication",
-            ),
-        })?;
+        .await?;
     span.record("auth_method", method.as_str());
 
-    let route = state.routes.lookup(database, user).map_err(|e| match e {
-        RouteError::UnknownDatabase => Refusal::new(
-            Some(RejectReason::UnknownDatabase),
-            sqlstate::INVALID_CATALOG_NAME,
-            format!("database \"{database}\" does not exist"),
-            "no route for this database",
-        ),
-        RouteError::NotPermitted => Refusal::new(
-            Some(RejectReason::AuthFailed),
-            sqlstate::INVALID_AUTHORIZATION,
-            format!("user \"{user}\" is not allowed to connect to database \"{database}\""),
-            "user not listed on the route",
-        ),
-    })?;
+    let route = state
+        .routes
+        .lookup(database, user)
+        .map_err(|error| Error::Route {
+            error,
+            user: user.to_owned(),
+            database: database.to_owned(),
+        })?;
     span.record("route", route.database.as_str());
     span.record("credential_source", route.source.name.as_str());
 
     // Guarded from the moment the source answers, even if the deadline
     // passes while the request is in flight (the lease is then revoked).
-    let Issued { credential, lease } = issue(&route).await?;
+    let Issued { credential, lease } =
+        route
+            .source
+            .issue(&route.upstream.config)
+            .await
+            .map_err(|error| Error::Credential {
+                source_name: route.source.name.clone(),
+                error,
+            })?;
     span.record("upstream_user", credential.username.as_str());
     span.record("lease_id_hash", credential.lease.id.hash().as_str());
 
-    let params = forwarded_params(startup);
-    let connect_started = StdInstant::now();
+    let connect_started = Instant::now();
     let upstream = route
         .upstream
-        .connect(&credential, &params, route.session_role.as_deref())
+        .connect(
+            &credential,
+            &forwarded_params(startup),
+            route.session_role.as_deref(),
+        )
         .await
-        .map_err(|e| {
-            metrics::upstream_failure(e.step);
-            let (code, message) = match e.sqlstate.as_deref() {
-                Some("53300") => (
-                    sqlstate::TOO_MANY_CONNECTIONS,
-                    "too many connections to the database server",
-                ),
-                _ => (
-                    sqlstate::CONNECTION_FAILURE,
-                    "could not connect to the database server",
-                ),
-            };
-            Refusal::new(
-                None,
-                code,
-                message,
-                format!("upstream {}: {e}", route.upstream.endpoint()),
-            )
-            .failed_at(e.step)
+        .map_err(|error| Error::Upstream {
+            endpoint: route.upstream.endpoint(),
+            error,
         })?;
-    ::metrics::histogram!(metrics::UPSTREAM_CONNECT_DURATION)
-        .record(connect_started.elapsed().as_secs_f64());
+    drop(credential);
+    metrics::UPSTREAM_CONNECT_DURATION.record(connect_started.elapsed());
     span.record("upstream_addr", upstream.addr.to_string().as_str());
     span.record("upstream_pid", upstream.pid);
-    drop(credential);
 
-    let client_key = match minor {
-        ProtocolMinor::V0 => crate::auth::verifier::random_bytes::<4>().to_vec(),
-        ProtocolMinor::V2 => crate::auth::verifier::random_bytes::<32>().to_vec(),
-    };
-    let registration = state.cancel.register(
+    let client_key = new_cancel_key(minor);
+    let cancel_registration = state.cancel.register(
         client_key.clone(),
         CancelTarget {
             upstream: route.upstream.clone(),
@@ -253,29 +158,54 @@ async fn login(
             key: upstream.key.clone(),
         },
     );
+    write(framed, &welcome(&upstream, &client_key)).await?;
+    Ok(Login {
+        upstream,
+        lease,
+        cancel_registration,
+        route,
+    })
+}
+
+/// The user and database the client asks for; refuses what pgwarden does not do.
+fn identify(startup: &StartupMessage) -> Result<(&str, &str), Error> {
+    let user = startup
+        .param("user")
+        .filter(|u| !u.is_empty())
+        .ok_or(StartupRefusal::NoUser)?;
+    let database = startup
+        .param("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(user);
+    let span = tracing::Span::current();
+    span.record("user", user);
+    span.record("database", database);
+    if startup
+        .param("replication")
+        .is_some_and(|r| !matches!(r, "false" | "off" | "no" | "0"))
+    {
+        return Err(StartupRefusal::Replication.into());
+    }
+    Ok((user, database))
+}
+
+/// A cancel key of pgwarden's own, as long as the client's protocol has them.
+fn new_cancel_key(minor: ProtocolMinor) -> Vec<u8> {
+    match minor {
+        ProtocolMinor::V0 => crate::auth::verifier::random_bytes::<4>().to_vec(),
+        ProtocolMinor::V2 => crate::auth::verifier::random_bytes::<32>().to_vec(),
+    }
+}
+
+/// AuthenticationOk, the upstream's ParameterStatus verbatim, BackendKeyData
+/// with the backend's real pid and pgwarden's key, the upstream's ReadyForQuery.
+fn welcome(upstream: &UpstreamSession, client_key: &[u8]) -> BytesMut {
     let mut welcome = BytesMut::with_capacity(upstream.welcome.len() + 64);
     welcome.extend_from_slice(&backend::auth_ok());
     welcome.extend_from_slice(&upstream.welcome);
-    welcome.extend_from_slice(&backend::backend_key_data(upstream.pid, &client_key));
+    welcome.extend_from_slice(&backend::backend_key_data(upstream.pid, client_key));
     welcome.extend_from_slice(&upstream.ready);
-    write(framed, &welcome).await?;
-    Ok((upstream, lease, registration, route))
-}
-
-/// Asks the route's credential source for a fresh credential (the source
-/// counts and times its own requests).
-async fn issue(route: &Route) -> Result<Issued, Refusal> {
-    let source = &route.source;
-    source.issue(&route.upstream.config).await.map_err(|e| {
-        metrics::upstream_failure(UpstreamFailure::Credentials);
-        Refusal::new(
-            None,
-            sqlstate::CONNECTION_FAILURE,
-            "could not obtain database credentials",
-            format!("credential source {}: {e}", source.name),
-        )
-        .failed_at(UpstreamFailure::Credentials)
-    })
+    welcome
 }
 
 /// 3.0 and 3.2 as asked; other minors and `_pq_.*` options answered with
@@ -310,13 +240,9 @@ fn forwarded_params(startup: &StartupMessage) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn write(framed: &mut FramedStream<ClientStream>, bytes: &[u8]) -> Result<(), Refusal> {
-    framed.write_all(bytes).await.map_err(|e| {
-        Refusal::new(
-            Some(RejectReason::Protocol),
-            sqlstate::PROTOCOL_VIOLATION,
-            "",
-            format!("client write failed: {e}"),
-        )
-    })
+async fn write<S>(framed: &mut FramedStream<ClientStream<S>>, bytes: &[u8]) -> Result<(), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    framed.write_all(bytes).await.map_err(Error::ClientWrite)
 }

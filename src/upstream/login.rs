@@ -5,9 +5,9 @@ use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256}
 use postgres_protocol::message::frontend;
 use secrecy::ExposeSecret;
 
+use super::UpstreamFailure;
 use super::{UpstreamError, UpstreamSession};
 use crate::credentials::Credential;
-use crate::metrics::UpstreamFailure;
 use crate::net::{MaybeTls, UpstreamStream};
 use crate::protocol::backend::parse_error_fields;
 use crate::protocol::frame::{Frame, FramedStream};

@@ -272,7 +272,8 @@ async fn the_session_record_tells_a_logout_from_a_vanished_client_and_a_backend_
         })
         .collect();
     seen.sort();
-    let mut documented: Vec<String> = pgwarden::metrics::CloseReason::ALL
+    use pgwarden::metrics::Label;
+    let mut documented: Vec<String> = pgwarden::session::CloseReason::ALL
         .iter()
         .map(|c| c.as_str().to_owned())
         .collect();

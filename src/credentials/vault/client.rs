@@ -11,7 +11,9 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
@@ -22,11 +24,43 @@ use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
 
 use crate::config::{VaultAuthConfig, VaultConfig};
 use crate::credentials::{CredentialError, ErrorKind};
-use crate::metrics;
+use crate::metrics::{self, Label};
 
+pub use super::transport::SetupError;
 use super::transport::{
     classify_client_error, error_text, http_trusting_only, identity, read_secret, without_url,
 };
+
+/// What became of an attempt to keep pgwarden's own token: the `outcome` of
+/// `pgwarden_vault_token_renewals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenOutcome {
+    Renewed,
+    RenewalFailure,
+    Login,
+    LoginFailure,
+}
+
+impl Label for TokenOutcome {
+    const ALL: &'static [Self] = &[
+        TokenOutcome::Renewed,
+        TokenOutcome::RenewalFailure,
+        TokenOutcome::Login,
+        TokenOutcome::LoginFailure,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            TokenOutcome::Renewed => "renewed",
+            TokenOutcome::RenewalFailure => "renewal_failure",
+            TokenOutcome::Login => "login",
+            TokenOutcome::LoginFailure => "login_failure",
+        }
+    }
+}
+
+static TOKEN_RENEWALS: metrics::Counter<TokenOutcome> =
+    metrics::Counter::new(metrics::name::VAULT_TOKEN_RENEWALS, "outcome");
 
 /// Retries of a failed login or token renewal wait at most this long.
 const MAX_TOKEN_RETRY: Duration = Duration::from_secs(30);
@@ -41,6 +75,11 @@ struct Token {
     renewable: bool,
     since: Instant,
 }
+
+/// Why a credential source cannot issue credentials now (for `/readyz`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct NotReady(pub String);
 
 /// A response envelope, as far as pgwarden reads it.
 #[derive(Deserialize)]
@@ -75,7 +114,7 @@ pub struct Vault {
 }
 
 impl Vault {
-    pub fn new(config: &VaultConfig) -> Result<Vault, String> {
+    pub fn new(config: &VaultConfig) -> Result<Vault, SetupError> {
         let mut settings = VaultClientSettingsBuilder::default();
         settings
             .address(&config.address)
@@ -87,13 +126,17 @@ impl Vault {
             // `ca_file` alone when it is given (below).
             .ca_certs(Vec::new())
             .identity(identity(config)?);
-        let settings = settings.build().map_err(|e| format!("[vault]: {e}"))?;
-        let mut client = VaultClient::new(settings).map_err(|e| format!("[vault]: {e}"))?;
+        let settings = settings
+            .build()
+            .map_err(|e| SetupError::Client(e.to_string()))?;
+        let mut client =
+            VaultClient::new(settings).map_err(|e| SetupError::Client(e.to_string()))?;
         if let Some(ca) = &config.ca_file {
             client.http.http = http_trusting_only(config, ca)?;
         }
         let http = client.http.http.clone();
-        metrics::zero_token_renewals();
+        // Exported at zero only where Vault is configured.
+        metrics::Zeroed::zero(&TOKEN_RENEWALS);
         Ok(Vault {
             client: RwLock::new(client),
             http,
@@ -110,7 +153,7 @@ impl Vault {
     }
 
     /// `Ok` when pgwarden holds a live token and Vault answered last time.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn readiness(&self) -> Result<(), NotReady> {
         let has_token = self.current_token().is_some();
         if has_token && self.reachable.load(Ordering::Acquire) {
             return Ok(());
@@ -120,7 +163,9 @@ impl Vault {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        Err(why.unwrap_or_else(|| "Vault is not reachable".into()))
+        Err(NotReady(
+            why.unwrap_or_else(|| "Vault is not reachable".into()),
+        ))
     }
 
     fn mark(&self, result: Result<(), &str>) {
@@ -152,13 +197,11 @@ impl Vault {
         let result = self.login_once().await;
         match &result {
             Ok(()) => {
-                ::metrics::counter!(metrics::VAULT_TOKEN_RENEWALS, "outcome" => "login")
-                    .increment(1);
+                TOKEN_RENEWALS.increment(TokenOutcome::Login);
                 self.mark(Ok(()));
             }
             Err(e) => {
-                ::metrics::counter!(metrics::VAULT_TOKEN_RENEWALS, "outcome" => "login_failure")
-                    .increment(1);
+                TOKEN_RENEWALS.increment(TokenOutcome::LoginFailure);
                 self.mark(Err(&format!("Vault login failed: {e}")));
             }
         }
@@ -278,8 +321,7 @@ impl Vault {
         match renewed {
             Ok(auth) => {
                 let new_ttl = Duration::from_secs(auth.lease_duration);
-                ::metrics::counter!(metrics::VAULT_TOKEN_RENEWALS, "outcome" => "renewed")
-                    .increment(1);
+                TOKEN_RENEWALS.increment(TokenOutcome::Renewed);
                 tracing::info!(event = "vault_token_renewed", ttl_s = new_ttl.as_secs());
                 self.mark(Ok(()));
                 let capped = new_ttl + Duration::from_secs(1) < login_ttl;
@@ -299,8 +341,7 @@ impl Vault {
             }
             Err(e) => {
                 let err = classify_client_error("token renewal", &e);
-                ::metrics::counter!(metrics::VAULT_TOKEN_RENEWALS, "outcome" => "renewal_failure")
-                    .increment(1);
+                TOKEN_RENEWALS.increment(TokenOutcome::RenewalFailure);
                 if err.kind == ErrorKind::Unavailable {
                     self.mark(Err(&err.detail));
                     return Err(err);

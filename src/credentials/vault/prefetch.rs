@@ -177,7 +177,7 @@ impl Inner {
                     backoff = Duration::from_millis(500);
                     let pooled = Pooled {
                         credential: c,
-                        _active: GaugeGuard::new(::metrics::gauge!(metrics::LEASES_ACTIVE)),
+                        _active: GaugeGuard::new(&metrics::LEASES_ACTIVE),
                     };
                     if !self.push(pooled) {
                         return;

@@ -8,21 +8,46 @@ use serde::Deserialize;
 use crate::config::VaultConfig;
 use crate::credentials::{CredentialError, ErrorKind};
 
+/// Why pgwarden's Vault client could not be built. Never quotes a key.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("[vault] ca_file {path}: {source}")]
+    CaFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("[vault] ca_file {path}: {detail}")]
+    CaPem { path: String, detail: String },
+    #[error("[vault] ca_file {path}: no certificate in it")]
+    NoCertificate { path: String },
+    #[error("[vault] client_cert_file: {0}")]
+    ClientCert(std::io::Error),
+    #[error("[vault] client_key_file: {0}")]
+    ClientKey(std::io::Error),
+    #[error("[vault] client certificate or key is not valid PEM")]
+    ClientIdentity,
+    #[error("[vault]: {0}")]
+    Client(String),
+}
+
 /// The HTTP client for a Vault whose server certificate must chain to `ca`
 /// and nothing else: a certificate any public or system CA would sign for the
 /// name is refused. Otherwise built as vaultrs builds its own.
 pub(super) fn http_trusting_only(
     config: &VaultConfig,
     ca: &std::path::Path,
-) -> Result<reqwest::Client, String> {
-    let pem = std::fs::read(ca).map_err(|e| format!("[vault] ca_file {}: {e}", ca.display()))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| format!("[vault] ca_file {}: {e}", ca.display()))?;
+) -> Result<reqwest::Client, SetupError> {
+    let path = || ca.display().to_string();
+    let pem = std::fs::read(ca).map_err(|source| SetupError::CaFile {
+        path: path(),
+        source,
+    })?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| SetupError::CaPem {
+        path: path(),
+        detail: e.to_string(),
+    })?;
     if certs.is_empty() {
-        return Err(format!(
-            "[vault] ca_file {}: no certificate in it",
-            ca.display()
-        ));
+        return Err(SetupError::NoCertificate { path: path() });
     }
     let mut builder = reqwest::ClientBuilder::new()
         .tls_backend_rustls()
@@ -31,19 +56,20 @@ pub(super) fn http_trusting_only(
     if let Some(id) = identity(config)? {
         builder = builder.identity(id);
     }
-    builder.build().map_err(|e| format!("[vault]: {e}"))
+    builder
+        .build()
+        .map_err(|e| SetupError::Client(e.to_string()))
 }
 
-pub(super) fn identity(config: &VaultConfig) -> Result<Option<reqwest::Identity>, String> {
+pub(super) fn identity(config: &VaultConfig) -> Result<Option<reqwest::Identity>, SetupError> {
     match (&config.client_cert_file, &config.client_key_file) {
         (Some(cert), Some(key)) => {
-            let mut pem =
-                std::fs::read(cert).map_err(|e| format!("[vault] client_cert_file: {e}"))?;
-            pem.extend(std::fs::read(key).map_err(|e| format!("[vault] client_key_file: {e}"))?);
+            let mut pem = std::fs::read(cert).map_err(SetupError::ClientCert)?;
+            pem.extend(std::fs::read(key).map_err(SetupError::ClientKey)?);
             // The key's bytes must not leak through the error: report only the kind.
             reqwest::Identity::from_pem(&pem)
                 .map(Some)
-                .map_err(|_| "[vault] client certificate or key is not valid PEM".to_owned())
+                .map_err(|_| SetupError::ClientIdentity)
         }
         _ => Ok(None),
     }

@@ -13,7 +13,9 @@
 use std::fs::{self, File};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Instant, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
+
+use tokio::time::Instant;
 
 use aws_lc_rs::digest;
 use secrecy::{ExposeSecret, SecretString};

@@ -1,0 +1,204 @@
+//! A welcomed session: relayed until it ends, then closed on both legs,
+//! its lease handed over for revocation and its record written.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::GOODBYE_TIMEOUT;
+use super::establish::Established;
+use crate::metrics::{self, GaugeGuard, Label};
+use crate::protocol::backend::{fatal, sqlstate};
+use crate::relay::{Direction, RELAY_BYTES, RelayEnd, RelayOptions, Stop, StopSignal, relay};
+use crate::state::State;
+
+/// After shutdown or its lease's expiry asked a session to stop at a boundary,
+/// how long before it is cut.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// A deadline that never comes, for timers armed only later.
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Why a session that reached the relay ended: the `close_reason` of the
+/// session record and of `pgwarden_sessions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent Terminate: an orderly logout.
+    ClientTerminated,
+    /// The client closed its connection without Terminate.
+    ClientClosed,
+    /// The client connection failed.
+    ClientError,
+    /// The backend closed its connection (exit, `pg_terminate_backend`).
+    UpstreamClosed,
+    /// The upstream connection failed.
+    UpstreamError,
+    /// The upstream sent a message header no PostgreSQL server sends.
+    UpstreamProtocol,
+    /// Nothing moved for `[listen] idle_timeout`.
+    IdleTimeout,
+    /// pgwarden ended it at the end of its credential's lease.
+    LeaseEnded,
+    /// pgwarden ended it while shutting down.
+    Shutdown,
+}
+
+impl Label for CloseReason {
+    const ALL: &'static [Self] = &[
+        CloseReason::ClientTerminated,
+        CloseReason::ClientClosed,
+        CloseReason::ClientError,
+        CloseReason::UpstreamClosed,
+        CloseReason::UpstreamError,
+        CloseReason::UpstreamProtocol,
+        CloseReason::IdleTimeout,
+        CloseReason::LeaseEnded,
+        CloseReason::Shutdown,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientTerminated => "client_terminated",
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::ClientError => "client_error",
+            CloseReason::UpstreamClosed => "upstream_closed",
+            CloseReason::UpstreamError => "upstream_error",
+            CloseReason::UpstreamProtocol => "upstream_protocol",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::LeaseEnded => "lease_ended",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+pub static SESSIONS_ENDED: metrics::Counter<CloseReason> =
+    metrics::Counter::new(metrics::name::SESSIONS, "close_reason");
+
+impl CloseReason {
+    /// The FATAL a client is told when pgwarden ends its session, if any.
+    fn goodbye(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            CloseReason::Shutdown => Some((
+                sqlstate::ADMIN_SHUTDOWN,
+                "terminating connection due to administrator command",
+            )),
+            CloseReason::LeaseEnded => Some((
+                sqlstate::ADMIN_SHUTDOWN,
+                "terminating connection because its database credential reached the end of its lease; reconnect to get a new one",
+            )),
+            CloseReason::IdleTimeout => Some((
+                sqlstate::IDLE_SESSION_TIMEOUT,
+                "terminating connection due to idle-session timeout",
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Relays until the session ends, then says goodbye, revokes and records.
+pub(super) async fn relay_and_close<S>(state: &State, est: Established<S>, handshake: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Established {
+        mut client,
+        client_leftover,
+        upstream,
+        mut lease,
+        cancel_registration,
+        route,
+    } = est;
+    let stop = Arc::new(StopSignal::default());
+    lease.start_renewal(stop.clone(), STOP_GRACE);
+    let _active = GaugeGuard::new(&metrics::SESSIONS_ACTIVE);
+    tracing::info!(
+        event = "session_start",
+        handshake_ms = handshake.as_millis() as u64
+    );
+
+    let started = Instant::now();
+    let opts = RelayOptions {
+        idle_timeout: state.config.listen.idle_timeout,
+        client_to_upstream: RELAY_BYTES.handle(Direction::ClientToUpstream),
+        upstream_to_client: RELAY_BYTES.handle(Direction::UpstreamToClient),
+    };
+    let mut upstream_stream = upstream.stream;
+    let mut shutdown_asked = false;
+    let outcome = {
+        let relayed = relay(
+            &mut client,
+            &mut upstream_stream,
+            client_leftover,
+            upstream.leftover,
+            &opts,
+            &stop,
+        );
+        tokio::pin!(relayed);
+        let cut = tokio::time::sleep(FOREVER);
+        tokio::pin!(cut);
+        loop {
+            tokio::select! {
+                out = &mut relayed => break out,
+                _ = state.shutdown.end_sessions.cancelled(), if !shutdown_asked => {
+                    shutdown_asked = true;
+                    stop.request(Stop::Now);
+                    cut.as_mut().reset(Instant::now() + STOP_GRACE);
+                }
+                _ = &mut cut => stop.request(Stop::Abort),
+            }
+        }
+    };
+    // The session is over: its lease no longer needs renewing or enforcing.
+    lease.stop_renewal();
+
+    let close_reason = close_reason(outcome.end, shutdown_asked);
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+        if let (Some((code, msg)), true) = (close_reason.goodbye(), outcome.client_at_boundary) {
+            let _ = client.write_all(&fatal(code, msg)).await;
+        }
+        let _ = client.shutdown().await;
+    })
+    .await;
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+        if outcome.end == RelayEnd::StoppedIdle {
+            // The backend is idle: a Terminate message ends it cleanly.
+            let _ = upstream_stream.write_all(&[b'X', 0, 0, 0, 4]).await;
+        }
+        let _ = upstream_stream.shutdown().await;
+    })
+    .await;
+    drop(cancel_registration);
+    drop(lease);
+
+    let duration = started.elapsed();
+    SESSIONS_ENDED.increment(close_reason);
+    metrics::SESSION_DURATION.record(duration);
+    tracing::info!(
+        event = "session_end",
+        route = %route.database,
+        duration_ms = duration.as_millis() as u64,
+        bytes_client_to_upstream = outcome.bytes_client_to_upstream,
+        bytes_upstream_to_client = outcome.bytes_upstream_to_client,
+        close_reason = close_reason.as_str(),
+        error = outcome.error.as_deref(),
+    );
+}
+
+/// Why the session ended, from how the relay ended; a stop pgwarden asked for
+/// is a shutdown if shutdown was under way, else the lease's end.
+fn close_reason(end: RelayEnd, shutdown_asked: bool) -> CloseReason {
+    match end {
+        RelayEnd::ClientTerminated => CloseReason::ClientTerminated,
+        RelayEnd::ClientClosed => CloseReason::ClientClosed,
+        RelayEnd::ClientError => CloseReason::ClientError,
+        RelayEnd::UpstreamClosed => CloseReason::UpstreamClosed,
+        RelayEnd::UpstreamError => CloseReason::UpstreamError,
+        RelayEnd::UpstreamProtocol => CloseReason::UpstreamProtocol,
+        RelayEnd::IdleTimeout => CloseReason::IdleTimeout,
+        RelayEnd::Stopped | RelayEnd::StoppedIdle | RelayEnd::Aborted if shutdown_asked => {
+            CloseReason::Shutdown
+        }
+        RelayEnd::Stopped | RelayEnd::StoppedIdle | RelayEnd::Aborted => CloseReason::LeaseEnded,
+    }
+}
