@@ -369,3 +369,6 @@ where
 pub fn acceptor(config: Option<Arc<rustls::ServerConfig>>) -> Option<TlsAcceptor> {
     config.map(TlsAcceptor::from)
 }
+
+#[cfg(test)]
+mod tests;

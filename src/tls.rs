@@ -89,6 +89,14 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
 pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = load_certs(cert_file)?;
     let key = load_key(key_file)?;
+    server_config_from(certs, key)
+}
+
+/// [`server_config`] for a chain and key already read.
+pub fn server_config_from(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()

@@ -12,6 +12,7 @@
 //! a grace if it never reaches one (a client idle in a transaction, or one
 //! that stops reading). A session never outlives its lease unless `keep` says so.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,15 +22,64 @@ use tracing::Instrument;
 
 use super::outcome::{RENEWALS, RenewalOutcome};
 use super::revoker::Revoker;
-use super::{CredentialSource, ErrorKind, Lease};
+use super::{CredentialError, CredentialSource, ErrorKind, Lease, Renewal};
 use crate::config::OnLeaseEnd;
 use crate::metrics::{self, GaugeGuard};
-use crate::relay::{Stop, StopSignal};
 
 /// Renewal retries after a transient failure wait this long at most.
 const RENEW_RETRY: Duration = Duration::from_secs(5);
 /// A session is stopped this long before its credential expires, at most.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
+
+/// How the end of a lease's life reaches its session. The credentials layer
+/// knows nothing of the relay: the session hands it something that can be
+/// told, with growing urgency, to end.
+pub trait SessionEnd: Send + Sync {
+    fn end(&self, how: EndOfLife);
+}
+
+/// How urgently a session must end; requests only ever grow stronger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EndOfLife {
+    /// When the backend is next idle between transactions.
+    WhenIdle,
+    /// At the next message boundary, even inside a transaction.
+    AtBoundary,
+    /// At once.
+    Now,
+}
+
+/// What the lease logic needs of a credential source.
+pub trait Renew: Send + Sync {
+    /// Asks for `increment` more time on `lease`.
+    fn renew(
+        &self,
+        lease: &Lease,
+        increment: Duration,
+    ) -> impl Future<Output = Result<Renewal, CredentialError>> + Send;
+    /// How much more time to ask for at each renewal.
+    fn renew_increment(&self, lease: &Lease) -> Duration;
+    /// What happens to a session whose lease can live no longer.
+    fn on_lease_end(&self) -> OnLeaseEnd;
+}
+
+impl Renew for CredentialSource {
+    fn renew(
+        &self,
+        lease: &Lease,
+        increment: Duration,
+    ) -> impl Future<Output = Result<Renewal, CredentialError>> + Send {
+        CredentialSource::renew(self, lease, increment)
+    }
+
+    fn renew_increment(&self, lease: &Lease) -> Duration {
+        CredentialSource::renew_increment(self, lease)
+    }
+
+    fn on_lease_end(&self) -> OnLeaseEnd {
+        self.on_lease_end
+    }
+}
 
 pub struct LeaseGuard {
     /// Taken by `Drop`.
@@ -60,14 +110,14 @@ impl LeaseGuard {
     }
 
     /// Starts renewing; at the end of the lease's life, applies the source's
-    /// `on_lease_end` through `stop`, and enforces it at the credential's
+    /// `on_lease_end` through `session`, and enforces it at the credential's
     /// expiry, cutting the session `grace` after asking it to stop.
-    pub fn start_renewal(&mut self, stop: Arc<StopSignal>, grace: Duration) {
+    pub fn start_renewal(&mut self, session: Arc<dyn SessionEnd>, grace: Duration) {
         let lease = self.lease().clone();
         let source = self.source.clone();
         let task = async move {
-            let (why, expires) = renew_while_alive(&lease, &source).await;
-            end_of_life(&source, &lease, &stop, why, expires, grace).await;
+            let (why, expires) = renew_while_alive(&lease, &*source).await;
+            end_of_life(&*source, &lease, &*session, why, expires, grace).await;
         };
         self.renewal = Some(tokio::spawn(task.in_current_span()));
     }
@@ -92,7 +142,7 @@ impl Drop for LeaseGuard {
 
 /// Renews `lease` for as long as it can live; returns why it cannot live
 /// longer and when it expires.
-async fn renew_while_alive(lease: &Lease, source: &CredentialSource) -> (&'static str, Instant) {
+async fn renew_while_alive<R: Renew>(lease: &Lease, source: &R) -> (&'static str, Instant) {
     let start = lease.issued_at;
     let mut expires = start + lease.duration;
     let mut next = start + lease.duration * 2 / 3;
@@ -151,18 +201,18 @@ async fn renew_while_alive(lease: &Lease, source: &CredentialSource) -> (&'stati
 
 /// Applies `on_lease_end`; unless it is `keep`, stops the session at the next
 /// message boundary shortly before `expires`, and cuts it `grace` later.
-async fn end_of_life(
-    source: &CredentialSource,
+async fn end_of_life<R: Renew>(
+    source: &R,
     lease: &Lease,
-    stop: &StopSignal,
+    session: &dyn SessionEnd,
     why: &'static str,
     expires: Instant,
     grace: Duration,
 ) {
-    let policy = source.on_lease_end;
+    let policy = source.on_lease_end();
     let (action, first) = match policy {
-        OnLeaseEnd::RecycleWhenIdle => ("stop_when_idle", Stop::WhenIdle),
-        OnLeaseEnd::Terminate => ("stop", Stop::Now),
+        OnLeaseEnd::RecycleWhenIdle => ("stop_when_idle", EndOfLife::WhenIdle),
+        OnLeaseEnd::Terminate => ("stop", EndOfLife::AtBoundary),
         OnLeaseEnd::Keep => {
             tracing::info!(event = "lease_end", lease_id_hash = %lease.id, reason = why, on_lease_end = ?policy, action = "keep", "the session runs past its lease");
             return;
@@ -174,13 +224,13 @@ async fn end_of_life(
     let grace = grace.min(margin);
     let left = deadline.saturating_duration_since(Instant::now());
     tracing::info!(event = "lease_end", lease_id_hash = %lease.id, reason = why, on_lease_end = ?policy, action, enforced_in_ms = left.as_millis() as u64);
-    stop.request(first);
+    session.end(first);
     tokio::time::sleep_until(deadline).await;
     tracing::warn!(event = "lease_end", lease_id_hash = %lease.id, reason = "the credential expires", action = "stop", "ending the session at the next message boundary");
-    stop.request(Stop::Now);
+    session.end(EndOfLife::AtBoundary);
     tokio::time::sleep(grace).await;
     tracing::warn!(event = "lease_end", lease_id_hash = %lease.id, reason = "no message boundary before the grace ended", action = "cut", "cutting the session");
-    stop.request(Stop::Abort);
+    session.end(EndOfLife::Now);
 }
 
 /// How long before its expiry a credential's session is stopped: 10 % of the
@@ -201,3 +251,6 @@ mod tests {
         assert_eq!(margin(Duration::ZERO), Duration::ZERO);
     }
 }
+
+#[cfg(test)]
+mod paused;

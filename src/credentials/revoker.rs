@@ -8,6 +8,7 @@
 //! backoff short and waits, up to a deadline, for the backlog to empty.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::outcome::{REVOCATIONS, RevocationOutcome};
-use super::{CredentialSource, ErrorKind, Lease};
+use super::{CredentialError, CredentialSource, ErrorKind, Lease};
 use crate::metrics;
 
 const FIRST_RETRY: Duration = Duration::from_secs(1);
@@ -28,6 +29,24 @@ const CONCURRENCY: usize = 16;
 /// One revocation attempt may take this long; past it the attempt counts as
 /// failed (and is retried), so no attempt holds a slot for ever.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the revoker needs of a credential source.
+pub trait Revoke: Send + Sync + 'static {
+    /// Its name in `[credentials.<name>]`, for logs and its concurrency limit.
+    fn name(&self) -> &str;
+    /// Ends `lease`; a lease the source no longer knows counts as revoked.
+    fn revoke(&self, lease: &Lease) -> impl Future<Output = Result<(), CredentialError>> + Send;
+}
+
+impl Revoke for CredentialSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn revoke(&self, lease: &Lease) -> impl Future<Output = Result<(), CredentialError>> + Send {
+        CredentialSource::revoke(self, lease)
+    }
+}
 
 /// Handle to the revocation machinery; cheap to clone.
 #[derive(Clone)]
@@ -75,14 +94,14 @@ impl Revoker {
     }
 
     /// Hands a lease over for revocation. Never blocks; usable from `Drop`.
-    pub fn submit(&self, source: Arc<CredentialSource>, lease: Lease) {
+    pub fn submit<R: Revoke>(&self, source: Arc<R>, lease: Lease) {
         let count = self.inner.pending.fetch_add(1, Ordering::AcqRel) + 1;
         metrics::LEASE_REVOCATIONS_PENDING.set(count as f64);
         let inner = self.inner.clone();
         // Spawning needs a runtime; a Drop during runtime teardown has none, and
         // then the lease is reported as abandoned below instead of silently lost.
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            tracing::error!(event = "lease_revocation_abandoned", lease_id_hash = %lease.id, source = %source.name, "no runtime left to revoke this lease");
+            tracing::error!(event = "lease_revocation_abandoned", lease_id_hash = %lease.id, source = %source.name(), "no runtime left to revoke this lease");
             return;
         };
         let task = inner
@@ -139,11 +158,11 @@ impl Inner {
     }
 }
 
-async fn revoke_until_done(inner: Arc<Inner>, source: Arc<CredentialSource>, lease: Lease) {
+async fn revoke_until_done<R: Revoke>(inner: Arc<Inner>, source: Arc<R>, lease: Lease) {
     let mut backoff = FIRST_RETRY;
     let mut attempt = 1u32;
     loop {
-        let limit = inner.limit(&source.name);
+        let limit = inner.limit(source.name());
         let result = {
             let _permit = limit.acquire().await;
             tokio::time::timeout(ATTEMPT_TIMEOUT, source.revoke(&lease))
@@ -158,17 +177,17 @@ async fn revoke_until_done(inner: Arc<Inner>, source: Arc<CredentialSource>, lea
         match result {
             Ok(()) => {
                 REVOCATIONS.increment(RevocationOutcome::Success);
-                tracing::info!(event = "lease_revoked", lease_id_hash = %lease.id, upstream_user = %lease.username, source = %source.name, attempt);
+                tracing::info!(event = "lease_revoked", lease_id_hash = %lease.id, upstream_user = %lease.username, source = %source.name(), attempt);
                 break;
             }
             Err(e) if e.kind == ErrorKind::LeaseGone => {
                 REVOCATIONS.increment(RevocationOutcome::LeaseGone);
-                tracing::info!(event = "lease_revoked", lease_id_hash = %lease.id, upstream_user = %lease.username, source = %source.name, attempt, note = "lease already gone");
+                tracing::info!(event = "lease_revoked", lease_id_hash = %lease.id, upstream_user = %lease.username, source = %source.name(), attempt, note = "lease already gone");
                 break;
             }
             Err(e) => {
                 REVOCATIONS.increment(RevocationOutcome::Failure);
-                tracing::warn!(event = "lease_revocation_failed", lease_id_hash = %lease.id, upstream_user = %lease.username, source = %source.name, attempt, retry_in_ms = backoff.as_millis() as u64, error = %e);
+                tracing::warn!(event = "lease_revocation_failed", lease_id_hash = %lease.id, upstream_user = %lease.username, source = %source.name(), attempt, retry_in_ms = backoff.as_millis() as u64, error = %e);
                 if !inner.hurry.is_cancelled() {
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -187,4 +206,98 @@ async fn revoke_until_done(inner: Arc<Inner>, source: Arc<CredentialSource>, lea
     let left = inner.pending.fetch_sub(1, Ordering::AcqRel) - 1;
     metrics::LEASE_REVOCATIONS_PENDING.set(left as f64);
     inner.drained.notify_waiters();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::credentials::LeaseId;
+
+    /// A source whose revocations fail a number of times first, and that
+    /// notes when it was asked.
+    struct Flaky {
+        failures_left: Mutex<u32>,
+        asked_at: Mutex<Vec<Instant>>,
+    }
+
+    impl Flaky {
+        fn failing(times: u32) -> Arc<Flaky> {
+            Arc::new(Flaky {
+                failures_left: Mutex::new(times),
+                asked_at: Mutex::new(Vec::new()),
+            })
+        }
+
+        fn asked(&self, t0: Instant) -> Vec<f64> {
+            let asked = self.asked_at.lock().unwrap();
+            asked.iter().map(|t| (*t - t0).as_secs_f64()).collect()
+        }
+    }
+
+    impl Revoke for Flaky {
+        fn name(&self) -> &str {
+            "flaky"
+        }
+
+        async fn revoke(&self, _: &Lease) -> Result<(), CredentialError> {
+            self.asked_at.lock().unwrap().push(Instant::now());
+            let mut left = self.failures_left.lock().unwrap();
+            if *left == 0 {
+                return Ok(());
+            }
+            *left -= 1;
+            Err(CredentialError::new(ErrorKind::Unavailable, "down"))
+        }
+    }
+
+    fn lease() -> Lease {
+        Lease {
+            id: LeaseId::new("database/creds/keycloak/x"),
+            username: "v-x".into(),
+            endpoint: "db:5432".into(),
+            issuer: String::new(),
+            duration: Duration::from_secs(60),
+            renewable: true,
+            issued_at: Instant::now(),
+        }
+    }
+
+    async fn until_revoked(revoker: &Revoker) {
+        while revoker.pending() > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_revocations_back_off_doubling_up_to_a_minute() {
+        let t0 = Instant::now();
+        let source = Flaky::failing(8);
+        let revoker = Revoker::new();
+        revoker.submit(source.clone(), lease());
+        until_revoked(&revoker).await;
+        // Waits of 1, 2, 4, 8, 16, 32 s, then 60 s at most.
+        assert_eq!(
+            source.asked(t0),
+            vec![0.0, 1.0, 3.0, 7.0, 15.0, 31.0, 63.0, 123.0, 183.0]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn draining_retries_promptly_instead_of_waiting_out_the_backoff() {
+        let t0 = Instant::now();
+        let source = Flaky::failing(6);
+        let revoker = Revoker::new();
+        revoker.submit(source.clone(), lease());
+        // Four failures: the next retry is 16 s after the last.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(source.asked(t0), vec![0.0, 1.0, 3.0, 7.0]);
+        let left = revoker.drain(Duration::from_secs(5)).await;
+        assert_eq!(left, 0);
+        // At once, then every 200 ms until it worked.
+        assert_eq!(source.asked(t0), vec![0.0, 1.0, 3.0, 7.0, 10.0, 10.2, 10.4]);
+    }
 }

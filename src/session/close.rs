@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::GOODBYE_TIMEOUT;
 use super::establish::Established;
+use crate::credentials::lease::{EndOfLife, SessionEnd};
 use crate::metrics::{self, GaugeGuard, Label};
 use crate::protocol::backend::{fatal, sqlstate};
 use crate::relay::{Direction, RELAY_BYTES, RelayEnd, RelayOptions, Stop, StopSignal, relay};
@@ -93,6 +94,17 @@ impl CloseReason {
             )),
             _ => None,
         }
+    }
+}
+
+/// The end of a lease's life reaches the relay as a stop request.
+impl SessionEnd for StopSignal {
+    fn end(&self, how: EndOfLife) {
+        self.request(match how {
+            EndOfLife::WhenIdle => Stop::WhenIdle,
+            EndOfLife::AtBoundary => Stop::Now,
+            EndOfLife::Now => Stop::Abort,
+        });
     }
 }
 
