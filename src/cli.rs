@@ -10,6 +10,24 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+/// Exit codes, after sysexits.h, so a supervisor can tell a broken
+/// configuration (which a restart will not fix) from a passing fault.
+pub mod exit {
+    /// Ran and stopped as asked.
+    pub const OK: i32 = 0;
+    /// The command line is wrong (unknown flag, missing value).
+    pub const USAGE: i32 = 64;
+    /// The configuration file cannot be read.
+    pub const NO_INPUT: i32 = 66;
+    /// Something inside pgwarden failed (the async runtime would not start).
+    pub const SOFTWARE: i32 = 70;
+    /// The operating system refused (a port to listen on is taken or forbidden).
+    pub const OS_ERROR: i32 = 71;
+    /// The configuration is invalid, or a file it names is (a certificate
+    /// rustls refuses, a key that does not match).
+    pub const CONFIG: i32 = 78;
+}
+
 use crate::auth::ScramVerifier;
 use crate::auth::verifier::{GENERATED_PASSWORD_LEN, generate_password};
 use crate::config;

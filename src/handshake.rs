@@ -47,8 +47,6 @@ pub struct TlsInfo {
     pub version: &'static str,
     pub cipher: &'static str,
     pub alpn: Option<String>,
-    /// Direct TLS (no SSLRequest first).
-    pub direct: bool,
 }
 
 /// Negotiation failed: why, and the stream when it can still carry the answer.
@@ -284,7 +282,7 @@ impl Negotiator {
             ));
         }
         plain.push_back(next[0]);
-        self.accept(plain, false, deadline).await
+        self.accept(plain, deadline).await
     }
 
     async fn direct_tls<S>(
@@ -298,7 +296,7 @@ impl Negotiator {
         let MaybeTls::Plain(plain) = stream else {
             unreachable!("direct TLS is tried on the first byte, before any TLS")
         };
-        let (s, info) = self.accept(plain, true, deadline).await?;
+        let (s, info) = self.accept(plain, deadline).await?;
         if info.alpn.as_deref().map(str::as_bytes) != Some(ALPN_POSTGRESQL) {
             return Err(refused(Some(s), NegotiateError::AlpnRequired));
         }
@@ -308,7 +306,6 @@ impl Negotiator {
     async fn accept<S>(
         &self,
         plain: Prefixed<S>,
-        direct: bool,
         deadline: Instant,
     ) -> Step<S, (ClientStream<S>, TlsInfo)>
     where
@@ -338,7 +335,6 @@ impl Negotiator {
             alpn: conn
                 .alpn_protocol()
                 .map(|a| String::from_utf8_lossy(a).into_owned()),
-            direct,
         };
         Ok((MaybeTls::Tls(Box::new(tls)), info))
     }

@@ -1,25 +1,25 @@
 //! pgwarden: a TLS-terminating PostgreSQL proxy that gives every session a fresh credential.
 #![forbid(unsafe_code)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod auth;
-pub mod cancel;
+pub(crate) mod cancel;
 pub mod cli;
 pub mod config;
-pub mod credentials;
+pub(crate) mod credentials;
 pub mod dev;
 pub mod embedded;
-pub mod error_text;
-pub mod handshake;
-pub mod listener;
+pub(crate) mod error_text;
+pub(crate) mod handshake;
+pub(crate) mod listener;
 pub mod logging;
 pub mod metrics;
-pub mod net;
+pub(crate) mod net;
 pub mod protocol;
 pub mod relay;
-pub mod route;
+pub(crate) mod route;
 pub mod server;
 pub mod session;
-pub mod state;
+pub(crate) mod state;
 pub mod tls;
-pub mod upstream;
+pub(crate) mod upstream;

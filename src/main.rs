@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use pgwarden::cli::exit;
+use pgwarden::server::StartError;
 
 #[derive(Parser)]
 #[command(
@@ -53,7 +55,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors; a wrong command line is EX_USAGE.
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+            let _ = e.print();
+            return ExitCode::from(code as u8);
+        }
+    };
     let code = match cli.command {
         Command::CheckConfig { config } => {
             pgwarden::cli::check_config(&config, &mut std::io::stdout(), &mut std::io::stderr())
@@ -78,20 +92,31 @@ fn main() -> ExitCode {
                 eprintln!("unhealthy: cannot start the async runtime: {e}");
                 1
             }),
-        Command::Run { config } => runtime().block_on(run(config)),
-        Command::Dev { port } => runtime().block_on(pgwarden::dev::run(port)),
+        Command::Run { config } => in_runtime(run(config)),
+        Command::Dev { port } => in_runtime(pgwarden::dev::run(port)),
     };
     ExitCode::from(code as u8)
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+/// Runs `main` on a multi-threaded runtime.
+fn in_runtime(main: impl std::future::Future<Output = i32>) -> i32 {
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .unwrap_or_else(|e| panic!("cannot start the async runtime: {e}"))
+    {
+        Ok(rt) => rt.block_on(main),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            exit::SOFTWARE
+        }
+    }
 }
 
 async fn run(path: PathBuf) -> i32 {
+    if let Err(e) = std::fs::metadata(&path) {
+        eprintln!("cannot read configuration file {}: {e}", path.display());
+        return exit::NO_INPUT;
+    }
     let config = match pgwarden::config::load(&path, std::env::vars()) {
         Ok(c) => c,
         Err(errors) => {
@@ -99,7 +124,7 @@ async fn run(path: PathBuf) -> i32 {
             for e in &errors.0 {
                 eprintln!("  - {e}");
             }
-            return 1;
+            return exit::CONFIG;
         }
     };
     pgwarden::logging::init(config.log.format, &config.log.level);
@@ -107,10 +132,13 @@ async fn run(path: PathBuf) -> i32 {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "pgwarden could not start");
-            return 1;
+            return match e {
+                StartError::Bind { .. } => exit::OS_ERROR,
+                StartError::Build(_) => exit::CONFIG,
+            };
         }
     };
     pgwarden::server::wait_for_signal().await;
     server.shutdown().await;
-    0
+    exit::OK
 }

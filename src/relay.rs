@@ -312,48 +312,27 @@ where
         if stop.poll_requested(cx) == Some(Stop::Abort) {
             return Poll::Ready((RelayEnd::Aborted, None));
         }
-        let c2u_state = match c2u.poll_pump(
+        let polled = c2u.poll_pump(
             cx,
             Pin::new(&mut *client),
             Pin::new(&mut *upstream),
             |chunk| client_frames.observe(chunk),
-        ) {
-            Poll::Ready(Ok(s)) => Some(s),
-            Poll::Ready(Err(PumpError::Read(e))) => {
-                return Poll::Ready((RelayEnd::ClientError, Some(e.to_string())));
-            }
-            Poll::Ready(Err(PumpError::Write(e))) => {
-                return Poll::Ready((RelayEnd::UpstreamError, Some(e.to_string())));
-            }
-            Poll::Ready(Err(PumpError::Protocol)) => {
-                return Poll::Ready((RelayEnd::UpstreamProtocol, None));
-            }
-            Poll::Pending => None,
-        };
-        if matches!(c2u_state, Some(PumpState::Done)) {
-            return Poll::Ready((RelayEnd::ClientClosed, None));
+        );
+        if let Err(end) = ended_by(polled, Side::Client) {
+            return Poll::Ready(end);
         }
-        let u2c_state = match u2c.poll_pump(
-            cx,
-            Pin::new(&mut *upstream),
-            Pin::new(&mut *client),
-            |chunk| tracker.observe(chunk).is_ok(),
+        let u2c_state = match ended_by(
+            u2c.poll_pump(
+                cx,
+                Pin::new(&mut *upstream),
+                Pin::new(&mut *client),
+                |chunk| tracker.observe(chunk).is_ok(),
+            ),
+            Side::Upstream,
         ) {
-            Poll::Ready(Ok(s)) => Some(s),
-            Poll::Ready(Err(PumpError::Read(e))) => {
-                return Poll::Ready((RelayEnd::UpstreamError, Some(e.to_string())));
-            }
-            Poll::Ready(Err(PumpError::Write(e))) => {
-                return Poll::Ready((RelayEnd::ClientError, Some(e.to_string())));
-            }
-            Poll::Ready(Err(PumpError::Protocol)) => {
-                return Poll::Ready((RelayEnd::UpstreamProtocol, None));
-            }
-            Poll::Pending => None,
+            Ok(state) => state,
+            Err(end) => return Poll::Ready(end),
         };
-        if matches!(u2c_state, Some(PumpState::Done)) {
-            return Poll::Ready((RelayEnd::UpstreamClosed, None));
-        }
         // Both pumps are waiting. A stop is honoured only once everything the
         // upstream sent has reached the client, at a message boundary.
         let drained = matches!(u2c_state, Some(PumpState::Idle));
@@ -393,6 +372,41 @@ where
     let mut out = outcome(end, &c2u, &u2c, &tracker);
     out.error = error;
     out
+}
+
+/// Which side a pump reads from.
+#[derive(Clone, Copy)]
+enum Side {
+    Client,
+    Upstream,
+}
+
+/// Whether a pump's answer ends the relay (`Err`, with how and the error
+/// for the log), or it goes on (`Ok`, with the pump's state if it has one).
+fn ended_by(
+    polled: Poll<Result<PumpState, PumpError>>,
+    reads: Side,
+) -> Result<Option<PumpState>, (RelayEnd, Option<String>)> {
+    let (read_failed, write_failed, closed) = match reads {
+        Side::Client => (
+            RelayEnd::ClientError,
+            RelayEnd::UpstreamError,
+            RelayEnd::ClientClosed,
+        ),
+        Side::Upstream => (
+            RelayEnd::UpstreamError,
+            RelayEnd::ClientError,
+            RelayEnd::UpstreamClosed,
+        ),
+    };
+    match polled {
+        Poll::Pending => Ok(None),
+        Poll::Ready(Ok(PumpState::Done)) => Err((closed, None)),
+        Poll::Ready(Ok(state)) => Ok(Some(state)),
+        Poll::Ready(Err(PumpError::Read(e))) => Err((read_failed, Some(e.to_string()))),
+        Poll::Ready(Err(PumpError::Write(e))) => Err((write_failed, Some(e.to_string()))),
+        Poll::Ready(Err(PumpError::Protocol)) => Err((RelayEnd::UpstreamProtocol, None)),
+    }
 }
 
 /// The client→server stream, followed from headers to see a Terminate.

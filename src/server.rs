@@ -34,7 +34,7 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The admin listener's address, when `[admin]` is configured.
     pub admin_addr: Option<SocketAddr>,
-    pub state: Arc<State>,
+    pub(crate) state: Arc<State>,
     accept: JoinHandle<()>,
     /// Token upkeep and health probes; stopped at shutdown.
     background: Vec<JoinHandle<()>>,
@@ -111,6 +111,11 @@ impl Server {
             accept,
             background,
         })
+    }
+
+    /// Leases handed over for revocation and not yet revoked.
+    pub fn pending_revocations(&self) -> usize {
+        self.state.revoker.pending()
     }
 
     /// Shuts down as described above. Returns how many leases were left unrevoked.

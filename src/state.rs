@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Authenticator, ScramServer, UserAuth};
 use crate::cancel::CancelMap;
-use crate::config::{Config, CredentialsConfig, UpstreamTls};
+use crate::config::{Config, CredentialsConfig, RouteConfig, UpstreamTls};
 use crate::credentials::CredentialSource;
 use crate::credentials::revoker::Revoker;
 use crate::credentials::vault::{SetupError, Vault};
@@ -22,30 +22,31 @@ use crate::handshake::Negotiator;
 use crate::route::{Route, Routes};
 use crate::tls::{TlsError, Verification};
 use crate::upstream::{TargetError, UpstreamTarget};
+use rustls::ServerConfig;
 
 /// Most refused connections handled at once beyond `max_connections` (they
 /// are walked through TLS so they can be told 53300).
 const REJECTION_SLOTS: usize = 64;
 
 pub struct State {
-    pub config: Arc<Config>,
-    pub negotiator: Negotiator,
-    pub authenticator: Authenticator,
-    pub routes: Routes,
+    pub(crate) config: Arc<Config>,
+    pub(crate) negotiator: Negotiator,
+    pub(crate) authenticator: Authenticator,
+    pub(crate) routes: Routes,
     /// Every credential source by name (for start-up work and readiness).
-    pub sources: HashMap<String, Arc<CredentialSource>>,
-    pub cancel: Arc<CancelMap>,
-    pub revoker: Revoker,
+    pub(crate) sources: HashMap<String, Arc<CredentialSource>>,
+    pub(crate) cancel: Arc<CancelMap>,
+    pub(crate) revoker: Revoker,
     /// pgwarden's Vault connection, when `[vault]` is configured.
-    pub vault: Option<Arc<Vault>>,
+    pub(crate) vault: Option<Arc<Vault>>,
     /// One permit per session, `max_connections` in all.
-    pub permits: Arc<Semaphore>,
+    pub(crate) permits: Arc<Semaphore>,
     /// Connections over the limit being told so.
-    pub rejection_slots: Arc<Semaphore>,
-    pub shutdown: Shutdown,
+    pub(crate) rejection_slots: Arc<Semaphore>,
+    pub(crate) shutdown: Shutdown,
     /// Every session task, so shutdown can wait for them.
-    pub sessions: TaskTracker,
-    pub reject_log: RateLimitedLog,
+    pub(crate) sessions: TaskTracker,
+    pub(crate) reject_log: RateLimitedLog,
 }
 
 /// The two stages of shutdown.
@@ -85,16 +86,7 @@ pub enum BuildError {
 impl State {
     pub fn build(config: Config) -> Result<Arc<State>, BuildError> {
         let config = Arc::new(config);
-        let (server_tls, listener_cert_pem) = match &config.listen.tls {
-            Some(files) => {
-                let server = crate::tls::server_config(&files.cert_file, &files.key_file)
-                    .map_err(BuildError::ListenerTls)?;
-                let pem =
-                    std::fs::read(&files.cert_file).map_err(BuildError::ListenerCertificate)?;
-                (Some(server), Some(pem))
-            }
-            None => (None, None),
-        };
+        let (server_tls, listener_cert_pem) = listener_tls(&config)?;
         let users: HashMap<String, UserAuth> = config
             .users
             .iter()
@@ -102,7 +94,6 @@ impl State {
             .collect();
         let authenticator =
             Authenticator::new(users, ScramServer::new(listener_cert_pem.as_deref()));
-
         let vault = match &config.vault {
             Some(v) => Some(Arc::new(Vault::new(v)?)),
             None => None,
@@ -120,50 +111,7 @@ impl State {
         }
         let mut routes = Routes::default();
         for r in &config.routes {
-            let tls = match (r.upstream.tls, &r.upstream.ca_file) {
-                (UpstreamTls::Disable, _) => None,
-                (mode, Some(ca)) => {
-                    let v = if mode == UpstreamTls::VerifyCa {
-                        Verification::CaOnly
-                    } else {
-                        Verification::Full
-                    };
-                    Some(crate::tls::upstream_config(ca, v).map_err(|error| {
-                        BuildError::RouteTls {
-                            route: r.database.clone(),
-                            error,
-                        }
-                    })?)
-                }
-                (_, None) => {
-                    return Err(BuildError::RouteCaMissing {
-                        route: r.database.clone(),
-                    });
-                }
-            };
-            let target = UpstreamTarget::new(r.upstream.clone(), tls, config.listen.tcp_keepalive)
-                .map_err(|error| BuildError::RouteTarget {
-                    route: r.database.clone(),
-                    error,
-                })?;
-            let source = sources.get(&r.credentials).cloned().ok_or_else(|| {
-                BuildError::UnknownCredentials {
-                    route: r.database.clone(),
-                    name: r.credentials.clone(),
-                }
-            })?;
-            if let (CredentialsConfig::Postgres(_), UpstreamTls::Disable) =
-                (&config.credentials[&r.credentials], r.upstream.tls)
-            {
-                tracing::warn!(route = %r.database, "upstream TLS is disabled: credentials travel unencrypted to the database");
-            }
-            routes.add(Route::new(
-                r.database.clone(),
-                r.users.clone(),
-                Arc::new(target),
-                source,
-                r.session_role.clone(),
-            ));
+            routes.add(route(&config, r, &sources)?);
         }
         Ok(Arc::new(State {
             negotiator: Negotiator {
@@ -205,6 +153,72 @@ impl State {
             source.stop(deadline).await;
         }
     }
+}
+
+/// The listener's TLS configuration, and its certificate (for channel binding).
+type ListenerTls = (Option<Arc<ServerConfig>>, Option<Vec<u8>>);
+
+fn listener_tls(config: &Config) -> Result<ListenerTls, BuildError> {
+    let Some(files) = &config.listen.tls else {
+        return Ok((None, None));
+    };
+    let server = crate::tls::server_config(&files.cert_file, &files.key_file)
+        .map_err(BuildError::ListenerTls)?;
+    let pem = std::fs::read(&files.cert_file).map_err(BuildError::ListenerCertificate)?;
+    Ok((Some(server), Some(pem)))
+}
+
+/// One route: its upstream target (with its TLS) and its credential source.
+fn route(
+    config: &Config,
+    r: &RouteConfig,
+    sources: &HashMap<String, Arc<CredentialSource>>,
+) -> Result<Route, BuildError> {
+    let tls = match (r.upstream.tls, &r.upstream.ca_file) {
+        (UpstreamTls::Disable, _) => None,
+        (mode, Some(ca)) => {
+            let v = if mode == UpstreamTls::VerifyCa {
+                Verification::CaOnly
+            } else {
+                Verification::Full
+            };
+            let tls = crate::tls::upstream_config(ca, v).map_err(|error| BuildError::RouteTls {
+                route: r.database.clone(),
+                error,
+            })?;
+            Some(tls)
+        }
+        (_, None) => {
+            return Err(BuildError::RouteCaMissing {
+                route: r.database.clone(),
+            });
+        }
+    };
+    let target = UpstreamTarget::new(r.upstream.clone(), tls, config.listen.tcp_keepalive)
+        .map_err(|error| BuildError::RouteTarget {
+            route: r.database.clone(),
+            error,
+        })?;
+    let source =
+        sources
+            .get(&r.credentials)
+            .cloned()
+            .ok_or_else(|| BuildError::UnknownCredentials {
+                route: r.database.clone(),
+                name: r.credentials.clone(),
+            })?;
+    if let (CredentialsConfig::Postgres(_), UpstreamTls::Disable) =
+        (&config.credentials[&r.credentials], r.upstream.tls)
+    {
+        tracing::warn!(route = %r.database, "upstream TLS is disabled: credentials travel unencrypted to the database");
+    }
+    Ok(Route::new(
+        r.database.clone(),
+        r.users.clone(),
+        Arc::new(target),
+        source,
+        r.session_role.clone(),
+    ))
 }
 
 /// Lets through at most `per_second` records a second and counts the rest,

@@ -131,23 +131,7 @@ async fn authenticate(
                 ));
             }
             AUTH_SASL => {
-                let mechanisms: Vec<&[u8]> =
-                    data.split(|&b| b == 0).filter(|m| !m.is_empty()).collect();
-                let plus = mechanisms.contains(&sasl::SCRAM_SHA_256_PLUS.as_bytes());
-                let plain = mechanisms.contains(&sasl::SCRAM_SHA_256.as_bytes());
-                let (mechanism, cb) = match (&binding, plus, plain) {
-                    (Some(hash), true, _) => (
-                        sasl::SCRAM_SHA_256_PLUS,
-                        ChannelBinding::tls_server_end_point(hash.clone()),
-                    ),
-                    (Some(_), false, true) => (sasl::SCRAM_SHA_256, ChannelBinding::unrequested()),
-                    (None, _, true) => (sasl::SCRAM_SHA_256, ChannelBinding::unsupported()),
-                    _ => {
-                        return Err(auth_err(
-                            "server offers no SASL mechanism pgwarden supports",
-                        ));
-                    }
-                };
+                let (mechanism, cb) = choose_mechanism(data, binding.as_ref())?;
                 let s = ScramSha256::new(password, cb);
                 frontend::sasl_initial_response(mechanism, s.message(), &mut out)
                     .map_err(|e| auth_err(&e.to_string()))?;
@@ -157,15 +141,7 @@ async fn authenticate(
                 let s = scram
                     .as_mut()
                     .ok_or_else(|| auth_err("SASLContinue before SASL"))?;
-                // Hashing runs as many rounds as the server says, inline on a
-                // runtime worker: a count no sane server uses is refused.
-                if iterations(data).is_none_or(|i| i > MAX_SCRAM_ITERATIONS) {
-                    return Err(auth_err(
-                        "SCRAM server-first-message has no usable iteration count",
-                    ));
-                }
-                s.update(data)
-                    .map_err(|_| auth_err("invalid SCRAM server-first-message"))?;
+                server_first(s, data)?;
                 frontend::sasl_response(s.message(), &mut out)
                     .map_err(|e| auth_err(&e.to_string()))?;
             }
@@ -210,6 +186,46 @@ async fn authenticate(
         }
         send(framed, &out, UpstreamFailure::Auth).await?;
     }
+}
+
+/// SCRAM-SHA-256-PLUS when the server offers it and the leg is TLS with a
+/// certificate that has a binding, else SCRAM-SHA-256.
+fn choose_mechanism(
+    offered: &[u8],
+    binding: Option<&Vec<u8>>,
+) -> Result<(&'static str, ChannelBinding), UpstreamError> {
+    let mechanisms: Vec<&[u8]> = offered
+        .split(|&b| b == 0)
+        .filter(|m| !m.is_empty())
+        .collect();
+    let plus = mechanisms.contains(&sasl::SCRAM_SHA_256_PLUS.as_bytes());
+    let plain = mechanisms.contains(&sasl::SCRAM_SHA_256.as_bytes());
+    match (binding, plus, plain) {
+        (Some(hash), true, _) => Ok((
+            sasl::SCRAM_SHA_256_PLUS,
+            ChannelBinding::tls_server_end_point(hash.clone()),
+        )),
+        (Some(_), false, true) => Ok((sasl::SCRAM_SHA_256, ChannelBinding::unrequested())),
+        (None, _, true) => Ok((sasl::SCRAM_SHA_256, ChannelBinding::unsupported())),
+        _ => Err(UpstreamError::new(
+            UpstreamFailure::Auth,
+            "server offers no SASL mechanism pgwarden supports",
+        )),
+    }
+}
+
+/// Takes the server-first-message, refusing an iteration count no sane
+/// server uses (the hashing runs that many rounds).
+fn server_first(scram: &mut ScramSha256, data: &[u8]) -> Result<(), UpstreamError> {
+    let auth_err = |d: &str| UpstreamError::new(UpstreamFailure::Auth, d.to_owned());
+    if iterations(data).is_none_or(|i| i > MAX_SCRAM_ITERATIONS) {
+        return Err(auth_err(
+            "SCRAM server-first-message has no usable iteration count",
+        ));
+    }
+    scram
+        .update(data)
+        .map_err(|_| auth_err("invalid SCRAM server-first-message"))
 }
 
 /// The most SCRAM iterations pgwarden computes for an upstream login

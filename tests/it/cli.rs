@@ -478,3 +478,29 @@ async fn dev_prints_urls_that_work_as_printed_and_cleans_up_on_sigterm() {
         "the cluster's port is closed"
     );
 }
+
+#[tokio::test]
+async fn run_exits_with_a_distinct_code_for_each_kind_of_start_up_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    // No such file: EX_NOINPUT.
+    let missing = dir.path().join("missing.toml");
+    let out = pgwarden(&["run", "--config", missing.to_str().unwrap()], None).await;
+    assert_eq!(out.code, Some(66), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot read configuration file"),
+        "{}",
+        out.stderr
+    );
+    // A configuration that does not validate: EX_CONFIG, with every problem named.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[listen]\nmax_connections = \"many\"\n").unwrap();
+    let out = pgwarden(&["run", "--config", bad.to_str().unwrap()], None).await;
+    assert_eq!(out.code, Some(78), "{}", out.stderr);
+    assert!(out.stderr.contains("problem(s)"), "{}", out.stderr);
+    // A wrong command line: EX_USAGE; asking for help is no error.
+    let out = pgwarden(&["run", "--no-such-flag"], None).await;
+    assert_eq!(out.code, Some(64), "{}", out.stderr);
+    let out = pgwarden(&["--help"], None).await;
+    assert_eq!(out.code, Some(0));
+    assert!(out.stdout.contains("Usage"), "{}", out.stdout);
+}

@@ -433,9 +433,7 @@ impl Harness {
         self.server
             .as_ref()
             .expect("pgwarden is running")
-            .state
-            .revoker
-            .pending()
+            .pending_revocations()
     }
 
     /// GET on the admin listener: status and body.
