@@ -21,6 +21,7 @@ mod logs;
 mod metrics;
 mod observability;
 mod observability_files;
+mod openbao;
 mod pgjdbc;
 mod postgres_logging;
 mod session;
