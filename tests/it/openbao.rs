@@ -177,9 +177,11 @@ async fn valid_until(h: &Harness, role: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_moves_valid_until_and_the_max_ttl_recycles_an_idle_session() {
-    // Leases of 2 s, at most 6 s, set on both roles after setup.sh as an operator would.
+    // Leases of 3 s, at most 8 s, set on both roles after setup.sh as an operator would
+    // (renewed every 2 s: a second of slack on a loaded machine before OpenBao would
+    // revoke the lease itself).
     let mut h = start(OpenBaoOptions {
-        lease_ttl: Some((Duration::from_secs(2), Duration::from_secs(6))),
+        lease_ttl: Some((Duration::from_secs(3), Duration::from_secs(8))),
     })
     .await;
     let (c, conn) = h.connect_parts(&h.pg_config()).await.unwrap();
