@@ -44,8 +44,13 @@ readonly LEASE_MAX_TTL=24h
 readonly PASSWORD_POLICY=pgwarden-postgres
 readonly VAULT_POLICY=pgwarden
 readonly APPROLE=pgwarden
-readonly TOKEN_TTL=1h
-readonly TOKEN_MAX_TTL=24h
+# pgwarden's token is periodic: renewed every TOKEN_PERIOD (pgwarden does so at
+# 2/3 of it) for as long as pgwarden runs, with no maximum lifetime. Vault
+# revokes every lease a token obtained when that token expires, so a token with
+# a max TTL would end every session opened under it at that moment, however
+# young its lease. Unrenewed (pgwarden stopped or cut off), it expires within
+# one period, and its leases with it.
+readonly TOKEN_PERIOD=1h
 
 say() { printf 'pgwarden vault setup: %s\n' "$*" >&2; }
 die() {
@@ -174,9 +179,11 @@ policy=$(sed "s|\"database/creds/|\"$mount/creds/|" "$here/pgwarden-policy.hcl")
 	die "could not read $here/pgwarden-policy.hcl"
 printf '%s\n' "$policy" | vault policy write "$VAULT_POLICY" -
 
-# 6. pgwarden's AppRole: tokens carry only that policy; the secret id does not
-# expire and may be used for every login (pgwarden logs in again whenever its
-# token reaches its max TTL). Restrict where it may be used from with
+# 6. pgwarden's AppRole: periodic tokens (see TOKEN_PERIOD; the TTLs are reset
+# to 0 so that a re-run over an older setup leaves no max TTL behind) that
+# carry only that policy; the secret id does not expire and may be used for
+# every login (pgwarden logs in again whenever its token is lost: revoked, or
+# expired while Vault was out of reach). Restrict where it may be used from with
 # secret_id_bound_cidrs / token_bound_cidrs where the network allows.
 mounted_type auth approle
 case $mounted in
@@ -192,8 +199,10 @@ vault write "auth/approle/role/$APPROLE" \
 	token_policies="$VAULT_POLICY" \
 	token_no_default_policy=true \
 	token_type=service \
-	token_ttl="$TOKEN_TTL" \
-	token_max_ttl="$TOKEN_MAX_TTL" \
+	token_period="$TOKEN_PERIOD" \
+	token_ttl=0 \
+	token_max_ttl=0 \
+	token_explicit_max_ttl=0 \
 	token_num_uses=0 \
 	bind_secret_id=true \
 	secret_id_ttl=0 \

@@ -25,6 +25,7 @@ mod logs;
 mod metrics;
 mod observability;
 mod observability_files;
+mod openbao;
 mod pgjdbc;
 mod postgres_logging;
 mod session;

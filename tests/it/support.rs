@@ -1,10 +1,12 @@
 //! What the integration tests share: pgwarden in front of a real cluster, the Vault
-//! double, wire-level clients, the shipped files and log capture.
+//! double, a real OpenBao server, wire-level clients, the shipped files and log capture.
 
 pub mod harness;
 pub mod hcl;
 pub mod java;
 pub mod logs;
+pub mod openbao;
+pub mod openbao_setup;
 pub mod shipped;
 pub mod vault_double;
 pub mod vault_setup;

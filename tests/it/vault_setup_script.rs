@@ -399,7 +399,7 @@ fn configures_vault_for_pgwarden_and_can_run_twice(shell: Shell) {
         hcl::acl_policy(&shipped::file("pgwarden-policy.hcl")).unwrap()
     );
 
-    // The AppRole: only that policy, reusable secret ids.
+    // The AppRole: only that policy, reusable secret ids, periodic tokens.
     one(calls, &["auth", "enable", "approle"]);
     let approle = one(calls, &["write", "auth/approle/role/pgwarden"]);
     let kv = approle.kv();
@@ -407,7 +407,13 @@ fn configures_vault_for_pgwarden_and_can_run_twice(shell: Shell) {
     assert_eq!(kv["token_no_default_policy"], "true");
     assert_eq!(kv["bind_secret_id"], "true");
     assert_eq!(kv["secret_id_num_uses"], "0");
-    assert!(kv.contains_key("secret_id_ttl") && kv.contains_key("token_ttl"));
+    assert_eq!(kv["secret_id_ttl"], "0");
+    // A periodic token with no max TTL, whatever an earlier run set: Vault revokes a
+    // token's leases when it expires (tests/it/openbao.rs shows it on a real server).
+    assert_eq!(kv["token_period"], "1h");
+    for ttl in ["token_ttl", "token_max_ttl", "token_explicit_max_ttl"] {
+        assert_eq!(kv[ttl], "0", "{ttl}");
+    }
 
     // role_id and secret_id, private, exactly what Vault returned.
     assert_eq!(file_0600(&fake.out_dir().join("role_id")), ROLE_ID);

@@ -107,6 +107,9 @@ pub struct Vault {
     login_lock: tokio::sync::Mutex<()>,
     /// Counts logins, so that requests refused together log in once.
     generation: AtomicU64,
+    /// Signalled at each login, so that token upkeep follows the new token's
+    /// TTL instead of sleeping on the schedule of the token it replaced.
+    logged_in: tokio::sync::Notify,
     /// Whether the last exchange with Vault succeeded (for readiness).
     reachable: AtomicBool,
     /// Why Vault is not usable, when it is not.
@@ -147,6 +150,7 @@ impl Vault {
             token: Mutex::new(None),
             login_lock: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
+            logged_in: tokio::sync::Notify::new(),
             reachable: AtomicBool::new(false),
             last_error: Mutex::new(Some("not logged in to Vault yet".into())),
         })
@@ -264,13 +268,15 @@ impl Vault {
             since: Instant::now(),
         });
         self.generation.fetch_add(1, Ordering::AcqRel);
+        self.logged_in.notify_one();
         tracing::info!(event = "vault_login", ttl_s = ttl.as_secs(), renewable);
         Ok(())
     }
 
     /// Keeps the token alive for as long as the process runs: renews at ~2/3
-    /// of its TTL, logs in again when renewal is refused or the max TTL nears,
-    /// retries with backoff while Vault is unreachable.
+    /// of its TTL (of the newest token, whoever logged in), logs in again when
+    /// renewal is refused or the max TTL nears, retries with backoff while
+    /// Vault is unreachable.
     pub async fn maintain_token(&self) {
         let mut retry = Duration::from_secs(1);
         loop {
@@ -284,10 +290,12 @@ impl Vault {
             };
             let outcome = match wait {
                 None => self.login().await,
-                Some(w) => {
-                    tokio::time::sleep(w).await;
-                    self.renew_or_login().await
-                }
+                Some(w) => tokio::select! {
+                    () = tokio::time::sleep(w) => self.renew_or_login().await,
+                    // A request refused with 403 logged in again: a new token,
+                    // perhaps with a shorter TTL. Plan again from it.
+                    () = self.logged_in.notified() => continue,
+                },
             };
             match outcome {
                 Ok(()) => retry = Duration::from_secs(1),

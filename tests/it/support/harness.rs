@@ -24,6 +24,7 @@ use tokio_postgres::config::{ChannelBinding, SslMode};
 use tokio_postgres::{Client, Connection, Socket};
 
 use super::logs::{self, Logs};
+use super::openbao_setup::{OpenBaoOptions, OpenBaoSetup};
 use super::vault_double::VaultDouble;
 #[allow(unused_imports)]
 pub use super::vault_setup::{VaultAuth, VaultOptions, VaultSetup};
@@ -95,6 +96,9 @@ pub struct Options {
     pub role_prefix: Option<String>,
     /// Credentials from a Vault double instead of the built-in source.
     pub vault: Option<VaultOptions>,
+    /// Credentials from a real OpenBao set up by `config/vault/setup.sh` (on a cluster
+    /// `bootstrap.sql` prepared) instead of the built-in source.
+    pub openbao: Option<OpenBaoOptions>,
     /// Run the admin listener (metrics, health) on a random port.
     pub admin: bool,
     /// Extra `postgresql.conf` settings for the cluster (they win over its own).
@@ -162,6 +166,7 @@ impl Default for Options {
             on_lease_end: None,
             role_prefix: None,
             vault: None,
+            openbao: None,
             admin: false,
             cluster_settings: Vec::new(),
             cluster_hba: None,
@@ -186,6 +191,7 @@ pub struct Harness {
     direct: Client,
     server: Option<Server>,
     vault: Option<VaultSetup>,
+    openbao: Option<OpenBaoSetup>,
     /// Certificates, secrets, configuration; removed on drop.
     _dir: tempfile::TempDir,
 }
@@ -210,7 +216,7 @@ impl Harness {
         })
         .await
         .expect("start the cluster");
-        let shipped = opts.vault.as_ref().is_some_and(|v| v.shipped);
+        let shipped = opts.vault.as_ref().is_some_and(|v| v.shipped) || opts.openbao.is_some();
         // Shipped Vault wiring: the cluster as config/vault/bootstrap.sql leaves it, and
         // admin_password is vault_admin's.
         let admin_password = if shipped {
@@ -264,9 +270,16 @@ impl Harness {
             }
             None => None,
         };
+        let openbao = match &opts.openbao {
+            Some(o) => Some(OpenBaoSetup::start(o, &cluster, &admin_password, dir.path()).await),
+            None => None,
+        };
         let mut config_text = config_text(&opts, cluster.port());
         if let (Some(setup), Some(v)) = (&vault, &opts.vault) {
             config_text += &setup.config(v);
+        }
+        if let Some(setup) = &openbao {
+            config_text += &setup.config(cluster.port());
         }
         let config = pgwarden::config::from_str(&config_text, dir.path(), std::iter::empty())
             .unwrap_or_else(|e| panic!("test configuration is invalid:\n{e}\n---\n{config_text}"));
@@ -277,16 +290,18 @@ impl Harness {
             ca_pem: pki.ca_cert_pem().to_owned(),
             client_password,
             admin_password,
-            role_prefix: match &opts.vault {
+            role_prefix: if opts.vault.is_some() || opts.openbao.is_some() {
                 // Vault's username template: v-<display name>-<role>-…
-                Some(_) => "v-".into(),
-                None => opts.role_prefix.clone().unwrap_or("pgwarden_".into()),
+                "v-".into()
+            } else {
+                opts.role_prefix.clone().unwrap_or("pgwarden_".into())
             },
             logs,
             cluster,
             direct,
             server: Some(server),
             vault,
+            openbao,
             _dir: dir,
         }
     }
@@ -428,6 +443,13 @@ impl Harness {
             .expect("this harness runs with a Vault double")
     }
 
+    /// The OpenBao server and its setup (tests started with `Options::openbao`).
+    pub fn openbao(&self) -> &OpenBaoSetup {
+        self.openbao
+            .as_ref()
+            .expect("this harness runs with OpenBao")
+    }
+
     /// Leases handed to the revoker and not yet revoked.
     pub fn pending_revocations(&self) -> usize {
         self.server
@@ -480,6 +502,12 @@ impl Harness {
                     &format!("Vault secret #{i} (secret id, JWT, token or issued password)"),
                     s,
                 );
+            }
+        }
+        if let Some(b) = &self.openbao {
+            for (i, s) in b.secrets().iter().enumerate() {
+                self.logs
+                    .assert_absent(&format!("OpenBao secret #{i} (root token, secret id)"), s);
             }
         }
     }
@@ -563,7 +591,7 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
         upstream_database: None,
     };
     // The shipped Vault roles set their session role themselves (ALTER ROLE … SET role).
-    let shipped = opts.vault.as_ref().is_some_and(|v| v.shipped);
+    let shipped = opts.vault.as_ref().is_some_and(|v| v.shipped) || opts.openbao.is_some();
     for r in std::iter::once(&main).chain(&opts.extra_routes) {
         let ca = match r.upstream_ca {
             UpstreamCa::Right => "ca.crt",
@@ -610,7 +638,7 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
     if opts.admin {
         t += "[admin]\naddress = \"127.0.0.1:0\"\n\n";
     }
-    if opts.vault.is_some() {
+    if opts.vault.is_some() || opts.openbao.is_some() {
         return t;
     }
     t += &format!(

@@ -5,6 +5,15 @@
 //! appear in and disappear from the test PostgreSQL, lets leases and tokens expire by themselves,
 //! and can be told at runtime to go down, go slow, seal, refuse or rate-limit.
 //!
+//! Which layer covers what: the double is for what a real server will not do on demand —
+//! slow answers, 429s, going down or sealing at a precise moment, exact error bodies, a
+//! revocation the database refuses, lease and token lifetimes of a few seconds with exact
+//! timing. What a real server does of its own accord (its response fields and status codes,
+//! its database plugin running the shipped statements, its ACLs, what happens to leases when
+//! a token is revoked, seal and unseal) is proved against OpenBao, a real Vault API server
+//! (`openbao.rs`, tests in `tests/it/openbao.rs`). Where the two were seen to differ, it is
+//! said below ("OpenBao 2.7 answers …").
+//!
 //! It must never record a secret: the call log keeps method, path, status, time and namespace
 //! only — never a token, secret id, JWT, password or request body.
 //!

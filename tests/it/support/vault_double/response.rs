@@ -19,6 +19,7 @@ pub(super) struct Envelope {
     pub(super) data: Value,
     pub(super) warnings: Vec<String>,
     pub(super) auth: Value,
+    /// Vault 1.x sends it; OpenBao 2.7 does not. pgwarden reads neither.
     pub(super) mount_type: &'static str,
 }
 

@@ -5,7 +5,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Valid token, path denied by policy (vault/request_handling.go wraps it in a multierror).
 pub const PERMISSION_DENIED: &str = "1 error occurred:\n\t* permission denied\n\n";
-/// Unknown, expired or revoked token (Vault ≥ 1.15 adds `invalid token`).
+/// Unknown, expired or revoked token (Vault ≥ 1.15 adds `invalid token`; OpenBao 2.7
+/// answers `{"errors":["permission denied"]}`, one bare error, in both cases). pgwarden goes
+/// by the 403 alone.
 pub const INVALID_TOKEN: &str = "2 errors occurred:\n\t* permission denied\n\t* invalid token\n\n";
 /// consts.ErrSealed.
 pub const SEALED: &str = "Vault is sealed";
