@@ -29,6 +29,9 @@ pub const VAULT_TOKEN_RENEWALS: &str = "pgwarden_vault_token_renewals_total";
 pub const TLS_CERTIFICATE_EXPIRY: &str = "pgwarden_tls_certificate_expiry_timestamp_seconds";
 pub const BUILD_INFO: &str = "pgwarden_build_info";
 pub const CREDENTIAL_SOURCE_UP: &str = "pgwarden_credential_source_up";
+pub const AUDIT_CHECK: &str = "pgwarden_audit_check";
+pub const AUDIT_LAST_RUN: &str = "pgwarden_audit_last_run_timestamp_seconds";
+pub const AUDIT_INTERVAL: &str = "pgwarden_audit_interval_seconds";
 
 /// Why a connection was refused before its session began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,5 +361,19 @@ pub fn describe() {
     describe_gauge!(
         CREDENTIAL_SOURCE_UP,
         "1 when a credential source can issue credentials, else 0"
+    );
+    describe_gauge!(
+        AUDIT_CHECK,
+        "1 for the status each audit check had in the last run (see src/audit), else 0"
+    );
+    describe_gauge!(
+        AUDIT_LAST_RUN,
+        Unit::Seconds,
+        "When the last audit run that reached the database ended, Unix time"
+    );
+    describe_gauge!(
+        AUDIT_INTERVAL,
+        Unit::Seconds,
+        "[audit] interval: the time between two audit runs"
     );
 }
