@@ -197,10 +197,10 @@ mod tests {
         for c in ALL {
             assert!([1, 2, 3, 4, 5, 6, 9, 10].contains(&c.item), "{}", c.id);
             assert!(c.remedy.ends_with('.'), "{}", c.id);
-            assert!(
-                c.id.chars()
-                    .all(|ch| ch.is_ascii_lowercase() || ch == '.' || ch == '_')
-            );
+            assert!(c.id.chars().all(|ch| ch.is_ascii_lowercase()
+                || ch.is_ascii_digit()
+                || ch == '.'
+                || ch == '_'));
         }
     }
 

@@ -7,6 +7,7 @@
 
 mod support;
 
+mod audit;
 mod auth;
 mod cancel;
 mod cli;
