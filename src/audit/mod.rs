@@ -78,6 +78,23 @@ pub async fn run(state: &State, only: Option<&str>, auditor: &Auditor, mode: Mod
     report
 }
 
+/// The checks that read pgwarden's configuration alone, for every route:
+/// what `pgwarden audit` concludes before it connects anywhere.
+pub fn configuration_findings(config: &crate::config::Config) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for route in &config.routes {
+        out.push(items::tls::upstream_verify(route, config));
+        if let Some(source) = config.credentials.get(&route.credentials) {
+            out.push(items::rotation::max_ttl(source));
+            out.push(items::rotation::on_lease_end(source));
+        }
+    }
+    out.push(items::access::allowlist(config));
+    out.push(items::monitoring::admin_listener(config));
+    out.push(items::monitoring::continuous(config));
+    out
+}
+
 async fn audit_route(state: &State, config: &RouteConfig, auditor: &Auditor) -> RouteReport {
     let mut report = RouteReport::new(config);
     let source_config = &state.config.credentials[&config.credentials];

@@ -14,30 +14,31 @@ use crate::config::Config;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub(in crate::audit) async fn run(config: &Config, mode: Mode, out: &mut Vec<Finding>) {
-    let Some(admin) = config.admin else {
-        out.push(Finding::fail(
-            &MONITORING_ADMIN_LISTENER,
-            "no [admin] section: no /metrics, /healthz or /readyz",
-        ));
-        out.push(Finding::fail(
-            &MONITORING_METRICS,
-            "no admin listener, so no metrics",
-        ));
-        out.push(continuous(config));
-        return;
-    };
-    out.push(Finding::pass(
-        &MONITORING_ADMIN_LISTENER,
-        format!("[admin] address = {admin}: /metrics, /healthz, /readyz"),
-    ));
-    out.push(match mode {
-        Mode::Running => Finding::pass(&MONITORING_METRICS, "served by this pgwarden process"),
-        Mode::OnDemand => probe(admin).await,
+    out.push(admin_listener(config));
+    out.push(match (config.admin, mode) {
+        (None, _) => Finding::fail(&MONITORING_METRICS, "no admin listener, so no metrics"),
+        (Some(_), Mode::Running) => {
+            Finding::pass(&MONITORING_METRICS, "served by this pgwarden process")
+        }
+        (Some(admin), Mode::OnDemand) => probe(admin).await,
     });
     out.push(continuous(config));
 }
 
-fn continuous(config: &Config) -> Finding {
+pub(in crate::audit) fn admin_listener(config: &Config) -> Finding {
+    match config.admin {
+        Some(admin) => Finding::pass(
+            &MONITORING_ADMIN_LISTENER,
+            format!("[admin] address = {admin}: /metrics, /healthz, /readyz"),
+        ),
+        None => Finding::fail(
+            &MONITORING_ADMIN_LISTENER,
+            "no [admin] section: no /metrics, /healthz or /readyz",
+        ),
+    }
+}
+
+pub(in crate::audit) fn continuous(config: &Config) -> Finding {
     match &config.audit {
         Some(a) => Finding::pass(
             &MONITORING_CONTINUOUS,
