@@ -225,9 +225,10 @@ async fn owns_nothing(ctx: &mut Ctx<'_>, s: &Subject) -> Finding {
     } else {
         String::new()
     };
+    let verb = if checked.len() == 1 { "owns" } else { "own" };
     Finding::pass(
         check,
-        format!("{} own nothing{note}", checked.join(" and ")),
+        format!("{} {verb} nothing{note}", checked.join(" and ")),
     )
 }
 
