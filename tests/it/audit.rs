@@ -339,7 +339,18 @@ async fn a_misconfigured_cluster_fails_each_check_for_its_reason() {
     }
     fx.assert_no_secret_in("the JSON report", &json);
     fx.assert_no_secret_in("stderr", &err);
-    // The probe's role is dropped again; the planted leftover is still there.
+
+    // --as a credential source: the checks run as a role it issues, acting as itself.
+    let (code, json, err) = audit(&fx, Some("test".into()), Format::Json).await;
+    assert_eq!(code, 1, "{json}\n{err}");
+    let report: Value = serde_json::from_str(&json).unwrap();
+    let who = report["routes"][0]["connected_as"].as_str().unwrap();
+    assert!(
+        who.starts_with("pgwarden_") && !who.ends_with("keycloak_app"),
+        "{who}"
+    );
+    assert_eq!(checks(&json)["access.hba_open"].0, "unknown");
+    // The probe's role and the auditor's are dropped again; the planted leftover stays.
     let direct = fx.cluster.connect("postgres").await.unwrap();
     wait_until(GENEROUS, "the audit's role is dropped", async || {
         let rows = direct
@@ -357,7 +368,20 @@ async fn a_misconfigured_cluster_fails_each_check_for_its_reason() {
     // The binary: exit 1 on failures, 2 when it cannot run.
     let config = fx.config_path.display().to_string();
     let dsn = fx.superuser_dsn();
-    let (code, out, err) = binary(&["--config", &config, "--as", &dsn], &fx.env());
+    let password_file = fx.dir.path().join("superuser-password");
+    std::fs::write(&password_file, &fx.env()[0].1).unwrap();
+    let password_file = password_file.display().to_string();
+    let (code, out, err) = binary(
+        &[
+            "--config",
+            &config,
+            "--as",
+            &dsn,
+            "--password-file",
+            &password_file,
+        ],
+        &[],
+    );
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(out.contains("fail"), "{out}");
     fx.assert_no_secret_in("the binary's output", &(out + &err));
