@@ -1,4 +1,5 @@
-//! The small commands: `check-config`, `scram-verifier` and `healthcheck`.
+//! The small commands: `check-config`, `scram-verifier`, `healthcheck`, and
+//! the entry to `audit` (whose work is in `crate::audit`).
 //!
 //! They print to the writers they are given and return the exit code; they
 //! never print a secret they were not asked to make (`scram-verifier` prints
@@ -154,4 +155,15 @@ pub async fn healthcheck(
     let body: String = body.trim().chars().take(HEALTHCHECK_BODY_LIMIT).collect();
     let _ = writeln!(err, "unhealthy: {url} answered {status} {body}");
     1
+}
+
+/// `pgwarden audit`: logs warnings (a credential that could not be revoked)
+/// to stderr, runs the audit, prints its report. Exit 0, 1 or 2.
+pub async fn audit(
+    opts: crate::audit::command::Options,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> i32 {
+    crate::logging::init(crate::config::LogFormat::Text, "warn");
+    crate::audit::command::run(opts, std::env::vars().collect(), out, err).await
 }

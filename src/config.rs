@@ -36,6 +36,17 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub credentials: BTreeMap<String, CredentialsConfig>,
     pub vault: Option<VaultConfig>,
+    /// The background audit, when `[audit]` is configured.
+    pub audit: Option<AuditConfig>,
+}
+
+/// `[audit]`, validated.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Time between two runs (the first runs at start-up).
+    pub interval: Duration,
+    /// The credential source the audit connects with; `None`: each route's own.
+    pub credentials: Option<String>,
 }
 
 #[derive(Debug, Clone)]

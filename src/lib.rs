@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub(crate) mod admin;
+pub mod audit;
 pub mod auth;
 pub(crate) mod cancel;
 pub mod cli;

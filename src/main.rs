@@ -45,6 +45,26 @@ enum Command {
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Check the security checklist against the live database: one line per
+    /// check; exit 0 when nothing fails, 1 when a check fails, 2 when the audit
+    /// could not run.
+    Audit {
+        #[arg(long, short, env = "PGWARDEN_CONFIG")]
+        config: PathBuf,
+        /// Audit only the route for this database name.
+        #[arg(long)]
+        route: Option<String>,
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+        /// Connect as another [credentials.*] source, or as an account given
+        /// by a DSN without a password (from PGPASSWORD, a passfile or
+        /// --password-file).
+        #[arg(long = "as", value_name = "DSN-OR-CREDENTIAL-SOURCE")]
+        auditor: Option<String>,
+        /// A file holding the password of the --as DSN's account.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
     /// Run pgwarden against a throwaway local PostgreSQL with the built-in
     /// credential source: no Vault, nothing to configure.
     Dev {
@@ -92,6 +112,27 @@ fn main() -> ExitCode {
                 eprintln!("unhealthy: cannot start the async runtime: {e}");
                 1
             }),
+        Command::Audit {
+            config,
+            route,
+            format,
+            auditor,
+            password_file,
+        } => in_runtime(pgwarden::cli::audit(
+            pgwarden::audit::command::Options {
+                config,
+                route,
+                format: if format == "json" {
+                    pgwarden::audit::command::Format::Json
+                } else {
+                    pgwarden::audit::command::Format::Table
+                },
+                auditor,
+                password_file,
+            },
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        )),
         Command::Run { config } => in_runtime(run(config)),
         Command::Dev { port } => in_runtime(pgwarden::dev::run(port)),
     };

@@ -40,6 +40,9 @@ pub mod name {
     pub const TLS_CERTIFICATE_EXPIRY: &str = "pgwarden_tls_certificate_expiry_timestamp_seconds";
     pub const BUILD_INFO: &str = "pgwarden_build_info";
     pub const CREDENTIAL_SOURCE_UP: &str = "pgwarden_credential_source_up";
+    pub const AUDIT_CHECK: &str = "pgwarden_audit_check";
+    pub const AUDIT_LAST_RUN: &str = "pgwarden_audit_last_run_timestamp_seconds";
+    pub const AUDIT_INTERVAL: &str = "pgwarden_audit_interval_seconds";
 }
 
 /// The values a label can take: a fixed set, each with its text.
@@ -341,5 +344,19 @@ fn describe() {
     describe_gauge!(
         CREDENTIAL_SOURCE_UP,
         "1 when a credential source can issue credentials, else 0"
+    );
+    describe_gauge!(
+        AUDIT_CHECK,
+        "1 for the status each audit check had in the last run (see src/audit), else 0"
+    );
+    describe_gauge!(
+        AUDIT_LAST_RUN,
+        Unit::Seconds,
+        "When the last audit run that reached the database ended, Unix time"
+    );
+    describe_gauge!(
+        AUDIT_INTERVAL,
+        Unit::Seconds,
+        "[audit] interval: the time between two audit runs"
     );
 }

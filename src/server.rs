@@ -102,6 +102,7 @@ impl Server {
             }
             None => None,
         };
+        background.extend(crate::audit::continuous::spawn(state.clone()));
         let accept = tokio::spawn(crate::listener::serve(state.clone(), listener));
         tracing::info!(event = "listening", address = %addr, tls = state.negotiator.tls.is_some(), require_tls = state.config.listen.require_tls);
         Ok(Server {

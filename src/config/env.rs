@@ -10,7 +10,7 @@ use super::report::Override;
 
 /// Sections that can be overridden; arrays of tables (users, routes) and the
 /// credential sources are configured in the file only.
-const SECTIONS: &[&str] = &["listen", "admin", "log", "shutdown", "vault"];
+const SECTIONS: &[&str] = &["listen", "admin", "log", "shutdown", "vault", "audit"];
 
 /// Variables with the prefix that are not configuration overrides.
 const NOT_OVERRIDES: &[&str] = &["PGWARDEN_CONFIG"];

@@ -25,6 +25,10 @@ pub const DEFAULT_VAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(10
 pub const DEFAULT_VAULT_MOUNT: &str = "database";
 pub const DEFAULT_PREFETCH_MAX_AGE: Duration = Duration::from_secs(300);
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9187";
+/// How often `pgwarden run` audits the database side of the checklist.
+pub const DEFAULT_AUDIT_INTERVAL: Duration = Duration::from_secs(3600);
+/// The shortest `[audit] interval`: each run issues a credential and reads the catalog.
+pub const MIN_AUDIT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What a bad duration is told (the value itself is never echoed: it may be
 /// a secret typed under the wrong key, or set through the environment).
@@ -172,6 +176,17 @@ pub enum OnLeaseEnd {
     RecycleWhenIdle,
     Terminate,
     Keep,
+}
+
+/// `[audit]`: the security checklist checked in the background of `pgwarden run`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    #[serde(default = "default_audit_interval", deserialize_with = "de_duration")]
+    pub interval: Duration,
+    /// A `[credentials.<name>]` source to connect with (an auditor role with
+    /// more privilege); default: each route's own source.
+    pub credentials: Option<String>,
 }
 
 /// `[credentials.<name>]`, by its `source` (validate dispatches on the tag, so
@@ -328,6 +343,9 @@ fn default_vault_timeout() -> Duration {
 }
 fn default_health_check_interval() -> Duration {
     DEFAULT_VAULT_HEALTH_CHECK_INTERVAL
+}
+fn default_audit_interval() -> Duration {
+    DEFAULT_AUDIT_INTERVAL
 }
 fn default_approle_mount() -> String {
     "approle".to_owned()

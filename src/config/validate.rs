@@ -31,6 +31,7 @@ const KNOWN_SECTIONS: &[&str] = &[
     "routes",
     "credentials",
     "vault",
+    "audit",
 ];
 
 pub(super) fn validate(
@@ -88,6 +89,7 @@ impl Validator<'_> {
         let users = self.array::<raw::User>(table, "users");
         let routes = self.array::<raw::Route>(table, "routes");
         let credentials = self.credentials(table);
+        let audit = self.optional::<raw::Audit>(table, "audit");
 
         let listen = listen.and_then(|l| self.listen(l));
         let admin = admin
@@ -110,6 +112,7 @@ impl Validator<'_> {
             .filter_map(|(i, r)| self.route(i, r))
             .collect();
         self.cross_checks(&declared, &users, &routes, &credentials, vault.is_some());
+        let audit = audit.flatten().map(|a| self.audit(a, &declared));
         Some(Config {
             listen: listen?,
             admin,
@@ -125,6 +128,7 @@ impl Validator<'_> {
             routes,
             credentials,
             vault,
+            audit,
         })
     }
 

@@ -63,6 +63,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedStream<S> {
         }
     }
 
+    /// A stream whose first bytes, already read, are in `buf` (what
+    /// [`FramedStream::into_parts`] handed back).
+    pub fn from_parts(stream: S, buf: BytesMut) -> Self {
+        Self { stream, buf }
+    }
+
     /// Reads the next frame, refusing a length under 4 or over `max_len`
     /// before reading its body.
     pub async fn read_frame(&mut self, max_len: usize) -> Result<Frame, FrameError> {

@@ -420,6 +420,75 @@ fn compose_pgwarden_configuration_passes_pgwarden_validation() {
     );
 }
 
+/// `pgwarden audit` reads the compose configuration with the loader it uses
+/// (under the container's file system), and what it concludes from the
+/// configuration alone holds: verified legs, a narrow allowlist, an admin
+/// listener, a background audit, sessions that end with their credential.
+#[test]
+fn compose_configuration_is_understood_by_pgwarden_audit() {
+    let compose = Compose::load();
+    let (config, _root) = load_compose_config(&compose);
+    let audit = config
+        .audit
+        .as_ref()
+        .expect("[audit] in the compose configuration");
+    assert_eq!(audit.interval, Duration::from_secs(3600));
+    let findings = pgwarden::audit::configuration_findings(&config);
+    let status = |id: &str| {
+        findings
+            .iter()
+            .filter(|f| f.check.id == id)
+            .map(|f| (f.status, f.evidence.clone()))
+            .collect::<Vec<_>>()
+    };
+    use pgwarden::audit::Status;
+    for id in [
+        "tls.upstream_verify",
+        "rotation.on_lease_end",
+        "access.allowlist",
+        "monitoring.admin_listener",
+        "monitoring.continuous_audit",
+    ] {
+        let found = status(id);
+        assert!(!found.is_empty(), "no {id}");
+        assert!(
+            found.iter().all(|(s, _)| *s == Status::Pass),
+            "{id}: {found:?}"
+        );
+    }
+    // Vault's max_ttl is not visible to pgwarden: unknown, with what it lacks.
+    let max = findings
+        .iter()
+        .find(|f| f.check.id == "rotation.max_ttl")
+        .unwrap();
+    assert_eq!(max.status, Status::Unknown);
+    assert!(
+        max.lacks
+            .as_deref()
+            .unwrap()
+            .contains("database/roles/keycloak-migrate")
+    );
+    // The command line the README gives for the compose deployment parses.
+    let args = [
+        "pgwarden",
+        "audit",
+        "--config",
+        "/etc/pgwarden/pgwarden.toml",
+        "--format",
+        "json",
+    ];
+    let parsed = std::process::Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .args(&args[1..])
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        parsed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+}
+
 #[test]
 fn compose_keycloak_reaches_pgwarden_with_verify_full_and_the_password_of_its_verifier() {
     let compose = Compose::load();

@@ -11,6 +11,7 @@
 
 mod support;
 
+mod audit;
 mod auth;
 mod cancel;
 mod cli;

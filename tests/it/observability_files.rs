@@ -349,11 +349,12 @@ fn families(body: &str) -> Families {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_pgwarden_metric_the_alerts_and_dashboard_use_is_exported() {
-    // A pgwarden with a Vault source, after one whole session: every family it has is
-    // rendered (histograms from their first observation).
+    // A pgwarden with a Vault source and the background audit, after one whole session:
+    // every family it has is rendered (histograms from their first observation).
     let h = Harness::start(Options {
         vault: Some(VaultOptions::default()),
         admin: true,
+        audit: true,
         ..Options::default()
     })
     .await;

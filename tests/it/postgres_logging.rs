@@ -13,7 +13,7 @@ use tokio_postgres::config::SslMode;
 
 /// `name = value` settings of a postgresql.conf include file, comments dropped and the
 /// value's quotes removed (the cluster quotes values itself).
-fn settings(file: &str) -> Vec<(String, String)> {
+pub(crate) fn settings(file: &str) -> Vec<(String, String)> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
     text.lines()

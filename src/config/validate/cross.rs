@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::super::{CredentialsConfig, RouteConfig, UpstreamTls, UserConfig};
+use super::super::raw;
+use super::super::{AuditConfig, CredentialsConfig, RouteConfig, UpstreamTls, UserConfig};
 use super::Validator;
 
 impl Validator<'_> {
@@ -80,6 +81,29 @@ impl Validator<'_> {
                 }
                 Some(_) => {}
             }
+        }
+    }
+}
+
+impl Validator<'_> {
+    /// `[audit]`: a long enough interval, and a credential source that exists.
+    pub(super) fn audit(&mut self, a: raw::Audit, declared: &Declared) -> AuditConfig {
+        if a.interval < raw::MIN_AUDIT_INTERVAL {
+            self.err(format!(
+                "[audit] interval must be at least {} (each run issues a credential)",
+                humantime::format_duration(raw::MIN_AUDIT_INTERVAL)
+            ));
+        }
+        if let Some(name) = &a.credentials
+            && !declared.credentials.contains(name)
+        {
+            self.err(format!(
+                "[audit] credentials `{name}` is not defined in [credentials.*]"
+            ));
+        }
+        AuditConfig {
+            interval: a.interval,
+            credentials: a.credentials,
         }
     }
 }

@@ -256,12 +256,8 @@ impl AdminConnection {
 }
 
 /// Says so when the server would log the admin connection's statements:
-/// every `CREATE ROLE` logged carries the issued role's SCRAM verifier. They
-/// are logged by `log_statement` (ddl, mod, all), by
-/// `log_min_duration_statement` (any value but -1, for a slow one), and when
-/// one fails by `log_min_error_statement` (at `error` or below, the default).
-/// Not checked: the sampling settings (`log_transaction_sample_rate`,
-/// `log_min_duration_sample`) and extensions such as pgaudit.
+/// every `CREATE ROLE` logged carries the issued role's SCRAM verifier (see
+/// [`crate::audit::statement_logging`], which `pgwarden audit` also uses).
 async fn warn_if_statements_logged(client: &tokio_postgres::Client, endpoint: &str, admin: &str) {
     let Ok(row) = client
         .query_one(
@@ -276,16 +272,7 @@ async fn warn_if_statements_logged(client: &tokio_postgres::Client, endpoint: &s
     };
     let (statement, duration, error): (String, String, String) =
         (row.get(0), row.get(1), row.get(2));
-    let mut fixes = Vec::new();
-    if statement != "none" {
-        fixes.push("log_statement = 'none'");
-    }
-    if duration != "-1" {
-        fixes.push("log_min_duration_statement = -1");
-    }
-    if !matches!(error.as_str(), "log" | "fatal" | "panic") {
-        fixes.push("log_min_error_statement = 'panic'");
-    }
+    let fixes = crate::audit::statement_logging::fixes(&statement, &duration, &error);
     if fixes.is_empty() {
         return;
     }

@@ -112,6 +112,8 @@ pub struct Options {
     pub unreachable_route: Option<String>,
     /// `allow_insecure_auth` on every route's upstream.
     pub allow_insecure_auth: bool,
+    /// `[audit] interval = "1h"`: the background audit (and its metrics).
+    pub audit: bool,
 }
 
 impl Options {
@@ -173,6 +175,7 @@ impl Default for Options {
             cluster_sql: Vec::new(),
             unreachable_route: None,
             allow_insecure_auth: false,
+            audit: false,
         }
     }
 }
@@ -637,6 +640,9 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
     }
     if opts.admin {
         t += "[admin]\naddress = \"127.0.0.1:0\"\n\n";
+    }
+    if opts.audit {
+        t += "[audit]\ninterval = \"1h\"\n\n";
     }
     if opts.vault.is_some() || opts.openbao.is_some() {
         return t;

@@ -1,0 +1,155 @@
+//! What every check of one route reads: the route's configuration, the audit
+//! connection, and the probe (a credential issued by the route's own source,
+//! which shows what Keycloak's sessions get).
+//!
+//! [`Ctx::query`] turns every way a query can fail into an `unknown` finding
+//! naming what the audit lacked, so a check never guesses.
+
+use std::time::Duration;
+
+use super::check::{Check, Finding};
+use super::connection::{QueryError, Row, Session, TlsFacts, literal, text};
+use crate::config::{Config, CredentialsConfig, RouteConfig};
+
+/// What the probe credential showed.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// The issued role (`session_user`).
+    pub login: String,
+    /// The role its sessions act as (`current_user`).
+    pub acting: String,
+    /// Length and character classes of the issued password (never the password).
+    pub password_len: usize,
+    pub password_classes: usize,
+    /// The lease as issued.
+    pub lease_duration: Duration,
+    pub renewable: bool,
+    /// TLS as seen on the probe's connection.
+    pub tls: Option<TlsFacts>,
+}
+
+/// One route's audit.
+pub struct Ctx<'a> {
+    pub config: &'a Config,
+    pub route: &'a RouteConfig,
+    pub source: &'a CredentialsConfig,
+    /// The connection checks query; `Err`: why there is none.
+    pub db: Result<Session, String>,
+    /// The route's own credential, or why it could not be had and used.
+    pub probe: Result<Probe, String>,
+    /// Keycloak's schema, once looked up: `Some(None)` when there is none.
+    schema: Option<Option<String>>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(
+        config: &'a Config,
+        route: &'a RouteConfig,
+        source: &'a CredentialsConfig,
+        db: Result<Session, String>,
+        probe: Result<Probe, String>,
+    ) -> Self {
+        Ctx {
+            config,
+            route,
+            source,
+            db,
+            probe,
+            schema: None,
+        }
+    }
+
+    /// `server_version_num` of the audited server (0 when not connected).
+    pub fn version(&self) -> i32 {
+        self.db.as_ref().map(|s| s.version).unwrap_or(0)
+    }
+
+    /// Runs `sql` for `check`; any failure becomes the check's `unknown`
+    /// finding. `privilege` names what a denied query lacked.
+    pub async fn query(
+        &mut self,
+        check: &'static Check,
+        privilege: &str,
+        sql: &str,
+    ) -> Result<Vec<Row>, Finding> {
+        let db = match &mut self.db {
+            Ok(db) => db,
+            Err(why) => {
+                return Err(Finding::unknown(
+                    check,
+                    "a connection to the database",
+                    format!("not checked: {why}"),
+                ));
+            }
+        };
+        db.query(sql).await.map_err(|e| match e {
+            QueryError::Denied(m) => Finding::unknown(check, privilege, m),
+            other => Finding::unknown(check, "a query that runs", format!("not checked: {other}")),
+        })
+    }
+
+    /// Like [`Ctx::query`], for a statement that returns one row.
+    pub async fn query_one(
+        &mut self,
+        check: &'static Check,
+        privilege: &str,
+        sql: &str,
+    ) -> Result<Row, Finding> {
+        let mut rows = self.query(check, privilege, sql).await?;
+        if rows.len() != 1 {
+            return Err(Finding::unknown(
+                check,
+                "a query that runs",
+                format!("not checked: expected one row, got {}", rows.len()),
+            ));
+        }
+        Ok(rows.remove(0))
+    }
+
+    /// A setting as the audit session sees it.
+    pub async fn setting(&mut self, check: &'static Check, name: &str) -> Result<String, Finding> {
+        let row = self
+            .query_one(
+                check,
+                "pg_read_all_settings (or superuser) to read this setting",
+                &format!("SELECT current_setting({})", literal(name)),
+            )
+            .await?;
+        Ok(text(&row, 0))
+    }
+
+    /// The probe, or `check`'s unknown finding saying why there is none.
+    pub fn probe(&self, check: &'static Check) -> Result<&Probe, Finding> {
+        self.probe.as_ref().map_err(|why| {
+            Finding::unknown(
+                check,
+                format!("a credential from [credentials.{}]", self.route.credentials),
+                format!("not checked: {why}"),
+            )
+        })
+    }
+
+    /// The schema holding Keycloak's tables (where `realm` is, first in the
+    /// search path), or `None` when the database has none yet.
+    pub async fn keycloak_schema(
+        &mut self,
+        check: &'static Check,
+    ) -> Result<Option<String>, Finding> {
+        if let Some(s) = &self.schema {
+            return Ok(s.clone());
+        }
+        let rows = self
+            .query(
+                check,
+                "USAGE on Keycloak's schema",
+                "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relname = 'realm' AND c.relkind IN ('r', 'p') \
+                 ORDER BY coalesce(array_position(current_schemas(false), n.nspname::name), 1000), 1 \
+                 LIMIT 1",
+            )
+            .await?;
+        let schema = rows.first().map(|r| text(r, 0));
+        self.schema = Some(schema.clone());
+        Ok(schema)
+    }
+}

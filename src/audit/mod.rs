@@ -1,0 +1,225 @@
+//! `pgwarden audit`: the security checklist pgwarden was built from, checked
+//! against the live database — on demand (`pgwarden audit`) and continuously
+//! (`[audit] interval` in `pgwarden run`).
+//!
+//! For each route the audit connects the way pgwarden does: a fresh
+//! credential from the route's own source (the *probe*, which shows what
+//! Keycloak's sessions get), logged in through the route's TLS and SCRAM
+//! rules; or, for checks that need more privilege, an auditor account (`--as`
+//! a DSN or another credential source). Every credential it is issued is
+//! revoked when the route's audit ends, however it ends.
+//!
+//! Layout: `check` (the catalogue, statuses, findings), `connection` (the
+//! read-only session), `context` (what checks read, failures as `unknown`),
+//! `items/` (one file per checklist item), `dsn` (`--as`), `report` (table,
+//! JSON, exit code), `continuous` (the background run and its metrics),
+//! `command` (the CLI), `statement_logging` (a rule shared with the built-in
+//! source).
+//!
+//! This module must never print, log or export a password, key, token or a
+//! value read from a table; never change the database (its sessions are
+//! read-only); and never keep a credential past the audit.
+
+pub mod check;
+pub mod command;
+mod connection;
+mod context;
+pub mod continuous;
+pub mod dsn;
+mod items;
+pub mod report;
+pub mod statement_logging;
+
+use std::sync::Arc;
+
+use secrecy::ExposeSecret;
+
+pub use check::{Finding, Status};
+use connection::Session;
+use context::{Ctx, Probe};
+pub use report::{Report, RouteReport};
+
+use crate::config::RouteConfig;
+use crate::credentials::lease::LeaseGuard;
+use crate::credentials::{CredentialSource, Issued};
+use crate::route::Route;
+use crate::state::State;
+
+/// Where the audit runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `pgwarden audit`: pgwarden's admin listener is asked over HTTP.
+    OnDemand,
+    /// Inside `pgwarden run`.
+    Running,
+}
+
+/// Whom the checks connect as.
+pub enum Auditor {
+    /// Each route's own credential (the probe's session).
+    Route,
+    /// A credential from another `[credentials.*]` source.
+    Source(Arc<CredentialSource>),
+    /// A fixed account (`--as` a DSN).
+    Account(dsn::Account),
+}
+
+/// Audits every route (or only `only`) of `state`'s configuration.
+pub async fn run(state: &State, only: Option<&str>, auditor: &Auditor, mode: Mode) -> Report {
+    let mut report = Report::default();
+    for route in &state.config.routes {
+        if only.is_some_and(|o| o != route.database) {
+            continue;
+        }
+        report.routes.push(audit_route(state, route, auditor).await);
+    }
+    report.global.push(items::access::allowlist(&state.config));
+    items::monitoring::run(&state.config, mode, &mut report.global).await;
+    report
+}
+
+/// The checks that read pgwarden's configuration alone, for every route:
+/// what `pgwarden audit` concludes before it connects anywhere.
+pub fn configuration_findings(config: &crate::config::Config) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for route in &config.routes {
+        out.push(items::tls::upstream_verify(route, config));
+        if let Some(source) = config.credentials.get(&route.credentials) {
+            out.push(items::rotation::max_ttl(source));
+            out.push(items::rotation::on_lease_end(source));
+        }
+    }
+    out.push(items::access::allowlist(config));
+    out.push(items::monitoring::admin_listener(config));
+    out.push(items::monitoring::continuous(config));
+    out
+}
+
+async fn audit_route(state: &State, config: &RouteConfig, auditor: &Auditor) -> RouteReport {
+    let mut report = RouteReport::new(config);
+    let source_config = &state.config.credentials[&config.credentials];
+    let first_user = config.users.first().map(String::as_str).unwrap_or("*");
+    let Ok(route) = state.routes.lookup(&config.database, first_user) else {
+        report.error = Some("the route is not in pgwarden's routing table".into());
+        return report;
+    };
+    // Held until this route's audit ends: dropping them revokes the credentials.
+    let mut leases: Vec<LeaseGuard> = Vec::new();
+    let (probe, probe_session) = probe(&route, &mut leases).await;
+    let db = match auditor {
+        Auditor::Route => probe_session.ok_or_else(|| {
+            probe
+                .as_ref()
+                .err()
+                .cloned()
+                .unwrap_or_else(|| "no connection".into())
+        }),
+        Auditor::Source(source) => {
+            if let Some(s) = probe_session {
+                s.close().await;
+            }
+            auditor_session(source, &route, &mut leases).await
+        }
+        Auditor::Account(account) => {
+            if let Some(s) = probe_session {
+                s.close().await;
+            }
+            account_session(account, &route, state).await
+        }
+    };
+    match &db {
+        Ok(s) => report.connected_as = Some(format!("{} acting as {}", s.login, s.acting)),
+        Err(e) => report.error = Some(e.clone()),
+    }
+    let mut ctx = Ctx::new(&state.config, config, source_config, db, probe);
+    let out = &mut report.findings;
+    items::tls::run(&mut ctx, out).await;
+    items::account::run(&mut ctx, out).await;
+    items::passwords::run(&mut ctx, out).await;
+    items::rotation::run(&mut ctx, out).await;
+    items::access::run(&mut ctx, out).await;
+    items::sensitive::run(&mut ctx, out).await;
+    items::logging::run(&mut ctx, out).await;
+    if let Ok(db) = ctx.db {
+        db.close().await;
+    }
+    drop(leases);
+    report
+}
+
+/// A credential from the route's own source, and a session logged in with it
+/// as a pgwarden session would be.
+async fn probe(
+    route: &Arc<Route>,
+    leases: &mut Vec<LeaseGuard>,
+) -> (Result<Probe, String>, Option<Session>) {
+    let Issued { credential, lease } = match route.source.issue(&route.upstream.config).await {
+        Ok(i) => i,
+        Err(e) => {
+            return (
+                Err(format!(
+                    "[credentials.{}] issued no credential: {e}",
+                    route.source.name
+                )),
+                None,
+            );
+        }
+    };
+    let password = credential.password.expose_secret();
+    let (password_len, password_classes) = (
+        password.chars().count(),
+        items::passwords::classes(password),
+    );
+    let (lease_duration, renewable) = (lease.lease().duration, lease.lease().renewable);
+    leases.push(lease);
+    let session = Session::open(&route.upstream, &credential, route.session_role.as_deref()).await;
+    drop(credential);
+    match session {
+        Ok(s) => (
+            Ok(Probe {
+                login: s.login.clone(),
+                acting: s.acting.clone(),
+                password_len,
+                password_classes,
+                lease_duration,
+                renewable,
+                tls: s.tls.clone(),
+            }),
+            Some(s),
+        ),
+        Err(e) => (
+            Err(format!("could not log in with the issued credential: {e}")),
+            None,
+        ),
+    }
+}
+
+/// A session with a credential from the auditor's source.
+async fn auditor_session(
+    source: &Arc<CredentialSource>,
+    route: &Arc<Route>,
+    leases: &mut Vec<LeaseGuard>,
+) -> Result<Session, String> {
+    let Issued { credential, lease } = source
+        .issue(&route.upstream.config)
+        .await
+        .map_err(|e| format!("[credentials.{}] issued no credential: {e}", source.name))?;
+    leases.push(lease);
+    Session::open(&route.upstream, &credential, None)
+        .await
+        .map_err(|e| format!("could not log in as the auditor: {e}"))
+}
+
+/// A session as the `--as` account.
+async fn account_session(
+    account: &dsn::Account,
+    route: &Arc<Route>,
+    state: &State,
+) -> Result<Session, String> {
+    let (target, credential, who) = account
+        .target(&route.upstream.config, state.config.listen.tcp_keepalive)
+        .map_err(|e| format!("--as: {e}"))?;
+    Session::open(&target, &credential, None)
+        .await
+        .map_err(|e| format!("could not log in as {who}: {e}"))
+}
