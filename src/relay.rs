@@ -259,6 +259,9 @@ enum PumpError {
 
 /// How a relay runs, besides its streams.
 pub struct RelayOptions {
+    /// The status of the ReadyForQuery the client was welcomed with, so a
+    /// session idle from the start can be recycled when idle.
+    pub ready_status: Option<u8>,
     /// End the session when nothing moved for this long.
     pub idle_timeout: Option<Duration>,
     /// Where bytes read from the client are counted (default: nowhere).
@@ -271,6 +274,7 @@ impl Default for RelayOptions {
     /// No idle timeout, bytes counted nowhere.
     fn default() -> Self {
         RelayOptions {
+            ready_status: None,
             idle_timeout: None,
             client_to_upstream: ::metrics::Counter::noop(),
             upstream_to_client: ::metrics::Counter::noop(),
@@ -297,7 +301,10 @@ where
 {
     let mut c2u = Pump::new(client_leftover, opts.client_to_upstream.clone());
     let mut u2c = Pump::new(upstream_leftover, opts.upstream_to_client.clone());
-    let mut tracker = FrameTracker::default();
+    let mut tracker = match opts.ready_status {
+        Some(status) => FrameTracker::after_ready_for_query(status, READY_FOR_QUERY),
+        None => FrameTracker::counting(READY_FOR_QUERY, &[]),
+    };
     if tracker.observe(&u2c.buf[..u2c.cap]).is_err() {
         return outcome(RelayEnd::UpstreamProtocol, &c2u, &u2c, &tracker);
     }
@@ -340,7 +347,11 @@ where
             Some(Stop::Now) if drained && tracker.at_boundary() => {
                 return Poll::Ready((RelayEnd::Stopped, None));
             }
-            Some(Stop::WhenIdle) if drained && tracker.ready_status() == Some(b'I') => {
+            Some(Stop::WhenIdle)
+                if drained
+                    && tracker.ready_status() == Some(b'I')
+                    && client_frames.answered(tracker.count()) =>
+            {
                 return Poll::Ready((RelayEnd::StoppedIdle, None));
             }
             _ => {}
@@ -409,12 +420,31 @@ fn ended_by(
     }
 }
 
-/// The client→server stream, followed from headers to see a Terminate.
-#[derive(Default)]
+/// Client messages that each end in exactly one ReadyForQuery: Query, Sync
+/// and FunctionCall.
+const CLIENT_SYNC_POINTS: &[u8] = b"QSF";
+/// Client messages that belong to the sync point before them (the data of a
+/// COPY FROM STDIN started by a Query): they leave the backend nothing to do
+/// once it answered that sync point.
+const CLIENT_COPY: &[u8] = b"dcf";
+/// ReadyForQuery.
+const READY_FOR_QUERY: &[u8] = b"Z";
+
+/// The client→server stream, followed from headers to see a Terminate and
+/// to count what the backend still owes a ReadyForQuery for.
 struct ClientFrames {
     tracker: FrameTracker,
     /// The framing broke (a length under 4); nothing more is concluded.
     lost: bool,
+}
+
+impl Default for ClientFrames {
+    fn default() -> Self {
+        ClientFrames {
+            tracker: FrameTracker::counting(CLIENT_SYNC_POINTS, CLIENT_COPY),
+            lost: false,
+        }
+    }
 }
 
 impl ClientFrames {
@@ -424,6 +454,19 @@ impl ClientFrames {
             self.lost = true;
         }
         true
+    }
+
+    /// Whether the backend has nothing left to run of what the client sent:
+    /// every Query, Sync and FunctionCall has had its ReadyForQuery
+    /// (`ready_for_queries` seen from the server; a pipelined query may
+    /// still be in flight), nothing but COPY data followed the last of them
+    /// (an Execute runs before its Sync comes), and the client is between
+    /// messages.
+    fn answered(&self, ready_for_queries: u64) -> bool {
+        !self.lost
+            && self.tracker.at_boundary()
+            && !self.tracker.uncounted_since()
+            && self.tracker.count() <= ready_for_queries
     }
 
     /// The client's last message was a complete Terminate.
@@ -516,6 +559,114 @@ mod tests {
         let out = task.await.unwrap();
         assert_eq!(out.end, RelayEnd::StoppedIdle);
         assert!(out.client_at_boundary);
+    }
+
+    /// A relay asked to stop when idle, and its far ends.
+    fn recycling() -> (
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<RelayOutcome>,
+    ) {
+        let (client_far, mut client) = duplex(1 << 16);
+        let (upstream_far, mut upstream) = duplex(1 << 16);
+        let task = tokio::spawn(async move {
+            let stop = StopSignal::default();
+            stop.request(Stop::WhenIdle);
+            relay(
+                &mut client,
+                &mut upstream,
+                BytesMut::new(),
+                BytesMut::new(),
+                &RelayOptions::default(),
+                &stop,
+            )
+            .await
+        });
+        (client_far, upstream_far, task)
+    }
+
+    async fn pass(
+        from: &mut tokio::io::DuplexStream,
+        to: &mut tokio::io::DuplexStream,
+        bytes: &[u8],
+    ) {
+        from.write_all(bytes).await.unwrap();
+        let mut got = vec![0u8; bytes.len()];
+        to.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, bytes);
+        tokio::task::yield_now().await;
+    }
+
+    #[tokio::test]
+    async fn stop_when_idle_waits_for_pipelined_queries_still_in_flight() {
+        let (mut client_far, mut upstream_far, task) = recycling();
+        // Two queries pipelined: both reach the backend before it answers the first.
+        let mut queries = msg(b'Q', b"SELECT 1\0");
+        queries.extend(msg(b'Q', b"INSERT INTO t VALUES (1)\0"));
+        pass(&mut client_far, &mut upstream_far, &queries).await;
+        let mut first = msg(b'C', b"SELECT 1\0");
+        first.extend(msg(b'Z', b"I"));
+        pass(&mut upstream_far, &mut client_far, &first).await;
+        // Idle by the status byte, but the INSERT is still to run: no stop,
+        // or the client would be told 57P01 about an INSERT that commits.
+        assert!(!task.is_finished());
+        let mut second = msg(b'C', b"INSERT 0 1\0");
+        second.extend(msg(b'Z', b"I"));
+        pass(&mut upstream_far, &mut client_far, &second).await;
+        assert_eq!(task.await.unwrap().end, RelayEnd::StoppedIdle);
+    }
+
+    #[tokio::test]
+    async fn stop_when_idle_waits_for_an_execute_sent_after_the_ready_for_query() {
+        let (mut client_far, mut upstream_far, task) = recycling();
+        pass(
+            &mut client_far,
+            &mut upstream_far,
+            &msg(b'Q', b"SELECT 1\0"),
+        )
+        .await;
+        let mut answer = msg(b'C', b"SELECT 1\0");
+        answer.extend(msg(b'Z', b"I"));
+        // The answer reaches pgwarden, but the client already sent Bind and
+        // Execute (an Execute runs before its Sync comes).
+        upstream_far.write_all(&answer).await.unwrap();
+        let mut execute = msg(b'B', b"\0\0\0\0\0\0\0");
+        execute.extend(msg(b'E', b"\0\0\0\0\0"));
+        client_far.write_all(&execute).await.unwrap();
+        let mut got = vec![0u8; execute.len()];
+        upstream_far.read_exact(&mut got).await.unwrap();
+        let mut got = vec![0u8; answer.len()];
+        client_far.read_exact(&mut got).await.unwrap();
+        tokio::task::yield_now().await;
+        assert!(!task.is_finished());
+        pass(&mut client_far, &mut upstream_far, &msg(b'S', b"")).await;
+        assert!(!task.is_finished());
+        let mut done = msg(b'C', b"SELECT 1\0");
+        done.extend(msg(b'Z', b"I"));
+        pass(&mut upstream_far, &mut client_far, &done).await;
+        assert_eq!(task.await.unwrap().end, RelayEnd::StoppedIdle);
+    }
+
+    #[tokio::test]
+    async fn a_session_idle_since_its_welcome_is_recycled_at_once() {
+        let (_client_far, mut client) = duplex(1 << 16);
+        let (_upstream_far, mut upstream) = duplex(1 << 16);
+        let stop = StopSignal::default();
+        stop.request(Stop::WhenIdle);
+        let opts = RelayOptions {
+            ready_status: Some(b'I'),
+            ..RelayOptions::default()
+        };
+        let out = relay(
+            &mut client,
+            &mut upstream,
+            BytesMut::new(),
+            BytesMut::new(),
+            &opts,
+            &stop,
+        )
+        .await;
+        assert_eq!(out.end, RelayEnd::StoppedIdle);
     }
 
     #[tokio::test]

@@ -130,6 +130,13 @@ pub struct FrameTracker {
     idle_status: Option<u8>,
     /// Type byte of the latest message whose header was seen in full.
     last_tag: Option<u8>,
+    /// Message types to count, and how many of them were seen.
+    counted: &'static [u8],
+    count: u64,
+    /// Message types that neither count nor matter after a counted one.
+    neutral: &'static [u8],
+    /// A message of another type started after the last counted one.
+    uncounted_since: bool,
 }
 
 /// The backend sent a message header no PostgreSQL server would.
@@ -138,6 +145,38 @@ pub struct FrameTracker {
 pub struct TrackError(pub i64);
 
 impl FrameTracker {
+    /// A tracker that also counts the messages whose type is in `tags`, and
+    /// notes whether a message of a type in neither `tags` nor `neutral` has
+    /// started since the last counted one.
+    pub fn counting(tags: &'static [u8], neutral: &'static [u8]) -> Self {
+        FrameTracker {
+            counted: tags,
+            neutral,
+            ..FrameTracker::default()
+        }
+    }
+
+    /// A backend→frontend tracker for a stream that starts right after a
+    /// ReadyForQuery with `status` (the one in the welcome), counting `tags`.
+    pub fn after_ready_for_query(status: u8, tags: &'static [u8]) -> Self {
+        FrameTracker {
+            idle_status: Some(status),
+            last_tag: Some(b'Z'),
+            ..FrameTracker::counting(tags, &[])
+        }
+    }
+
+    /// How many messages of the counted types have started so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Whether a message that is neither counted nor neutral started after
+    /// the last counted one.
+    pub fn uncounted_since(&self) -> bool {
+        self.uncounted_since
+    }
+
     /// Observes `data`, the next bytes of the stream.
     pub fn observe(&mut self, mut data: &[u8]) -> Result<(), TrackError> {
         while !data.is_empty() {
@@ -174,6 +213,12 @@ impl FrameTracker {
             }
             self.remaining = len as usize - 4;
             self.last_tag = Some(tag);
+            if self.counted.contains(&tag) {
+                self.count += 1;
+                self.uncounted_since = false;
+            } else if !self.neutral.contains(&tag) {
+                self.uncounted_since = true;
+            }
             self.idle_status = None;
             self.in_ready_for_query = tag == b'Z' && self.remaining == 1;
         }

@@ -131,6 +131,7 @@ where
 
     let started = Instant::now();
     let opts = RelayOptions {
+        ready_status: upstream.ready.last().copied(),
         idle_timeout: state.config.listen.idle_timeout,
         client_to_upstream: RELAY_BYTES.handle(Direction::ClientToUpstream),
         upstream_to_client: RELAY_BYTES.handle(Direction::UpstreamToClient),
