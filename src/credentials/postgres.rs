@@ -22,15 +22,19 @@ use crate::auth::verifier::{GENERATED_PASSWORD_LEN, ScramVerifier, generate_pass
 use crate::config::{PostgresSourceConfig, UpstreamConfig};
 
 mod admin;
-use admin::{AdminConnection, admin_key};
+use admin::{AdminConnection, Purpose, admin_key};
 
 /// Length of the random part of a role name.
 const ROLE_SUFFIX_LEN: usize = 20;
 pub struct PostgresSource {
     config: PostgresSourceConfig,
-    /// One admin connection per upstream server and TLS settings (see
-    /// [`admin_key`]), opened on first use and reopened when it breaks.
-    admins: Mutex<HashMap<String, Arc<AdminConnection>>>,
+    /// Admin connections by upstream server and TLS settings (see
+    /// [`admin_key`]), database and [`Purpose`], opened on first use and
+    /// reopened when they break.
+    admins: Mutex<HashMap<(String, String, Purpose), Arc<AdminConnection>>>,
+    /// The upstream each lease's `issuer` names (its server, TLS settings and
+    /// the route's database), for renewal and revocation.
+    issuers: std::sync::Mutex<HashMap<String, UpstreamConfig>>,
     /// See [`PostgresSource::take_orphans`].
     orphans: std::sync::Mutex<Vec<Lease>>,
 }
@@ -44,6 +48,7 @@ impl PostgresSource {
         Self {
             config,
             admins: Mutex::new(HashMap::new()),
+            issuers: std::sync::Mutex::new(HashMap::new()),
             orphans: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -53,7 +58,9 @@ impl PostgresSource {
     }
 
     pub async fn issue(&self, upstream: &UpstreamConfig) -> Result<Credential, CredentialError> {
-        let admin = self.admin(upstream).await;
+        let admin = self
+            .admin(upstream, &self.config.admin_database, Purpose::Issue)
+            .await;
         let username = format!(
             "{}{}",
             self.config.role_prefix,
@@ -81,7 +88,7 @@ impl PostgresSource {
             id: LeaseId::new(format!("postgres/{}/{}", upstream.endpoint(), username)),
             username: username.clone(),
             endpoint: upstream.endpoint(),
-            issuer: admin_key(upstream),
+            issuer: self.issuer(upstream),
             duration: self.config.ttl,
             renewable: true,
             issued_at: Instant::now(),
@@ -128,7 +135,10 @@ impl PostgresSource {
             }
             duration = duration.min(left);
         }
-        let admin = self.existing_admin(&lease.issuer).await?;
+        let upstream = self.upstream_of(lease)?;
+        let admin = self
+            .admin(&upstream, &self.config.admin_database, Purpose::Upkeep)
+            .await;
         let sql = format!(
             "ALTER ROLE {} VALID UNTIL {}",
             quote_ident(&lease.username),
@@ -144,15 +154,66 @@ impl PostgresSource {
     }
 
     pub async fn revoke(&self, lease: &Lease) -> Result<(), CredentialError> {
-        let admin = self.existing_admin(&lease.issuer).await?;
-        admin.drop_role(&lease.username, &self.config).await
+        let upstream = self.upstream_of(lease)?;
+        self.drop_role(&upstream, &lease.username).await
+    }
+
+    /// Ends the role's sessions, then drops it. PostgreSQL would drop a role
+    /// that is still logged in and leave its sessions running: a backend a
+    /// client left mid-loop would go on with the role's rights. Should the
+    /// role own objects or hold privileges (a client that ran `SET ROLE NONE`
+    /// and created something), they are handed to the admin user and revoked
+    /// first, in the route's database — where the role could act — and in the
+    /// admin database, since `REASSIGN OWNED` and `DROP OWNED` act only in the
+    /// database they run in.
+    async fn drop_role(
+        &self,
+        upstream: &UpstreamConfig,
+        role: &str,
+    ) -> Result<(), CredentialError> {
+        let admin_db = &self.config.admin_database;
+        let upkeep = self.admin(upstream, admin_db, Purpose::Upkeep).await;
+        let member = format!("GRANT {} TO CURRENT_USER", quote_ident(role));
+        let backends = upkeep.backends_of(role, &self.config).await?;
+        if !backends.is_empty() {
+            // Signalling a backend needs the privileges of its role.
+            let pids: Vec<String> = backends.iter().map(i32::to_string).collect();
+            let terminate = format!(
+                "{member}; SELECT pg_terminate_backend(pid, 5000) FROM unnest(ARRAY[{}]::int[]) AS pid",
+                pids.join(",")
+            );
+            upkeep.execute(&terminate, &self.config).await?;
+        }
+        let drop = format!("DROP ROLE IF EXISTS {}", quote_ident(role));
+        match upkeep.execute(&drop, &self.config).await {
+            Err(e) if e.detail.contains("2BP01") => {
+                // Membership in the role is what REASSIGN/DROP OWNED require.
+                let clean = format!(
+                    "{member}; REASSIGN OWNED BY {0} TO {1}; DROP OWNED BY {0}",
+                    quote_ident(role),
+                    quote_ident(&self.config.admin_user),
+                );
+                let mut databases = vec![upstream.database.as_str()];
+                if upstream.database != *admin_db {
+                    databases.push(admin_db);
+                }
+                for database in databases {
+                    let admin = self.admin(upstream, database, Purpose::Upkeep).await;
+                    admin.execute(&clean, &self.config).await?;
+                }
+                upkeep.execute(&drop, &self.config).await
+            }
+            other => other,
+        }
     }
 
     /// Drops roles under our prefix whose `VALID UNTIL` has passed: leftovers
     /// of a run that could not revoke them.
     pub async fn remove_expired_leftovers(&self, upstreams: &[&UpstreamConfig]) {
         for upstream in upstreams {
-            let admin = self.admin(upstream).await;
+            let admin = self
+                .admin(upstream, &self.config.admin_database, Purpose::Upkeep)
+                .await;
             let pattern = format!("{}%", like_escape(&self.config.role_prefix));
             let rows = match admin
                 .query_names(
@@ -169,7 +230,7 @@ impl PostgresSource {
                 }
             };
             for name in rows {
-                match admin.drop_role(&name, &self.config).await {
+                match self.drop_role(upstream, &name).await {
                     Ok(()) => {
                         tracing::info!(upstream = %upstream.endpoint(), role = %name, "removed expired leftover role")
                     }
@@ -181,23 +242,42 @@ impl PostgresSource {
         }
     }
 
-    async fn admin(&self, upstream: &UpstreamConfig) -> Arc<AdminConnection> {
+    async fn admin(
+        &self,
+        upstream: &UpstreamConfig,
+        database: &str,
+        purpose: Purpose,
+    ) -> Arc<AdminConnection> {
         let mut admins = self.admins.lock().await;
         admins
-            .entry(admin_key(upstream))
+            .entry((admin_key(upstream), database.to_owned(), purpose))
             .or_insert_with(|| {
                 Arc::new(AdminConnection {
                     upstream: upstream.clone(),
+                    database: database.to_owned(),
                     client: Mutex::new(None),
                 })
             })
             .clone()
     }
 
-    async fn existing_admin(&self, key: &str) -> Result<Arc<AdminConnection>, CredentialError> {
-        self.admins.lock().await.get(key).cloned().ok_or_else(|| {
-            CredentialError::new(ErrorKind::LeaseGone, "lease belongs to no known upstream")
-        })
+    /// The `issuer` of leases issued for `upstream`, remembered so that
+    /// renewal and revocation reach the same server the same way.
+    fn issuer(&self, upstream: &UpstreamConfig) -> String {
+        let key = format!("{} database={:?}", admin_key(upstream), upstream.database);
+        lock(&self.issuers)
+            .entry(key.clone())
+            .or_insert_with(|| upstream.clone());
+        key
+    }
+
+    fn upstream_of(&self, lease: &Lease) -> Result<UpstreamConfig, CredentialError> {
+        lock(&self.issuers)
+            .get(&lease.issuer)
+            .cloned()
+            .ok_or_else(|| {
+                CredentialError::new(ErrorKind::LeaseGone, "lease belongs to no known upstream")
+            })
     }
 }
 

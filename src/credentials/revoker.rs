@@ -188,11 +188,20 @@ async fn revoke_until_done<R: Revoke>(inner: Arc<Inner>, source: Arc<R>, lease: 
             Err(e) => {
                 REVOCATIONS.increment(RevocationOutcome::Failure);
                 tracing::warn!(event = "lease_revocation_failed", lease_id_hash = %lease.id, upstream_user = %lease.username, source = %source.name(), attempt, retry_in_ms = backoff.as_millis() as u64, error = %e);
+                // A nudge says the source works again: worth retrying at once
+                // only what failed because it did not (a refusal — a role the
+                // database will not drop — waits out its backoff, or every
+                // issued credential would set off a storm of doomed retries).
+                // Even then, no lease is tried more than once a FIRST_RETRY.
+                let nudgeable = e.kind == ErrorKind::Unavailable;
+                let failed_at = tokio::time::Instant::now();
                 if !inner.hurry.is_cancelled() {
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = inner.hurry.cancelled() => {}
-                        _ = inner.nudged.notified() => {}
+                        _ = inner.nudged.notified(), if nudgeable => {
+                            tokio::time::sleep_until(failed_at + FIRST_RETRY).await;
+                        }
                     }
                 } else {
                     // Draining: retry promptly, but do not spin.
@@ -221,13 +230,19 @@ mod tests {
     /// notes when it was asked.
     struct Flaky {
         failures_left: Mutex<u32>,
+        kind: ErrorKind,
         asked_at: Mutex<Vec<Instant>>,
     }
 
     impl Flaky {
         fn failing(times: u32) -> Arc<Flaky> {
+            Flaky::failing_with(times, ErrorKind::Unavailable)
+        }
+
+        fn failing_with(times: u32, kind: ErrorKind) -> Arc<Flaky> {
             Arc::new(Flaky {
                 failures_left: Mutex::new(times),
+                kind,
                 asked_at: Mutex::new(Vec::new()),
             })
         }
@@ -250,7 +265,7 @@ mod tests {
                 return Ok(());
             }
             *left -= 1;
-            Err(CredentialError::new(ErrorKind::Unavailable, "down"))
+            Err(CredentialError::new(self.kind, "down"))
         }
     }
 
@@ -299,5 +314,44 @@ mod tests {
         assert_eq!(left, 0);
         // At once, then every 200 ms until it worked.
         assert_eq!(source.asked(t0), vec![0.0, 1.0, 3.0, 7.0, 10.0, 10.2, 10.4]);
+    }
+
+    /// Nudges `revoker` every 50 ms for `span`, as issued credentials would.
+    async fn nudge_for(revoker: &Revoker, span: Duration) {
+        let until = Instant::now() + span;
+        while Instant::now() < until {
+            revoker.nudge();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nudges_never_hurry_a_revocation_the_database_refused() {
+        let t0 = Instant::now();
+        let source = Flaky::failing_with(100, ErrorKind::Refused);
+        let revoker = Revoker::new();
+        revoker.submit(source.clone(), lease());
+        nudge_for(&revoker, Duration::from_secs(10)).await;
+        // Exactly the backoff schedule: 0, 1, 3, 7 s.
+        assert_eq!(source.asked(t0), vec![0.0, 1.0, 3.0, 7.0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nudges_retry_an_unavailable_source_early_but_at_most_once_a_second() {
+        let t0 = Instant::now();
+        let source = Flaky::failing(100);
+        let revoker = Revoker::new();
+        revoker.submit(source.clone(), lease());
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        // Backoff alone: 0, 1, 3, 7, 15.
+        assert_eq!(source.asked(t0).len(), 5);
+        nudge_for(&revoker, Duration::from_secs(5)).await;
+        let asked = source.asked(t0);
+        let nudged: Vec<f64> = asked.iter().copied().filter(|t| *t >= 20.0).collect();
+        // Without nudges the next try would come at 31 s; with them, one a second.
+        assert!((4..=6).contains(&nudged.len()), "{asked:?}");
+        for pair in nudged.windows(2) {
+            assert!(pair[1] - pair[0] >= 1.0, "{asked:?}");
+        }
     }
 }

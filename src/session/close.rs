@@ -181,6 +181,32 @@ where
         let _ = upstream_stream.shutdown().await;
     })
     .await;
+    drop(upstream_stream);
+    if backend_may_run_on(outcome.end) {
+        // A backend busy with a query does not notice its socket closed
+        // until it next talks to it: a cancel (which needs no privilege,
+        // only its key) ends the query, and the backend then finds the
+        // socket gone and exits. The credential's revocation ends whatever
+        // still runs (a loop that catches query_canceled).
+        let cancelled = tokio::time::timeout(
+            GOODBYE_TIMEOUT,
+            route
+                .upstream
+                .cancel(upstream.addr, upstream.pid, &upstream.key),
+        )
+        .await;
+        match cancelled {
+            Ok(Ok(())) => tracing::debug!(event = "backend_cancelled", pid = upstream.pid),
+            Ok(Err(e)) => {
+                tracing::warn!(event = "backend_cancel_failed", pid = upstream.pid, error = %e)
+            }
+            Err(_) => tracing::warn!(
+                event = "backend_cancel_failed",
+                pid = upstream.pid,
+                error = "no answer in time"
+            ),
+        }
+    }
     drop(cancel_registration);
     drop(lease);
 
@@ -196,6 +222,16 @@ where
         close_reason = close_reason.as_str(),
         error = outcome.error.as_deref(),
     );
+}
+
+/// Whether the backend may still be running when the relay ended this way:
+/// every end but an orderly one (the client's Terminate, pgwarden's at an
+/// idle moment) or the backend's own exit.
+fn backend_may_run_on(end: RelayEnd) -> bool {
+    !matches!(
+        end,
+        RelayEnd::ClientTerminated | RelayEnd::StoppedIdle | RelayEnd::UpstreamClosed
+    )
 }
 
 /// Why the session ended, from how the relay ended; a stop pgwarden asked for

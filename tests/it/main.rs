@@ -13,6 +13,7 @@ mod support;
 
 mod audit;
 mod auth;
+mod backends;
 mod cancel;
 mod cli;
 mod config;

@@ -28,7 +28,19 @@ const ADMIN_TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(super) struct AdminConnection {
     pub(super) upstream: UpstreamConfig,
+    /// The database it connects to: the admin database, or a route's
+    /// (where a revoked role's objects are cleaned up).
+    pub(super) database: String,
     pub(super) client: Mutex<Option<Arc<tokio_postgres::Client>>>,
+}
+
+/// What an admin connection is for. Issuing has a connection of its own, so
+/// a `CREATE ROLE` never queues behind renewals, revocations and their
+/// clean-up (which may wait on locks, and retry) on the same connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Purpose {
+    Issue,
+    Upkeep,
 }
 
 /// What makes two routes' admin connections the same one: the server and how
@@ -92,6 +104,26 @@ impl AdminConnection {
         }
     }
 
+    /// The pids of the sessions logged in as `role`.
+    pub(super) async fn backends_of(
+        &self,
+        role: &str,
+        config: &PostgresSourceConfig,
+    ) -> Result<Vec<i32>, CredentialError> {
+        let client = self.client(config).await?;
+        let rows = self
+            .bounded(
+                &client,
+                client.query(
+                    "SELECT pid FROM pg_stat_activity WHERE usename = $1",
+                    &[&role],
+                ),
+            )
+            .await?
+            .map_err(|e| self.failed(e))?;
+        Ok(rows.iter().map(|r| r.get::<_, i32>(0)).collect())
+    }
+
     pub(super) async fn query_names(
         &self,
         sql: &str,
@@ -104,29 +136,6 @@ impl AdminConnection {
             .await?
             .map_err(|e| self.failed(e))?;
         Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
-    }
-
-    /// Drops a role. Should it own objects (no session_role was set), they are
-    /// handed to the admin user first so the role can go.
-    pub(super) async fn drop_role(
-        &self,
-        name: &str,
-        config: &PostgresSourceConfig,
-    ) -> Result<(), CredentialError> {
-        let drop = format!("DROP ROLE IF EXISTS {}", quote_ident(name));
-        match self.execute(&drop, config).await {
-            Err(e) if e.detail.contains("2BP01") => {
-                // Membership in the role is what REASSIGN/DROP OWNED require.
-                let reassign = format!(
-                    "GRANT {0} TO CURRENT_USER; REASSIGN OWNED BY {0} TO {1}; DROP OWNED BY {0}; {2}",
-                    quote_ident(name),
-                    quote_ident(&config.admin_user),
-                    drop
-                );
-                self.execute(&reassign, config).await
-            }
-            other => other,
-        }
     }
 
     pub(super) async fn client(
@@ -166,7 +175,7 @@ impl AdminConnection {
             .port(u.port)
             .user(&config.admin_user)
             .password(config.admin_password.expose_secret())
-            .dbname(&config.admin_database)
+            .dbname(&self.database)
             .application_name("pgwarden-admin")
             .options(format!(
                 "-c lock_timeout={ADMIN_LOCK_TIMEOUT} -c statement_timeout={ADMIN_STATEMENT_TIMEOUT}"

@@ -85,6 +85,8 @@ pub struct Options {
     pub allow: Vec<String>,
     pub max_connections: usize,
     pub handshake_timeout: String,
+    /// `[listen] idle_timeout`; `None`: not set.
+    pub idle_timeout: Option<String>,
     /// Users besides `keycloak`; every user may use the route.
     pub users: Vec<User>,
     pub upstream_ca: UpstreamCa,
@@ -160,6 +162,7 @@ impl Default for Options {
             allow: vec!["127.0.0.0/8".into(), "::1/128".into()],
             max_connections: 100,
             handshake_timeout: "60s".into(),
+            idle_timeout: None,
             users: Vec::new(),
             upstream_ca: UpstreamCa::Right,
             extra_routes: Vec::new(),
@@ -570,6 +573,9 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
         opts.max_connections,
         q(&opts.handshake_timeout),
     );
+    if let Some(idle) = &opts.idle_timeout {
+        t = t.replacen("\n\n", &format!("\nidle_timeout = {}\n\n", q(idle)), 1);
+    }
     t += "[shutdown]\ngrace = \"2s\"\nrevoke_timeout = \"30s\"\n\n";
     t += &format!(
         "[[users]]\nname = {}\nscram_verifier_file = \"client.verifier\"\n\n",
