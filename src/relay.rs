@@ -38,8 +38,9 @@ use tokio::time::Instant;
 
 use crate::protocol::frame::FrameTracker;
 
-/// Size of each direction's buffer; TLS records carry at most 16 KiB, so this
-/// takes several records per read on bulk transfers.
+/// Size of each direction's buffer; TLS records carry at most 16 KiB (8 KiB
+/// towards the client, see `tls::CLIENT_RECORD_PLAINTEXT`), so this takes
+/// several records per read on bulk transfers.
 pub const RELAY_BUFFER: usize = 64 * 1024;
 
 /// Why the relay ended.
