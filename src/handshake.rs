@@ -32,6 +32,9 @@ pub enum Negotiated {
         request: CancelRequest,
         /// Whether it came inside TLS (pgjdbc and libpq before 17 send it in plaintext).
         tls: bool,
+        /// The connection it came on: to be closed with close_notify once the
+        /// cancel is handled, as PostgreSQL does (libpq 17+ waits for that).
+        stream: ClientStream,
     },
 }
 
@@ -144,6 +147,7 @@ impl Negotiator {
                     return Ok(Negotiated::Cancel {
                         request,
                         tls: tls_info.is_some(),
+                        stream,
                     });
                 }
                 StartupPacket::Startup(s) => {
@@ -290,11 +294,10 @@ async fn write_raw(stream: &mut ClientStream, bytes: &[u8]) -> Result<(), Handsh
         .map_err(|e| refused(RejectReason::Protocol, e.to_string()))
 }
 
-/// Best effort: the client may already be gone.
+/// A FATAL, then the close: close_notify on TLS, FIN (bounded; best effort,
+/// the client may already be gone).
 pub async fn send_fatal(stream: &mut ClientStream, code: &str, message: &str) {
-    let _ = stream.write_all(&fatal(code, message)).await;
-    let _ = stream.flush().await;
-    let _ = stream.shutdown().await;
+    crate::net::goodbye(stream, &fatal(code, message)).await;
 }
 
 async fn fatal_and_refuse(

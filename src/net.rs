@@ -2,6 +2,8 @@
 //!
 //! Both legs get TCP_NODELAY (PostgreSQL messages are small and latency-bound)
 //! and TCP keepalive (so a vanished peer is noticed and its lease revoked).
+//! Every client connection pgwarden ends, it ends through [`goodbye`]: a last
+//! message if any, TLS close_notify, FIN — never a bare drop of a TLS stream.
 
 use std::io;
 use std::pin::Pin;
@@ -9,8 +11,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+
+/// How long pgwarden keeps handing its last bytes (a final message, TLS
+/// close_notify) to a client that does not read them.
+pub const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Sets TCP_NODELAY and keepalive on a connected socket.
 pub fn tune(stream: &TcpStream, keepalive: Duration) -> io::Result<()> {
@@ -23,6 +29,22 @@ pub fn tune(stream: &TcpStream, keepalive: Duration) -> io::Result<()> {
         SockRef::from(stream).set_tcp_keepalive(&ka)?;
     }
     Ok(())
+}
+
+/// Ends a client connection the way a PostgreSQL backend does: `last` (a final
+/// message, or nothing), then on TLS a close_notify alert, then FIN. libpq 17+
+/// reports a TLS connection that ends without close_notify as an error ("SSL
+/// error: unexpected eof while reading"); its cancel API waits for exactly this
+/// close. Bounded by [`GOODBYE_TIMEOUT`], and best effort: the client may be gone.
+pub async fn goodbye(stream: &mut ClientStream, last: &[u8]) {
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+        if !last.is_empty() {
+            stream.write_all(last).await?;
+        }
+        // tokio-rustls: queue close_notify, flush everything, then shut the TCP write side.
+        stream.shutdown().await
+    })
+    .await;
 }
 
 /// A leg's stream: plaintext, or TLS of type `T` over TCP.

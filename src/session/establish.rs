@@ -103,7 +103,9 @@ pub async fn establish(
         ),
     };
     let (mut client, _) = framed.into_parts();
-    if !refusal.message.is_empty() {
+    if refusal.message.is_empty() {
+        crate::net::goodbye(&mut client, &[]).await;
+    } else {
         send_fatal(&mut client, refusal.code, &refusal.message).await;
     }
     match refusal.reason {

@@ -24,13 +24,12 @@ use tracing::{Instrument, field::Empty};
 
 use crate::handshake::{Negotiated, send_fatal};
 use crate::metrics::{self, CloseReason, GaugeGuard, RejectReason};
+use crate::net::GOODBYE_TIMEOUT;
 use crate::protocol::backend::{fatal, sqlstate};
 use crate::relay::{RelayEnd, RelayOptions, Stop, StopSignal, relay};
 use crate::state::State;
 pub use establish::Established;
 
-/// How long pgwarden keeps writing a final message to a client that does not read.
-const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 /// After shutdown or its lease's expiry asked a session to stop at a boundary,
 /// how long before it is cut.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -91,8 +90,15 @@ async fn serve(
         Ok(Ok(n)) => n,
     };
     let (stream, startup, tls) = match negotiated {
-        Negotiated::Cancel { request: c, tls } => {
+        Negotiated::Cancel {
+            request: c,
+            tls,
+            mut stream,
+        } => {
             let outcome = state.cancel.cancel(peer.ip(), c.pid, &c.key).await;
+            // Closed once the cancel went on (as a backend exits after signalling),
+            // with close_notify: libpq 17+'s cancel call waits for it.
+            crate::net::goodbye(&mut stream, &[]).await;
             ::metrics::counter!(metrics::CANCEL_REQUESTS, "outcome" => outcome.as_str())
                 .increment(1);
             tracing::info!(
@@ -216,13 +222,11 @@ async fn relay_and_close(state: &State, est: Established, handshake: Duration) {
         )),
         _ => None,
     };
-    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
-        if let (Some((code, msg)), true) = (goodbye, outcome.client_at_boundary) {
-            let _ = client.write_all(&fatal(code, msg)).await;
-        }
-        let _ = client.shutdown().await;
-    })
-    .await;
+    let last = match (goodbye, outcome.client_at_boundary) {
+        (Some((code, msg)), true) => fatal(code, msg),
+        _ => Default::default(),
+    };
+    crate::net::goodbye(&mut client, &last).await;
     let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
         if outcome.end == RelayEnd::StoppedIdle {
             // The backend is idle: a Terminate message ends it cleanly.

@@ -24,6 +24,7 @@ mod observability_files;
 mod pgjdbc;
 mod postgres_logging;
 mod session;
+mod tls_close;
 mod tls_records;
 mod upstream_auth;
 mod vault;

@@ -84,6 +84,8 @@ pub struct Options {
     pub allow: Vec<String>,
     pub max_connections: usize,
     pub handshake_timeout: String,
+    /// `[listen] idle_timeout`; `None`: none.
+    pub idle_timeout: Option<String>,
     /// Users besides `keycloak`; every user may use the route.
     pub users: Vec<User>,
     pub upstream_ca: UpstreamCa,
@@ -154,6 +156,7 @@ impl Default for Options {
             allow: vec!["127.0.0.0/8".into(), "::1/128".into()],
             max_connections: 100,
             handshake_timeout: "60s".into(),
+            idle_timeout: None,
             users: Vec::new(),
             upstream_ca: UpstreamCa::Right,
             extra_routes: Vec::new(),
@@ -535,12 +538,16 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
         t.push_str("tls_cert_file = \"server.crt\"\ntls_key_file = \"server.key\"\n");
     }
     t += &format!(
-        "require_tls = {}\nallow = [{}]\nmax_connections = {}\nhandshake_timeout = {}\n\n",
+        "require_tls = {}\nallow = [{}]\nmax_connections = {}\nhandshake_timeout = {}\n",
         opts.tls == ListenTls::Required,
         list(&opts.allow),
         opts.max_connections,
         q(&opts.handshake_timeout),
     );
+    if let Some(idle) = &opts.idle_timeout {
+        t += &format!("idle_timeout = {}\n", q(idle));
+    }
+    t += "\n";
     t += "[shutdown]\ngrace = \"2s\"\nrevoke_timeout = \"30s\"\n\n";
     t += &format!(
         "[[users]]\nname = {}\nscram_verifier_file = \"client.verifier\"\n\n",
