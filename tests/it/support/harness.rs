@@ -1,11 +1,11 @@
 //! pgwarden in front of a throwaway PostgreSQL, in-process, for one test.
 //!
 //! [`Harness::start`] starts a TLS + SCRAM cluster and prepares it the way `pgwarden dev`
-//! does (a NOLOGIN owner role owning the `keycloak` database, a CREATEROLE admin), writes
-//! certificates, secrets and a configuration built from [`Options`] into a temporary
-//! directory, and starts pgwarden on 127.0.0.1 with a random port. It then offers clients of
-//! every kind through pgwarden, a superuser connection straight to the cluster for
-//! assertions, and the captured logs.
+//! does (a NOLOGIN owner role owning the `keycloak` database and granted
+//! `pg_signal_backend`, a CREATEROLE admin), writes certificates, secrets and a
+//! configuration built from [`Options`] into a temporary directory, and starts pgwarden on
+//! 127.0.0.1 with a random port. It then offers clients of every kind through pgwarden, a
+//! superuser connection straight to the cluster for assertions, and the captured logs.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
