@@ -23,6 +23,7 @@ mod observability;
 mod observability_files;
 mod pgjdbc;
 mod postgres_logging;
+mod psycopg;
 mod roles;
 mod session;
 mod tls_close;

@@ -1,10 +1,12 @@
 //! What the integration tests share: pgwarden in front of a real cluster, the Vault
-//! double, wire-level clients, a TLS record tap, the shipped files and log capture.
+//! double, wire-level clients, psycopg scripts, a TLS record tap, the shipped files and
+//! log capture.
 
 pub mod harness;
 pub mod hcl;
 pub mod java;
 pub mod logs;
+pub mod psycopg;
 pub mod shipped;
 pub mod tls_tap;
 pub mod vault_double;
