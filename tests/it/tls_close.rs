@@ -136,7 +136,7 @@ async fn every_refusal_inside_tls_ends_with_close_notify() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_authentication_timeout_ends_with_close_notify() {
     let h = Harness::start(Options {
-        handshake_timeout: "3s".into(),
+        handshake_timeout: "5s".into(),
         ..Options::default()
     })
     .await;
