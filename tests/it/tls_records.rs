@@ -5,11 +5,13 @@
 //! that stall itself).
 //!
 //! A [`Tap`] between a real client and pgwarden reads the record headers of everything
-//! pgwarden sends; the bound on each record's length follows from the negotiated version
-//! and cipher (`tls_tap::max_record_len`). Each check also asks that the longest record
-//! be exactly that bound: full 8 KiB records, so bulk transfers are not cut finer than they
-//! must be, and a bound that no record reaches could not tell a cap from a loose guess.
+//! pgwarden sends (and, for comparison, between psql and PostgreSQL itself); the bound on
+//! each record's length follows from the negotiated version and cipher
+//! (`tls_tap::max_record_len`). Each check also asks that the longest record be exactly
+//! that bound: full 8 KiB records, so bulk transfers are not cut finer than they must be,
+//! and a bound that no record reaches could not tell a cap from a loose guess.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use pgwarden::dev::{CLIENT_USER, DATABASE};
@@ -23,6 +25,51 @@ use crate::support::harness::{Harness, Options};
 use crate::support::tls_tap::{APPLICATION_DATA, Tap};
 use crate::support::wire;
 
+/// What psql runs, what it must print, and how long that is.
+const PSQL_RUNS: [(&str, &str, usize); 3] = [
+    // One 3 MB DataRow: PostgreSQL writes it in large chunks.
+    ("a large row", "SELECT repeat('x', 3000000)", 3_000_000),
+    // 400 rows of 5000 bytes: PostgreSQL's 8 KiB flushes, coalesced by the relay.
+    (
+        "many rows",
+        "SELECT repeat('y', 5000) FROM generate_series(1, 400)",
+        400 * 5001 - 1,
+    ),
+    (
+        "COPY out",
+        "COPY (SELECT repeat('z', 200) FROM generate_series(1, 20000)) TO STDOUT",
+        20000 * 201 - 1,
+    ),
+];
+
+/// Runs [`PSQL_RUNS`] with `conninfo` (which must lead through `tap`) and checks the
+/// records of each connection: TLS 1.3, within the bound, and full records for bulk data.
+async fn psql_records(h: &Harness, tap: &Tap, conninfo: &str, password: &str, whose: &str) {
+    for (what, sql, len) in PSQL_RUNS {
+        let out = h.psql(conninfo, password, sql).await;
+        assert!(out.success, "{whose}, {what}: {}", out.stderr);
+        assert_eq!(out.stdout.len(), len, "{whose}, {what}: what psql printed");
+    }
+    let conns = tap.connections();
+    assert_eq!(conns.len(), PSQL_RUNS.len(), "one connection per psql run");
+    for (conn, (what, _, _)) in conns.iter().zip(PSQL_RUNS) {
+        let what = format!("{whose}, {what}");
+        // psql (libpq 15, OpenSSL) agrees on TLS 1.3 with pgwarden and with PostgreSQL.
+        assert_eq!(conn.version, Some(0x0304), "{what}");
+        assert_eq!(
+            conn.client_first_byte,
+            Some(0),
+            "{what}: an SSLRequest first"
+        );
+        conn.assert_within_bound(&what);
+        assert_eq!(
+            conn.longest_application_data(),
+            conn.bound(),
+            "{what}: full 8 KiB records for bulk data"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_large_results_and_copy_out_come_in_records_of_at_most_8_kib() {
     let h = Harness::start(Options::default()).await;
@@ -30,43 +77,19 @@ async fn psql_large_results_and_copy_out_come_in_records_of_at_most_8_kib() {
     // libpq takes the last value of a repeated keyword: psql goes through the tap.
     let conninfo = h.conninfo(&format!("port={}", tap.addr.port()));
     let password = h.client_password.expose_secret();
-    let runs = [
-        // One 3 MB DataRow: PostgreSQL writes it in large chunks.
-        ("a large row", "SELECT repeat('x', 3000000)", 3_000_000),
-        // 400 rows of 5000 bytes: PostgreSQL's 8 KiB flushes, coalesced by the relay.
-        (
-            "many rows",
-            "SELECT repeat('y', 5000) FROM generate_series(1, 400)",
-            400 * 5001 - 1,
-        ),
-        (
-            "COPY out",
-            "COPY (SELECT repeat('z', 200) FROM generate_series(1, 20000)) TO STDOUT",
-            20000 * 201 - 1,
-        ),
-    ];
-    for (what, sql, len) in runs {
-        let out = h.psql(&conninfo, password, sql).await;
-        assert!(out.success, "{what}: {}", out.stderr);
-        assert_eq!(out.stdout.len(), len, "{what}: what psql printed");
-    }
-    let conns = tap.connections();
-    assert_eq!(conns.len(), runs.len(), "one connection per psql run");
-    for (conn, (what, _, _)) in conns.iter().zip(runs) {
-        // psql (libpq 15, OpenSSL) and pgwarden agree on TLS 1.3.
-        assert_eq!(conn.version, Some(0x0304), "{what}");
-        assert_eq!(
-            conn.client_first_byte,
-            Some(0),
-            "{what}: an SSLRequest first"
-        );
-        conn.assert_within_bound(what);
-        assert_eq!(
-            conn.longest_application_data(),
-            conn.bound(),
-            "{what}: full 8 KiB records for bulk data"
-        );
-    }
+    psql_records(&h, &tap, &conninfo, password, "through pgwarden").await;
+
+    // PostgreSQL's own records, for comparison: the same bound, reached the same way.
+    let cluster = SocketAddr::new([127, 0, 0, 1].into(), h.cluster.port());
+    let tap = Tap::start(cluster).await;
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user={} dbname={DATABASE} sslmode=verify-full sslrootcert={}",
+        tap.addr.port(),
+        h.cluster.superuser(),
+        h.cluster.ca_cert_path().display()
+    );
+    let password = h.cluster.superuser_password().expose_secret();
+    psql_records(&h, &tap, &conninfo, password, "straight to PostgreSQL").await;
 }
 
 /// A TLS 1.2 client configuration offering only `suites`, trusting the test CA.
