@@ -8,8 +8,8 @@
 //! The listener never sends a TLS record carrying more than
 //! [`CLIENT_RECORD_PLAINTEXT`] bytes: libpq's asynchronous API (psycopg 3,
 //! ruby-pg, node's libpq binding) reads one record per call into a buffer that
-//! may have only 8 KiB free, and before libpq 18 a larger record left decrypted
-//! bytes inside OpenSSL while the client waited on an empty socket, forever.
+//! may have only 8 KiB free; a libpq without the fix for it (15.18, say) leaves
+//! the rest of a larger record inside OpenSSL and waits on an empty socket, forever.
 
 pub mod channel_binding;
 pub mod pg_connector;

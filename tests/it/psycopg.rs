@@ -27,7 +27,7 @@ fn assert_no_stall(out: &Value, what: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn libpq_async_before_18_reads_large_results_through_pgwarden_without_stalling() {
+async fn system_libpq_15_async_reads_large_results_through_pgwarden_without_stalling() {
     // The stall this guards against: with 16 KiB records, libpq 15's async API waits
     // forever within the first few hundred of these results (the script stops at the
     // first result that takes 45 s and reports it).

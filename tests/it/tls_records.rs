@@ -1,8 +1,8 @@
 //! The TLS records pgwarden sends to clients carry at most 8 KiB of plaintext, as a
 //! PostgreSQL backend's do: libpq's asynchronous API reads one record per call into a
-//! buffer with as little as 8 KiB free, and libpq before 18 then left the rest of a larger
-//! record inside OpenSSL while the client waited on an empty socket (see `psycopg.rs` for
-//! that stall itself).
+//! buffer with as little as 8 KiB free, and a libpq without the fix for it (Debian's 15.18
+//! here; the 18.6 psycopg bundles has it) then leaves the rest of a larger record inside
+//! OpenSSL while the client waits on an empty socket (see `psycopg.rs` for that stall).
 //!
 //! A [`Tap`] between a real client and pgwarden reads the record headers of everything
 //! pgwarden sends (and, for comparison, between psql and PostgreSQL itself); the bound on

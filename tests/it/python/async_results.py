@@ -1,11 +1,12 @@
 """Large results read through libpq's asynchronous API (psycopg's AsyncConnection).
 
 libpq's async API reads one TLS record per PQconsumeInput call into an input buffer that
-may have as little as 8 KiB free. Before libpq 18, a record carrying more plaintext than
-that left the rest decrypted inside OpenSSL, where the socket wait never sees it: the
-client waits forever for bytes it already has, mid-result, with the backend idle. A
-proxy that sends 16 KiB records hits that within a few dozen of the queries below;
-PostgreSQL itself (8 KiB records) never does.
+may have as little as 8 KiB free. A libpq without the fix for it (Debian's 15.18; the
+18.6 in psycopg's binary wheel drains OpenSSL's pending bytes) leaves the rest of a record
+carrying more plaintext than that decrypted inside OpenSSL, where the socket wait never
+sees it: the client waits forever for bytes it already has, mid-result, with the backend
+idle. A proxy that sends 16 KiB records hits that within a few hundred of the queries
+below; PostgreSQL itself (8 KiB records) never does.
 
 Phase 1 sweeps results of rows from 100 bytes to 8 KiB (so libpq's 16 KiB buffer is never
 enlarged) and totals of 20 to 70 KB, which puts the end of a result at every offset of a
