@@ -2,8 +2,9 @@
 //!
 //! Starts a throwaway PostgreSQL cluster (TLS, SCRAM, its own CA), prepares it
 //! the way a Keycloak deployment would be (a NOLOGIN owner role, a database it
-//! owns, an admin role that may only create roles), writes a configuration that
-//! uses the built-in `postgres` credential source, and runs pgwarden on
+//! owns, an admin role that may only create roles; the owner role may signal
+//! other backends, as sessions of one shared user could), writes a
+//! configuration that uses the built-in `postgres` credential source, and runs pgwarden on
 //! 127.0.0.1 with TLS required. It prints a libpq URI and a JDBC URL that work
 //! as printed, and removes everything on Ctrl-C or SIGTERM.
 //!
@@ -166,6 +167,11 @@ pub async fn prepare_cluster(cluster: &Cluster) -> Result<SecretString, DevError
             "ALTER ROLE {} SET log_min_error_statement = 'panic'",
             quote_ident(ADMIN_ROLE)
         ),
+        // Each session logs in as a role of its own acting as the owner role, so
+        // signalling a sibling session (pg_cancel_backend, pg_terminate_backend)
+        // needs pg_signal_backend: with one shared login role it would not.
+        // It lets members signal any backend but a superuser's.
+        format!("GRANT pg_signal_backend TO {}", quote_ident(OWNER_ROLE)),
         // CREATE DATABASE cannot share a transaction with anything else.
         format!(
             "CREATE DATABASE {} OWNER {}",

@@ -60,8 +60,9 @@ impl Label for Direction {
 pub static RELAY_BYTES: metrics::Counter<Direction> =
     metrics::Counter::new(metrics::name::RELAY_BYTES, "direction");
 
-/// Size of each direction's buffer; TLS records carry at most 16 KiB, so this
-/// takes several records per read on bulk transfers.
+/// Size of each direction's buffer; TLS records carry at most 16 KiB (8 KiB
+/// towards the client, see `tls::CLIENT_RECORD_PLAINTEXT`), so this takes
+/// several records per read on bulk transfers.
 pub const RELAY_BUFFER: usize = 64 * 1024;
 
 /// Why the relay ended.

@@ -4,6 +4,12 @@
 //! every builder. TLS 1.2 and 1.3 only; ALPN `postgresql` offered on both legs.
 //! Upstream verification is on unless a route says `tls = "disable"`; this module
 //! has no "trust anything" mode and must never grow one.
+//!
+//! The listener never sends a TLS record carrying more than
+//! [`CLIENT_RECORD_PLAINTEXT`] bytes: libpq's asynchronous API (psycopg 3,
+//! ruby-pg, node's libpq binding) reads one record per call into a buffer that
+//! may have only 8 KiB free; a libpq without the fix for it (15.18, say) leaves
+//! the rest of a larger record inside OpenSSL and waits on an empty socket, forever.
 
 pub mod channel_binding;
 pub mod pg_connector;
@@ -19,6 +25,16 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// The ALPN protocol name PostgreSQL uses (PostgreSQL 17 direct TLS).
 pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
+/// The most plaintext one TLS record to a client may carry: what a PostgreSQL
+/// backend's 8 KiB send buffer gives, and what libpq's input buffer always has
+/// room for.
+pub const CLIENT_RECORD_PLAINTEXT: usize = 8192;
+
+/// rustls's `max_fragment_size` counts the 5-byte record header too
+/// (rustls 0.23 `MessageFragmenter::set_max_fragment_size`: "This includes
+/// overhead"; the plaintext limit it sets is the value minus 5).
+const RECORD_HEADER: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -85,7 +101,8 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// The listener's TLS configuration: TLS ≥ 1.2, ALPN `postgresql`.
+/// The listener's TLS configuration: TLS ≥ 1.2, ALPN `postgresql`, records of
+/// at most [`CLIENT_RECORD_PLAINTEXT`] bytes of plaintext.
 pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = load_certs(cert_file)?;
     let key = load_key(key_file)?;
@@ -102,6 +119,7 @@ pub fn server_config_from(
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    config.max_fragment_size = Some(CLIENT_RECORD_PLAINTEXT + RECORD_HEADER);
     Ok(Arc::new(config))
 }
 

@@ -35,7 +35,7 @@ async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
 }
 
 /// The outcomes of the cancel requests pgwarden logged, once there are `n` of them (a
-/// cancel's connection is closed before the cancel is forwarded and logged).
+/// cancel is logged only after its connection was closed).
 async fn outcomes(h: &Harness, n: usize) -> Vec<String> {
     let logged = || {
         h.logs

@@ -1,5 +1,6 @@
 //! What the integration tests share: pgwarden in front of a real cluster, the Vault
-//! double, a real OpenBao server, wire-level clients, the shipped files and log capture.
+//! double, a real OpenBao server, wire-level clients, psycopg scripts, a TLS record tap,
+//! the shipped files and log capture.
 
 pub mod harness;
 pub mod hcl;
@@ -7,7 +8,9 @@ pub mod java;
 pub mod logs;
 pub mod openbao;
 pub mod openbao_setup;
+pub mod psycopg;
 pub mod shipped;
+pub mod tls_tap;
 pub mod vault_double;
 pub mod vault_setup;
 pub mod venv;

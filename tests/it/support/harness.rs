@@ -1,11 +1,11 @@
 //! pgwarden in front of a throwaway PostgreSQL, in-process, for one test.
 //!
 //! [`Harness::start`] starts a TLS + SCRAM cluster and prepares it the way `pgwarden dev`
-//! does (a NOLOGIN owner role owning the `keycloak` database, a CREATEROLE admin), writes
-//! certificates, secrets and a configuration built from [`Options`] into a temporary
-//! directory, and starts pgwarden on 127.0.0.1 with a random port. It then offers clients of
-//! every kind through pgwarden, a superuser connection straight to the cluster for
-//! assertions, and the captured logs.
+//! does (a NOLOGIN owner role owning the `keycloak` database and granted
+//! `pg_signal_backend`, a CREATEROLE admin), writes certificates, secrets and a
+//! configuration built from [`Options`] into a temporary directory, and starts pgwarden on
+//! 127.0.0.1 with a random port. It then offers clients of every kind through pgwarden, a
+//! superuser connection straight to the cluster for assertions, and the captured logs.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -567,15 +567,16 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
         t.push_str("tls_cert_file = \"server.crt\"\ntls_key_file = \"server.key\"\n");
     }
     t += &format!(
-        "require_tls = {}\nallow = [{}]\nmax_connections = {}\nhandshake_timeout = {}\n\n",
+        "require_tls = {}\nallow = [{}]\nmax_connections = {}\nhandshake_timeout = {}\n",
         opts.tls == ListenTls::Required,
         list(&opts.allow),
         opts.max_connections,
         q(&opts.handshake_timeout),
     );
     if let Some(idle) = &opts.idle_timeout {
-        t = t.replacen("\n\n", &format!("\nidle_timeout = {}\n\n", q(idle)), 1);
+        t += &format!("idle_timeout = {}\n", q(idle));
     }
+    t += "\n";
     t += "[shutdown]\ngrace = \"2s\"\nrevoke_timeout = \"30s\"\n\n";
     t += &format!(
         "[[users]]\nname = {}\nscram_verifier_file = \"client.verifier\"\n\n",

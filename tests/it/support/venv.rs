@@ -1,7 +1,8 @@
 //! The Python test environment `scripts/deps` makes: psycopg 3 (libpq 18), OpenBao's `bao`,
 //! check-jsonschema and kubernetes-validate.
 //!
-//! It lives in `.venv/` at the project root, or where `PGWARDEN_VENV` points. A test that needs
+//! It lives in `.venv/` at the project root, or where `PGW_TEST_VENV` points (not a
+//! `PGWARDEN_*` name: pgwarden refuses unknown ones in its own environment). A test that needs
 //! it and finds it missing fails and says how to make it: these tools are part of the suite, not
 //! optional extras.
 
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// The virtual environment's directory.
 pub fn dir() -> PathBuf {
-    match std::env::var_os("PGWARDEN_VENV") {
+    match std::env::var_os("PGW_TEST_VENV") {
         Some(dir) => PathBuf::from(dir),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"),
     }

@@ -420,3 +420,48 @@ impl Welcome {
             .map(|(_, v)| v.as_str())
     }
 }
+
+/// How the server ended a TLS session.
+#[derive(Debug)]
+pub enum TlsEnd {
+    /// With a close_notify alert: rustls then reads 0 bytes.
+    CloseNotify,
+    /// Without one (rustls: `UnexpectedEof`), or with a reset or another error.
+    Unclean(io::Error),
+}
+
+/// Reads until the server ends the TLS session; the plaintext read and how it ended.
+pub async fn read_to_tls_end(s: &mut Tls) -> (Vec<u8>, TlsEnd) {
+    let read = async {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => return (out, TlsEnd::CloseNotify),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) => return (out, TlsEnd::Unclean(e)),
+            }
+        }
+    };
+    tokio::time::timeout(READ_DEADLINE, read)
+        .await
+        .unwrap_or_else(|_| panic!("the server did not end the session within {READ_DEADLINE:?}"))
+}
+
+/// Reads until the server ends the TLS session and fails the test unless it ended with
+/// close_notify, as a PostgreSQL backend does; the messages read before the end.
+pub async fn expect_close_notify(s: &mut Tls, what: &str) -> Vec<Message> {
+    let (bytes, end) = read_to_tls_end(s).await;
+    let mut rest = &bytes[..];
+    let mut messages = Vec::new();
+    while !rest.is_empty() {
+        messages.push(read_message(&mut rest).await.expect("whole messages"));
+    }
+    match end {
+        TlsEnd::CloseNotify => messages,
+        TlsEnd::Unclean(e) => panic!(
+            "{what}: the TLS session ended without close_notify ({:?}: {e}) after {messages:?}",
+            e.kind()
+        ),
+    }
+}
