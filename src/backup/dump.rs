@@ -115,10 +115,21 @@ pub struct Running {
 pub struct Killer(Arc<Mutex<Option<Child>>>);
 
 impl Killer {
-    /// Kills pg_dump if it still runs; its output then ends.
+    /// Kills pg_dump, and whatever it started (its process group), if it
+    /// still runs; its output then ends.
     pub fn kill(&self) {
         if let Some(child) = self.0.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            let _ = child.kill();
+            let group = i32::try_from(child.id())
+                .ok()
+                .and_then(rustix::process::Pid::from_raw);
+            match group {
+                Some(pid) => {
+                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                }
+                None => {
+                    let _ = child.kill();
+                }
+            }
         }
     }
 }
@@ -143,6 +154,9 @@ pub fn start(
     if let Some(level) = compression {
         args.push(format!("--compress={level}").into());
     }
+    // A process group of its own: stopping the dump stops everything it
+    // started, and a terminal's Ctrl-C reaches pgwarden, which stops it.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

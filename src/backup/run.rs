@@ -80,7 +80,7 @@ async fn attempt(
     }
     let recipients = recipients(cfg)?;
     let pg_dump = dump::version(&cfg.pg_dump).map_err(|e| Failure::new(Reason::Dump, e))?;
-    let source = source::build(file, &cfg.credentials)
+    let source = source::build(file, &cfg.credentials, &cfg.upstream)
         .await
         .map_err(|e| Failure::new(Reason::Credentials, e))?;
     let stem = manifest::stem(target, started);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use crate::config::BackupFile;
+use crate::config::{BackupFile, UpstreamConfig};
 use crate::credentials::CredentialSource;
 use crate::credentials::revoker::Revoker;
 use crate::credentials::vault::Vault;
@@ -23,8 +23,14 @@ pub struct RunSource {
 }
 
 /// Builds `[credentials.<name>]` (logging in to Vault first when it is a
-/// Vault source).
-pub async fn build(file: &BackupFile, name: &str) -> Result<RunSource, String> {
+/// Vault source). A built-in source first drops the expired roles under its
+/// prefix on `upstream`: those of runs that were killed before they could
+/// revoke.
+pub async fn build(
+    file: &BackupFile,
+    name: &str,
+    upstream: &UpstreamConfig,
+) -> Result<RunSource, String> {
     let config = file
         .credentials
         .get(name)
@@ -46,6 +52,9 @@ pub async fn build(file: &BackupFile, name: &str) -> Result<RunSource, String> {
     };
     let source = CredentialSource::new(name, config, vault.as_ref(), revoker.clone())
         .map_err(|e| format!("[credentials.{name}]: {e}"))?;
+    if source.kind() == "postgres" {
+        source.start(&[upstream]).await;
+    }
     Ok(RunSource {
         source,
         revoker,

@@ -8,6 +8,7 @@
 mod support;
 
 mod auth;
+mod backup;
 mod cancel;
 mod cli;
 mod config;

@@ -149,28 +149,33 @@ impl Validator<'_> {
     }
 
     fn backup(&mut self, what: &str, b: raw::Backup, cx: &Context<'_>) -> Option<BackupConfig> {
-        let (upstream, route_source) = match (b.route, b.upstream) {
-            (Some(route), None) => self.backup_route(what, &route, cx)?,
-            (None, Some(u)) => (self.upstream(what, u, String::new()), None),
+        // Everything is checked even when the server is unknown, to report it all.
+        let (mut upstream, route_source) = match (b.route, b.upstream) {
+            (Some(route), None) => match self.backup_route(what, &route, cx) {
+                Some((u, source)) => (Some(u), source),
+                None => (None, None),
+            },
+            (None, Some(u)) => (Some(self.upstream(what, u, String::new())), None),
             _ => {
                 self.err(format!(
                     "{what}: give `route` (a [[routes]] database) or `upstream`, exactly one"
                 ));
-                return None;
+                (None, None)
             }
         };
-        let mut upstream = upstream;
-        if let Some(db) = b.database {
-            upstream.database = db;
-        }
-        if upstream.database.is_empty() {
-            self.err(format!("{what}: `database` is required with `upstream`"));
-        }
-        if upstream.tls == UpstreamTls::Disable {
-            self.err(format!(
-                "{what}: the dump would cross the network in clear; a backup's upstream needs \
-                 tls = \"verify-full\" or \"verify-ca\""
-            ));
+        if let Some(u) = &mut upstream {
+            if let Some(db) = b.database {
+                u.database = db;
+            }
+            if u.database.is_empty() {
+                self.err(format!("{what}: `database` is required with `upstream`"));
+            }
+            if u.tls == UpstreamTls::Disable {
+                self.err(format!(
+                    "{what}: the dump would cross the network in clear; a backup's upstream \
+                     needs tls = \"verify-full\" or \"verify-ca\""
+                ));
+            }
         }
         let credentials = b.credentials.or(route_source);
         let credentials = match credentials {
@@ -206,7 +211,7 @@ impl Validator<'_> {
             }
         }
         Some(BackupConfig {
-            upstream,
+            upstream: upstream?,
             credentials,
             directory: self.path(&b.directory),
             recipients,

@@ -1,6 +1,7 @@
 //! What the integration tests share: pgwarden in front of a real cluster, the Vault
 //! double, wire-level clients, the shipped files and log capture.
 
+pub mod backup;
 pub mod harness;
 pub mod hcl;
 pub mod java;
