@@ -9,6 +9,7 @@ mod support;
 
 mod auth;
 mod backup;
+mod backup_deploy;
 mod backup_vault;
 mod cancel;
 mod cli;
