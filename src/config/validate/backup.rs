@@ -88,6 +88,8 @@ pub(in super::super) fn validate_backup(
 pub(super) struct Declared {
     credentials: HashSet<String>,
     routes: HashSet<String>,
+    /// Whether there is a `[vault]` section, valid or not.
+    vault: bool,
 }
 
 impl Declared {
@@ -106,6 +108,7 @@ impl Declared {
                 .filter_map(|r| r.get("database").and_then(|d| d.as_str()))
                 .map(str::to_owned)
                 .collect(),
+            vault: table.contains_key("vault"),
         }
     }
 }
@@ -265,9 +268,11 @@ impl Validator<'_> {
             None => self.err(format!(
                 "{what}: credentials `{name}` is not defined in [credentials.*]"
             )),
-            Some(CredentialsConfig::Vault(_)) if !cx.have_vault => self.err(format!(
-                "[credentials.{name}] uses source = \"vault\" but there is no [vault] section"
-            )),
+            Some(CredentialsConfig::Vault(_)) if !cx.have_vault && !cx.declared.vault => {
+                self.err(format!(
+                    "[credentials.{name}] uses source = \"vault\" but there is no [vault] section"
+                ))
+            }
             Some(_) => {}
         }
     }
