@@ -10,6 +10,7 @@ mod support;
 mod auth;
 mod backup;
 mod backup_deploy;
+mod backup_reporting;
 mod backup_vault;
 mod cancel;
 mod cli;
