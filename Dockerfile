@@ -28,6 +28,19 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked \
     && install -D -m 0755 target/release/pgwarden /out/pgwarden
 
+# The backup image (`docker build --target backup`): pgwarden with
+# PostgreSQL's client programs, for `pgwarden backup` (docker-compose.yml's
+# pgwarden-backup, deploy/kubernetes/backup/). Its pg_dump must be at least
+# the server's major version: keep this tag's major with the server's.
+FROM postgres:17.9-bookworm AS backup
+COPY --from=build /out/pgwarden /usr/local/bin/pgwarden
+# Where backups go, owned by the image's postgres user (uid 999), so that a
+# fresh named volume mounted there is writable by it.
+RUN install -d -o 999 -g 999 -m 0700 /var/lib/pgwarden-backup
+USER 999:999
+ENTRYPOINT ["pgwarden"]
+CMD ["backup", "--help"]
+
 # Distroless publishes this tag as a moving "Debian 12, C runtime, non-root"
 # line rather than numbered releases; pin it by digest
 # (cc-debian12:nonroot@sha256:…) where builds must be reproducible.

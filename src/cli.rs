@@ -64,6 +64,17 @@ pub fn check_config(path: &Path, out: &mut impl Write, err: &mut impl Write) -> 
                     r.credentials
                 );
             }
+            for (name, b) in &c.backup {
+                let _ = writeln!(
+                    out,
+                    "  backup {name} → {}/{} with credentials {}, into {}, for {} recipient(s)",
+                    b.upstream.endpoint(),
+                    b.upstream.database,
+                    b.credentials,
+                    b.directory.display(),
+                    b.recipients.len()
+                );
+            }
             0
         }
         Err(errors) => {

@@ -38,6 +38,8 @@ pub struct Config {
     pub vault: Option<VaultConfig>,
     /// The background audit, when `[audit]` is configured.
     pub audit: Option<AuditConfig>,
+    /// `[backup.<target>]`, for `pgwarden backup` (the proxy does not use them).
+    pub backup: BTreeMap<String, BackupConfig>,
 }
 
 /// `[audit]`, validated.
@@ -47,6 +49,47 @@ pub struct AuditConfig {
     pub interval: Duration,
     /// The credential source the audit connects with; `None`: each route's own.
     pub credentials: Option<String>,
+}
+
+/// What `pgwarden backup` reads from a configuration file: [`load_backup`]
+/// checks only these sections, so a backup host needs neither the proxy's
+/// listener certificate nor its users' verifiers.
+#[derive(Debug)]
+pub struct BackupFile {
+    pub log: LogConfig,
+    pub credentials: BTreeMap<String, CredentialsConfig>,
+    pub vault: Option<VaultConfig>,
+    pub backup: BTreeMap<String, BackupConfig>,
+}
+
+/// One `[backup.<target>]`, validated.
+#[derive(Debug, Clone)]
+pub struct BackupConfig {
+    /// The server and TLS settings (from the named route, or given inline);
+    /// `database` is the database dumped.
+    pub upstream: UpstreamConfig,
+    /// The `[credentials.<name>]` that issues the dump's login.
+    pub credentials: String,
+    pub directory: PathBuf,
+    /// age X25519 recipients, each checked to parse (public keys, no secret).
+    pub recipients: Vec<String>,
+    pub retention: Retention,
+    pub pg_dump: PathBuf,
+    pub compression_level: Option<u8>,
+    pub timeout: Duration,
+    pub metrics_file: Option<PathBuf>,
+    pub pushgateway: Option<String>,
+}
+
+/// Grandfather-father-son retention: the newest `keep_last`, and the newest
+/// backup of each of the last `keep_daily` days, `keep_weekly` ISO weeks and
+/// `keep_monthly` months that have one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub keep_last: usize,
+    pub keep_daily: usize,
+    pub keep_weekly: usize,
+    pub keep_monthly: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -237,6 +280,50 @@ pub fn load(
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     from_str(&text, base, env)
+}
+
+/// Reads the sections `pgwarden backup` needs from the configuration at
+/// `path` (`[log]`, `[credentials.*]`, `[vault]`, `[[routes]]`, `[backup.*]`)
+/// and validates them as [`load`] would; the proxy's own sections are not
+/// checked (unknown sections still are errors).
+pub fn load_backup(
+    path: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<BackupFile, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![format!(
+            "cannot read configuration file {}: {e}",
+            path.display()
+        )])
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    backup_from_str(&text, base, None, env)
+}
+
+/// Like [`load_backup`], from text (relative paths against `base`, looked up
+/// under `root` when given, as [`load_in_root`] does).
+pub fn backup_from_str(
+    text: &str,
+    base: &Path,
+    root: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<BackupFile, ConfigErrors> {
+    let mut table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigErrors(vec![report::syntax(text, &e)]))?;
+    let env: Vec<(String, String)> = env.into_iter().collect();
+    let mut errors = Vec::new();
+    let overrides = env::apply_overrides(&mut table, &env, &mut errors);
+    let vault_token_env = env
+        .iter()
+        .find(|(k, _)| k == "VAULT_TOKEN")
+        .map(|(_, v)| SecretString::from(v.clone()));
+    let file =
+        validate::validate_backup(table, base, root, vault_token_env, &overrides, &mut errors);
+    match file {
+        Some(f) if errors.is_empty() => Ok(f),
+        _ => Err(ConfigErrors(errors)),
+    }
 }
 
 /// Like [`load`], for a configuration as another file system will show it — a

@@ -4,6 +4,7 @@
 pub(crate) mod admin;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub(crate) mod cancel;
 pub mod cli;
 pub mod config;

@@ -65,12 +65,60 @@ enum Command {
         #[arg(long)]
         password_file: Option<PathBuf>,
     },
+    /// Take an encrypted backup of a [backup.<target>] with a fresh,
+    /// short-lived credential; or `backup verify` one.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Backup {
+        #[command(subcommand)]
+        action: Option<BackupAction>,
+        #[arg(long, short, env = "PGWARDEN_CONFIG", required = true)]
+        config: Option<PathBuf>,
+        /// The [backup.<target>] to run.
+        #[arg(long, required = true)]
+        target: Option<String>,
+    },
+    /// Decrypt a backup into pg_restore (a database you name) or to standard output.
+    #[command(group(clap::ArgGroup::new("to").required(true).args(["dbname", "stdout"])))]
+    Restore {
+        /// The age identity file (AGE-SECRET-KEY-1…) of one of the backup's recipients.
+        #[arg(long)]
+        identity: PathBuf,
+        /// pg_restore's connection string, without a password (PGPASSWORD,
+        /// PGPASSFILE or the prompt give it).
+        #[arg(long)]
+        dbname: Option<String>,
+        /// Write the decrypted dump to standard output instead.
+        #[arg(long)]
+        stdout: bool,
+        #[arg(long, default_value = "pg_restore")]
+        pg_restore: PathBuf,
+        /// The encrypted backup (…dump.age).
+        backup: PathBuf,
+        /// More pg_restore options, after `--` (e.g. -- --no-owner --single-transaction).
+        #[arg(last = true)]
+        pg_restore_args: Vec<String>,
+    },
     /// Run pgwarden against a throwaway local PostgreSQL with the built-in
     /// credential source: no Vault, nothing to configure.
     Dev {
         /// Port for pgwarden to listen on, on 127.0.0.1.
         #[arg(long, default_value_t = 6432)]
         port: u16,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackupAction {
+    /// Decrypt a backup into `pg_restore --list`: prove it is intact and
+    /// readable, restoring nothing.
+    Verify {
+        /// The age identity file of one of the backup's recipients.
+        #[arg(long)]
+        identity: PathBuf,
+        #[arg(long, default_value = "pg_restore")]
+        pg_restore: PathBuf,
+        /// The encrypted backup (…dump.age).
+        backup: PathBuf,
     },
 }
 
@@ -135,6 +183,64 @@ fn main() -> ExitCode {
         )),
         Command::Run { config } => in_runtime(run(config)),
         Command::Dev { port } => in_runtime(pgwarden::dev::run(port)),
+        Command::Backup {
+            action:
+                Some(BackupAction::Verify {
+                    identity,
+                    pg_restore,
+                    backup,
+                }),
+            ..
+        } => {
+            pgwarden::logging::init(Default::default(), "warn");
+            pgwarden::backup::command::verify(
+                &backup,
+                &identity,
+                &pg_restore,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )
+        }
+        Command::Backup {
+            action: None,
+            config,
+            target,
+        } => match (config, target) {
+            (Some(config), Some(target)) => in_runtime(pgwarden::backup::command::backup(
+                &config,
+                &target,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )),
+            _ => {
+                eprintln!("pgwarden backup needs --config and --target");
+                2
+            }
+        },
+        Command::Restore {
+            identity,
+            dbname,
+            stdout,
+            pg_restore,
+            backup,
+            pg_restore_args,
+        } => {
+            pgwarden::logging::init(Default::default(), "warn");
+            let to = match (&dbname, stdout) {
+                (Some(db), false) => pgwarden::backup::command::RestoreTo::Database {
+                    dbname: db,
+                    extra: &pg_restore_args,
+                },
+                _ => pgwarden::backup::command::RestoreTo::Stdout,
+            };
+            pgwarden::backup::command::restore(
+                &backup,
+                &identity,
+                &pg_restore,
+                to,
+                &mut std::io::stderr(),
+            )
+        }
     };
     ExitCode::from(code as u8)
 }

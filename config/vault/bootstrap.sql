@@ -15,6 +15,8 @@
 --   keycloak_app    NOLOGIN; SELECT/INSERT/UPDATE/DELETE on the tables and
 --                   USAGE/SELECT/UPDATE on the sequences, now and later; no
 --                   CREATE, no TRUNCATE, owns nothing.
+--   keycloak_backup NOLOGIN; member of pg_read_all_data (PostgreSQL 14+): reads
+--                   every table for `pgwarden backup` (pg_dump), writes nothing.
 --   vault_admin     LOGIN CREATEROLE; the account Vault's database secrets
 --                   engine uses to create, renew and drop the dynamic roles.
 -- The dynamic roles Vault creates (creation-*.sql) are NOINHERIT
@@ -35,11 +37,17 @@ SELECT 'CREATE ROLE keycloak_owner'
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'keycloak_owner') \gexec
 SELECT 'CREATE ROLE keycloak_app'
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'keycloak_app') \gexec
+SELECT 'CREATE ROLE keycloak_backup'
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'keycloak_backup') \gexec
 SELECT 'CREATE ROLE vault_admin'
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'vault_admin') \gexec
 
 ALTER ROLE keycloak_owner NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
 ALTER ROLE keycloak_app NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+ALTER ROLE keycloak_backup NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+-- Read-only on every table, view and sequence of the cluster, present and future
+-- (PostgreSQL 14+): what pg_dump needs, and nothing to write with.
+GRANT pg_read_all_data TO keycloak_backup;
 ALTER ROLE vault_admin LOGIN CREATEROLE INHERIT NOSUPERUSER NOCREATEDB NOREPLICATION NOBYPASSRLS;
 
 -- The verifier as `pgwarden scram-verifier` prints it (scram_verifier = "…")
@@ -75,7 +83,7 @@ ALTER ROLE vault_admin SET log_min_error_statement = 'panic';
 -- it: pg_terminate_backend on non-superuser backends needs pg_signal_backend.
 GRANT pg_signal_backend TO vault_admin;
 
--- Creating a role IN ROLE keycloak_owner/keycloak_app: PostgreSQL 16 and later
+-- Creating a role IN ROLE keycloak_owner/keycloak_app/keycloak_backup: PostgreSQL 16 and later
 -- require ADMIN OPTION on those roles, and let it come without the right to act
 -- as them (INHERIT FALSE, SET FALSE). PostgreSQL 15 lets any CREATEROLE role
 -- grant them, so vault_admin is deliberately no member there.
@@ -85,6 +93,7 @@ GRANT pg_signal_backend TO vault_admin;
 \if :pg16_or_later
 GRANT keycloak_owner TO vault_admin WITH ADMIN OPTION, INHERIT FALSE, SET FALSE;
 GRANT keycloak_app TO vault_admin WITH ADMIN OPTION, INHERIT FALSE, SET FALSE;
+GRANT keycloak_backup TO vault_admin WITH ADMIN OPTION, INHERIT FALSE, SET FALSE;
 ALTER ROLE vault_admin SET createrole_self_grant = 'inherit';
 \endif
 

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Configures HashiCorp Vault (1.15 or later) for pgwarden in front of Keycloak's
 # PostgreSQL: the database secrets engine with a TLS connection, a password
-# policy, the two dynamic roles, pgwarden's policy and its AppRole. Run it after
+# policy, the three dynamic roles, pgwarden's policies and AppRoles. Run it after
 # bootstrap.sql, with the `vault` CLI: `sh setup.sh`. Safe to run again: every
 # step creates or updates, and each run writes a fresh secret_id.
 #
@@ -25,6 +25,9 @@
 #                                    Vault server (Vault opens it, not this script)       (required)
 #   PGWARDEN_APPROLE_OUT_DIR         where the files role_id and secret_id are written,
 #                                    mode 0600, for pgwarden's [vault] auth               (required)
+#   PGWARDEN_BACKUP_APPROLE_OUT_DIR  where `pgwarden backup`'s role_id and secret_id are
+#                                    written (its own AppRole, read-only role); unset:
+#                                    the AppRole is written, no secret id is issued       (optional)
 #
 # Nothing secret is printed: not the token, the password, the role_id or the secret_id.
 
@@ -51,6 +54,16 @@ readonly APPROLE=pgwarden
 # young its lease. Unrenewed (pgwarden stopped or cut off), it expires within
 # one period, and its leases with it.
 readonly TOKEN_PERIOD=1h
+# The backup host's own token: each run logs in afresh, so an ordinary TTL.
+readonly BACKUP_TOKEN_TTL=1h
+readonly BACKUP_TOKEN_MAX_TTL=24h
+# `pgwarden backup`: a read-only role whose credential lives one dump. Its lease
+# is renewed while pg_dump runs, up to BACKUP_LEASE_MAX_TTL, and revoked after.
+readonly BACKUP_ROLE=keycloak-backup
+readonly BACKUP_LEASE_TTL=15m
+readonly BACKUP_LEASE_MAX_TTL=6h
+readonly BACKUP_POLICY=pgwarden-backup
+readonly BACKUP_APPROLE=pgwarden-backup
 
 say() { printf 'pgwarden vault setup: %s\n' "$*" >&2; }
 die() {
@@ -86,6 +99,7 @@ host=$PGWARDEN_DB_HOST
 ca_file=$PGWARDEN_DB_CA_FILE
 password_file=$PGWARDEN_DB_ADMIN_PASSWORD_FILE
 out_dir=$PGWARDEN_APPROLE_OUT_DIR
+backup_out_dir=${PGWARDEN_BACKUP_APPROLE_OUT_DIR:-}
 
 # Segments of letters, digits, . _ -, joined by single slashes.
 case $mount in
@@ -113,11 +127,12 @@ command -v vault >/dev/null || die "the vault CLI is not on PATH"
 # The password reaches vault through printf; only a builtin printf keeps it off
 # every command line (dash, busybox ash and bash all have one).
 [ "$(command -v printf)" = printf ] || die "run this script with a shell whose printf is a builtin (sh, busybox sh, bash)"
-for f in pgwarden-policy.hcl password-policy.hcl renewal.sql revocation.sql \
-	"creation-$MIGRATE_ROLE.sql" "creation-$APP_ROLE.sql"; do
+for f in pgwarden-policy.hcl pgwarden-backup-policy.hcl password-policy.hcl renewal.sql \
+	revocation.sql "creation-$MIGRATE_ROLE.sql" "creation-$APP_ROLE.sql" "creation-$BACKUP_ROLE.sql"; do
 	[ -r "$here/$f" ] || die "$here/$f is missing"
 done
 mkdir -p "$out_dir"
+if [ -n "$backup_out_dir" ]; then mkdir -p "$backup_out_dir"; fi
 
 # The type of the entry at a path in `vault secrets list` / `vault auth list`,
 # into $mounted (empty when nothing is mounted there).
@@ -156,28 +171,35 @@ printf '%s' "$password" |
 		password=- \
 		password_authentication=scram-sha-256 \
 		password_policy="$PASSWORD_POLICY" \
-		allowed_roles="$MIGRATE_ROLE,$APP_ROLE" \
+		allowed_roles="$MIGRATE_ROLE,$APP_ROLE,$BACKUP_ROLE" \
 		verify_connection=true
 unset password
 
-# 4. The two roles: migrations act as keycloak_owner, the steady state as
-# keycloak_app (read/update/write only).
-for role in "$MIGRATE_ROLE" "$APP_ROLE"; do
-	say "writing the role $mount/roles/$role"
-	vault write "$mount/roles/$role" \
+# 4. The three roles: migrations act as keycloak_owner, the steady state as
+# keycloak_app (read/update/write only), backups as keycloak_backup (read only).
+write_role() { # role default_ttl max_ttl
+	say "writing the role $mount/roles/$1"
+	vault write "$mount/roles/$1" \
 		db_name="$db_name" \
-		creation_statements=@"$here/creation-$role.sql" \
+		creation_statements=@"$here/creation-$1.sql" \
 		renew_statements=@"$here/renewal.sql" \
 		revocation_statements=@"$here/revocation.sql" \
-		default_ttl="$LEASE_TTL" \
-		max_ttl="$LEASE_MAX_TTL"
-done
+		default_ttl="$2" \
+		max_ttl="$3"
+}
+write_role "$MIGRATE_ROLE" "$LEASE_TTL" "$LEASE_MAX_TTL"
+write_role "$APP_ROLE" "$LEASE_TTL" "$LEASE_MAX_TTL"
+write_role "$BACKUP_ROLE" "$BACKUP_LEASE_TTL" "$BACKUP_LEASE_MAX_TTL"
 
-# 5. pgwarden's policy, for this mount.
-say "writing the policy $VAULT_POLICY"
-policy=$(sed "s|\"database/creds/|\"$mount/creds/|" "$here/pgwarden-policy.hcl") ||
-	die "could not read $here/pgwarden-policy.hcl"
-printf '%s\n' "$policy" | vault policy write "$VAULT_POLICY" -
+# 5. The policies of the proxy and of the backups, for this mount.
+write_policy() { # name file
+	say "writing the policy $1"
+	policy=$(sed "s|\"database/creds/|\"$mount/creds/|" "$here/$2") ||
+		die "could not read $here/$2"
+	printf '%s\n' "$policy" | vault policy write "$1" -
+}
+write_policy "$VAULT_POLICY" pgwarden-policy.hcl
+write_policy "$BACKUP_POLICY" pgwarden-backup-policy.hcl
 
 # 6. pgwarden's AppRole: periodic tokens (see TOKEN_PERIOD; the TTLs are reset
 # to 0 so that a re-run over an older setup leaves no max TTL behind) that
@@ -194,34 +216,54 @@ case $mounted in
 approle) say "the AppRole auth method is already enabled" ;;
 *) die "approle/ is already mounted, and not as the AppRole auth method" ;;
 esac
-say "writing the AppRole $APPROLE"
-vault write "auth/approle/role/$APPROLE" \
-	token_policies="$VAULT_POLICY" \
-	token_no_default_policy=true \
-	token_type=service \
+write_approle() { # name policy token-settings...
+	approle_name=$1
+	approle_policy=$2
+	shift 2
+	say "writing the AppRole $approle_name"
+	vault write "auth/approle/role/$approle_name" \
+		token_policies="$approle_policy" \
+		token_no_default_policy=true \
+		token_type=service \
+		"$@" \
+		token_num_uses=0 \
+		bind_secret_id=true \
+		secret_id_ttl=0 \
+		secret_id_num_uses=0
+}
+write_approle "$APPROLE" "$VAULT_POLICY" \
 	token_period="$TOKEN_PERIOD" \
 	token_ttl=0 \
 	token_max_ttl=0 \
-	token_explicit_max_ttl=0 \
-	token_num_uses=0 \
-	bind_secret_id=true \
-	secret_id_ttl=0 \
-	secret_id_num_uses=0
+	token_explicit_max_ttl=0
+# The backup host's own AppRole: its token can read the backup role's
+# credentials and nothing of the proxy's (and the proxy's nothing of its).
+write_approle "$BACKUP_APPROLE" "$BACKUP_POLICY" \
+	token_period=0 \
+	token_ttl="$BACKUP_TOKEN_TTL" \
+	token_max_ttl="$BACKUP_TOKEN_MAX_TTL" \
+	token_explicit_max_ttl=0
 
 # 7. role_id and a fresh secret_id, written whole or not at all. (Globals with
 # the function's prefix: POSIX sh has no `local`.)
-write_private() { # file command...
-	wp_file=$1
-	shift
-	wp_tmp=$(mktemp "$out_dir/.$wp_file.XXXXXX") || die "could not create a file in $out_dir"
+write_private() { # dir file command...
+	wp_dir=$1
+	wp_file=$2
+	shift 2
+	wp_tmp=$(mktemp "$wp_dir/.$wp_file.XXXXXX") || die "could not create a file in $wp_dir"
 	if ! "$@" >"$wp_tmp"; then
 		rm -f "$wp_tmp"
 		die "could not obtain $wp_file"
 	fi
 	chmod 600 "$wp_tmp"
-	mv -f "$wp_tmp" "$out_dir/$wp_file"
+	mv -f "$wp_tmp" "$wp_dir/$wp_file"
 }
-write_private role_id vault read -field=role_id "auth/approle/role/$APPROLE/role-id"
-write_private secret_id vault write -f -field=secret_id "auth/approle/role/$APPROLE/secret-id"
+write_private "$out_dir" role_id vault read -field=role_id "auth/approle/role/$APPROLE/role-id"
+write_private "$out_dir" secret_id vault write -f -field=secret_id "auth/approle/role/$APPROLE/secret-id"
 say "wrote role_id and secret_id to $out_dir (mode 0600)"
-say "done: pgwarden may now use [credentials] source = \"vault\", mount = \"$mount\", role = \"$APP_ROLE\" or \"$MIGRATE_ROLE\""
+if [ -n "$backup_out_dir" ]; then
+	write_private "$backup_out_dir" role_id vault read -field=role_id "auth/approle/role/$BACKUP_APPROLE/role-id"
+	write_private "$backup_out_dir" secret_id vault write -f -field=secret_id "auth/approle/role/$BACKUP_APPROLE/secret-id"
+	say "wrote the backup AppRole's role_id and secret_id to $backup_out_dir (mode 0600)"
+fi
+say "done: pgwarden may now use [credentials] source = \"vault\", mount = \"$mount\", role = \"$APP_ROLE\" or \"$MIGRATE_ROLE\"; pgwarden backup role = \"$BACKUP_ROLE\""

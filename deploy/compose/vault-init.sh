@@ -12,11 +12,14 @@
 # 4. run config/vault/setup.sh with the root token as VAULT_TOKEN; it enables
 #    the database secrets engine, the roles and pgwarden's AppRole, and writes
 #    role_id and secret_id to PGWARDEN_APPROLE_OUT_DIR;
-# 5. make those two files readable by pgwarden's uid only.
+# 5. make those two files readable by pgwarden's uid only; the same for the
+#    backup AppRole's files in PGWARDEN_BACKUP_APPROLE_OUT_DIR, when set, and
+#    the backup image's uid.
 #
 # Environment: VAULT_ADDR, VAULT_CACERT, PGWARDEN_APPROLE_OUT_DIR (and what
 # setup.sh reads); VAULT_KEYS_DIR (default /vault-keys), VAULT_SETUP_SCRIPT
-# (default /setup/setup.sh), PGWARDEN_UID (default 65532, the image's USER).
+# (default /setup/setup.sh), PGWARDEN_UID (default 65532, the image's USER),
+# PGWARDEN_BACKUP_UID (default 999, the backup image's USER).
 # Nothing secret is printed.
 set -eu
 
@@ -24,6 +27,8 @@ set -eu
 keys=${VAULT_KEYS_DIR:-/vault-keys}
 setup=${VAULT_SETUP_SCRIPT:-/setup/setup.sh}
 pgwarden_uid=${PGWARDEN_UID:-65532}
+backup_uid=${PGWARDEN_BACKUP_UID:-999}
+backup_dir=${PGWARDEN_BACKUP_APPROLE_OUT_DIR:-}
 
 # `vault status` exits 0 when unsealed, 2 when sealed (or not initialised),
 # 1 when Vault cannot be reached.
@@ -77,12 +82,18 @@ mkdir -p "$PGWARDEN_APPROLE_OUT_DIR"
 echo "vault-init: running $setup"
 sh "$setup"
 
-for f in role_id secret_id; do
-    if [ ! -s "$PGWARDEN_APPROLE_OUT_DIR/$f" ]; then
-        echo "vault-init: $setup did not write $PGWARDEN_APPROLE_OUT_DIR/$f" >&2
-        exit 1
-    fi
-    chown "$pgwarden_uid:$pgwarden_uid" "$PGWARDEN_APPROLE_OUT_DIR/$f"
-    chmod 0400 "$PGWARDEN_APPROLE_OUT_DIR/$f"
-done
+hand_over() { # directory uid
+    for f in role_id secret_id; do
+        if [ ! -s "$1/$f" ]; then
+            echo "vault-init: $setup did not write $1/$f" >&2
+            exit 1
+        fi
+        chown "$2:$2" "$1/$f"
+        chmod 0400 "$1/$f"
+    done
+}
+hand_over "$PGWARDEN_APPROLE_OUT_DIR" "$pgwarden_uid"
+if [ -n "$backup_dir" ]; then
+    hand_over "$backup_dir" "$backup_uid"
+fi
 echo "vault-init: done"

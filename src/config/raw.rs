@@ -29,6 +29,12 @@ pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9187";
 pub const DEFAULT_AUDIT_INTERVAL: Duration = Duration::from_secs(3600);
 /// The shortest `[audit] interval`: each run issues a credential and reads the catalog.
 pub const MIN_AUDIT_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_BACKUP_KEEP_LAST: usize = 7;
+pub const DEFAULT_BACKUP_KEEP_DAILY: usize = 14;
+pub const DEFAULT_BACKUP_KEEP_WEEKLY: usize = 8;
+pub const DEFAULT_BACKUP_KEEP_MONTHLY: usize = 0;
+pub const DEFAULT_PG_DUMP: &str = "pg_dump";
+pub const DEFAULT_BACKUP_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
 /// What a bad duration is told (the value itself is never echoed: it may be
 /// a secret typed under the wrong key, or set through the environment).
@@ -288,6 +294,68 @@ pub struct VaultKubernetes {
 pub struct VaultToken {
     /// A file holding the token; when absent, the `VAULT_TOKEN` environment variable.
     pub token_file: Option<PathBuf>,
+}
+
+/// `[backup.<target>]`: what `pgwarden backup --target <target>` dumps, where
+/// it writes, for whom it encrypts and how much it keeps.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backup {
+    /// A `[[routes]]` `database`: its upstream (and by default its credentials).
+    pub route: Option<String>,
+    /// The server, when no route names it (the keys of a route's upstream).
+    pub upstream: Option<Upstream>,
+    /// The `[credentials.<name>]` that issues the dump's login.
+    pub credentials: Option<String>,
+    /// The database to dump; default: the upstream's.
+    pub database: Option<String>,
+    /// Where backups are written (a local directory).
+    pub directory: PathBuf,
+    /// age X25519 recipients (`age1…`): who can decrypt the backups.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// A file of recipients, one a line (`#` comments), as age-keygen -y prints.
+    pub recipients_file: Option<PathBuf>,
+    #[serde(default = "default_keep_last")]
+    pub keep_last: usize,
+    #[serde(default = "default_keep_daily")]
+    pub keep_daily: usize,
+    #[serde(default = "default_keep_weekly")]
+    pub keep_weekly: usize,
+    #[serde(default = "default_keep_monthly")]
+    pub keep_monthly: usize,
+    /// The pg_dump binary: at least the server's major version.
+    #[serde(default = "default_pg_dump")]
+    pub pg_dump: PathBuf,
+    /// pg_dump's `--compress` level, 0 (none) to 9; default: pg_dump's.
+    pub compression_level: Option<u8>,
+    /// The whole dump must end within this.
+    #[serde(default = "default_backup_timeout", deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// A Prometheus textfile (node exporter's textfile collector), replaced
+    /// atomically after every run.
+    pub metrics_file: Option<PathBuf>,
+    /// A Pushgateway base URL the same metrics are PUT to after every run.
+    pub pushgateway: Option<String>,
+}
+
+fn default_keep_last() -> usize {
+    DEFAULT_BACKUP_KEEP_LAST
+}
+fn default_keep_daily() -> usize {
+    DEFAULT_BACKUP_KEEP_DAILY
+}
+fn default_keep_weekly() -> usize {
+    DEFAULT_BACKUP_KEEP_WEEKLY
+}
+fn default_keep_monthly() -> usize {
+    DEFAULT_BACKUP_KEEP_MONTHLY
+}
+fn default_pg_dump() -> PathBuf {
+    PathBuf::from(DEFAULT_PG_DUMP)
+}
+fn default_backup_timeout() -> Duration {
+    DEFAULT_BACKUP_TIMEOUT
 }
 
 fn yes() -> bool {

@@ -4,10 +4,14 @@
 //! deserialized on its own so that one bad entry does not hide the next one.
 //! A deserialization error is reported through `report`, which names the key
 //! and never the value. The credential sources and `[vault]` are in `sources`,
-//! the checks between sections in `cross`.
+//! the checks between sections in `cross`, `[backup.*]` (and the reading of a
+//! file for `pgwarden backup` alone) in `backup`.
 
+mod backup;
 mod cross;
 mod sources;
+
+pub(super) use backup::validate_backup;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -32,6 +36,7 @@ const KNOWN_SECTIONS: &[&str] = &[
     "credentials",
     "vault",
     "audit",
+    "backup",
 ];
 
 pub(super) fn validate(
@@ -85,6 +90,7 @@ impl Validator<'_> {
         let log = self.optional::<raw::Log>(table, "log");
         let shutdown = self.optional::<raw::Shutdown>(table, "shutdown");
         let declared = cross::Declared::of(table);
+        let backup_declared = backup::Declared::of(table);
         let vault = self.optional::<raw::Vault>(table, "vault");
         let users = self.array::<raw::User>(table, "users");
         let routes = self.array::<raw::Route>(table, "routes");
@@ -113,6 +119,13 @@ impl Validator<'_> {
             .collect();
         self.cross_checks(&declared, &users, &routes, &credentials, vault.is_some());
         let audit = audit.flatten().map(|a| self.audit(a, &declared));
+        let backup = self.backups(
+            table,
+            &backup_declared,
+            &routes,
+            &credentials,
+            vault.is_some(),
+        );
         Some(Config {
             listen: listen?,
             admin,
@@ -129,6 +142,7 @@ impl Validator<'_> {
             credentials,
             vault,
             audit,
+            backup,
         })
     }
 
@@ -388,7 +402,19 @@ impl Validator<'_> {
                 "{what}: users must name at least one user (or \"*\")"
             ));
         }
-        let u = r.upstream;
+        let upstream = self.upstream(&what, r.upstream, r.database.clone());
+        Some(RouteConfig {
+            database: r.database,
+            users: r.users,
+            upstream,
+            credentials: r.credentials,
+            session_role: r.session_role,
+        })
+    }
+
+    /// A route's `upstream` table (also a backup target's); `what` names it in
+    /// errors, `database` is the default database.
+    fn upstream(&mut self, what: &str, u: raw::Upstream, database: String) -> UpstreamConfig {
         let ca_file = match (u.tls, &u.ca_file) {
             (UpstreamTls::Disable, _) => None,
             (_, Some(f)) => {
@@ -411,22 +437,16 @@ impl Validator<'_> {
                 "{what}: `{name}` is not a valid server name for TLS"
             ));
         }
-        Some(RouteConfig {
-            database: r.database.clone(),
-            users: r.users,
-            upstream: UpstreamConfig {
-                host: u.host,
-                port: u.port,
-                database: u.database.unwrap_or(r.database),
-                tls: u.tls,
-                ca_file,
-                server_name: u.server_name,
-                connect_timeout: u.connect_timeout,
-                allow_insecure_auth: u.allow_insecure_auth,
-            },
-            credentials: r.credentials,
-            session_role: r.session_role,
-        })
+        UpstreamConfig {
+            host: u.host,
+            port: u.port,
+            database: u.database.unwrap_or(database),
+            tls: u.tls,
+            ca_file,
+            server_name: u.server_name,
+            connect_timeout: u.connect_timeout,
+            allow_insecure_auth: u.allow_insecure_auth,
+        }
     }
 }
 

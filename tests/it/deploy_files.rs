@@ -9,7 +9,7 @@
 //! line; `systemd-analyze` checks the unit; a real PostgreSQL runs the init
 //! script.
 
-mod files;
+pub(crate) mod files;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -1437,6 +1437,9 @@ set -eu
 echo run >> "$STUB/setup-runs"
 printf 'role-%s' "$(wc -l < "$STUB/setup-runs")" > "$PGWARDEN_APPROLE_OUT_DIR/role_id"
 printf 'secret' > "$PGWARDEN_APPROLE_OUT_DIR/secret_id"
+mkdir -p "$PGWARDEN_BACKUP_APPROLE_OUT_DIR"
+printf 'backup-role' > "$PGWARDEN_BACKUP_APPROLE_OUT_DIR/role_id"
+printf 'backup-secret' > "$PGWARDEN_BACKUP_APPROLE_OUT_DIR/secret_id"
 "#;
 
 #[test]
@@ -1471,6 +1474,8 @@ fn vault_init_initialises_once_unseals_every_time_and_hands_the_approle_to_pgwar
             .env("VAULT_SETUP_SCRIPT", setup)
             .env("PGWARDEN_APPROLE_OUT_DIR", d.join("approle"))
             .env("PGWARDEN_UID", "65532")
+            .env("PGWARDEN_BACKUP_APPROLE_OUT_DIR", d.join("backup-approle"))
+            .env("PGWARDEN_BACKUP_UID", "999")
             .output()
             .unwrap()
     };
@@ -1485,13 +1490,15 @@ fn vault_init_initialises_once_unseals_every_time_and_hands_the_approle_to_pgwar
             !all.contains("stub-root-token") && !all.contains("stub-unseal-key"),
             "a secret was printed:\n{all}"
         );
-        for f in ["role_id", "secret_id"] {
-            let meta = std::fs::metadata(d.join("approle").join(f)).unwrap();
-            assert_eq!(
-                (meta.uid(), meta.permissions().mode() & 0o777),
-                (65532, 0o400),
-                "{f}"
-            );
+        for (dir, uid) in [("approle", 65532), ("backup-approle", 999)] {
+            for f in ["role_id", "secret_id"] {
+                let meta = std::fs::metadata(d.join(dir).join(f)).unwrap();
+                assert_eq!(
+                    (meta.uid(), meta.permissions().mode() & 0o777),
+                    (uid, 0o400),
+                    "{dir}/{f}"
+                );
+            }
         }
         for f in ["unseal-key", "root-token"] {
             let meta = std::fs::metadata(d.join("keys").join(f)).unwrap();

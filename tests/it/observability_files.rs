@@ -21,7 +21,7 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-fn read(path: &str) -> String {
+pub(crate) fn read(path: &str) -> String {
     std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -170,7 +170,7 @@ fn dashboard() -> Value {
 }
 
 /// Every query of the dashboard, with Grafana's variables replaced by PromQL text.
-fn dashboard_queries() -> Vec<(String, String)> {
+pub(crate) fn dashboard_queries() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for p in panels(&dashboard()) {
         let title = p["title"].as_str().unwrap_or_default().to_owned();
@@ -280,7 +280,7 @@ fn every_dashboard_query_is_valid_promql() {
 }
 
 /// Every `pgwarden_*` name in `text`, with the label matchers right after it.
-fn pgwarden_selectors(text: &str) -> Vec<(String, Labels)> {
+pub(crate) fn pgwarden_selectors(text: &str) -> Vec<(String, Labels)> {
     let mut out = Vec::new();
     let mut rest = text;
     while let Some(at) = rest.find("pgwarden_") {
@@ -308,13 +308,16 @@ fn pgwarden_selectors(text: &str) -> Vec<(String, Labels)> {
     out
 }
 
+/// The prefix of `pgwarden backup`'s metrics.
+pub(crate) const BACKUP_METRICS: &str = "pgwarden_backup";
+
 /// A series' labels.
-type Labels = Vec<(String, String)>;
+pub(crate) type Labels = Vec<(String, String)>;
 /// Metric families by name: their type and the labels of each of their series.
-type Families = BTreeMap<String, (String, Vec<Labels>)>;
+pub(crate) type Families = BTreeMap<String, (String, Vec<Labels>)>;
 
 /// The families of a `/metrics` body.
-fn families(body: &str) -> Families {
+pub(crate) fn families(body: &str) -> Families {
     let mut out = Families::new();
     for line in body.lines() {
         if let Some(t) = line.strip_prefix("# TYPE ") {
@@ -384,6 +387,11 @@ async fn every_pgwarden_metric_the_alerts_and_dashboard_use_is_exported() {
         let selectors = pgwarden_selectors(text);
         assert!(!selectors.is_empty(), "{file} uses no pgwarden metric");
         for (name, matchers) in selectors {
+            // `pgwarden backup`'s metrics come from its runs, not from the proxy's /metrics:
+            // tests/it/backup.rs checks them against a real run's metrics file.
+            if name.starts_with(BACKUP_METRICS) {
+                continue;
+            }
             let family = ["_bucket", "_sum", "_count"]
                 .iter()
                 .find_map(|s| {

@@ -2,6 +2,7 @@
 //! double, a real OpenBao server, wire-level clients, psycopg scripts, a TLS record tap,
 //! the shipped files and log capture.
 
+pub mod backup;
 pub mod harness;
 pub mod hcl;
 pub mod java;

@@ -577,6 +577,34 @@ fn the_policy_grants_exactly_what_pgwarden_needs() {
     }
 }
 
+#[test]
+fn the_backup_policy_grants_exactly_what_a_backup_run_needs() {
+    let want: BTreeMap<String, BTreeSet<String>> = [
+        ("database/creds/keycloak-backup", "read"),
+        ("sys/leases/renew", "update"),
+        ("sys/leases/revoke", "update"),
+        ("auth/token/renew-self", "update"),
+        ("auth/token/lookup-self", "read"),
+    ]
+    .into_iter()
+    .map(|(p, c)| (p.to_owned(), BTreeSet::from([c.to_owned()])))
+    .collect();
+    let policy = hcl::acl_policy(&shipped::file("pgwarden-backup-policy.hcl")).unwrap();
+    assert_eq!(policy, want);
+    // Neither token can take the other's credentials.
+    assert!(!hcl::allows(&policy, "database/creds/keycloak", "read"));
+    assert!(!hcl::allows(
+        &policy,
+        "database/creds/keycloak-migrate",
+        "read"
+    ));
+    assert!(!hcl::allows(
+        &shipped_policy(),
+        "database/creds/keycloak-backup",
+        "read"
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_pgwarden_makes_is_covered_by_the_policy() {
     let mut h = Harness::start(shipped_vault(MIGRATE_ROLE, |v| {

@@ -365,7 +365,10 @@ fn configures_vault_for_pgwarden_and_can_run_twice(shell: Shell) {
     );
     assert_eq!(kv["password_authentication"], "scram-sha-256");
     assert_eq!(kv["verify_connection"], "true");
-    assert_eq!(kv["allowed_roles"], "keycloak-migrate,keycloak");
+    assert_eq!(
+        kv["allowed_roles"],
+        "keycloak-migrate,keycloak,keycloak-backup"
+    );
     let password_policy = kv["password_policy"];
 
     // The password policy it names, from the shipped file.
@@ -381,39 +384,73 @@ fn configures_vault_for_pgwarden_and_can_run_twice(shell: Shell) {
         "the policy exists before the connection names it"
     );
 
-    // Both roles, statements read from the shipped files, with TTLs.
-    for role in ["keycloak-migrate", "keycloak"] {
+    // The three roles, statements read from the shipped files, with TTLs; the backup
+    // role's credential lives minutes.
+    let mut ttls = BTreeMap::new();
+    for role in ["keycloak-migrate", "keycloak", "keycloak-backup"] {
         let call = one(calls, &["write", &format!("database/roles/{role}")]);
         let kv = call.kv();
         assert_eq!(kv["db_name"], "keycloak");
         shipped_file_arg(kv["creation_statements"], &format!("creation-{role}.sql"));
         shipped_file_arg(kv["renew_statements"], "renewal.sql");
         shipped_file_arg(kv["revocation_statements"], "revocation.sql");
-        assert!(!kv["default_ttl"].is_empty() && !kv["max_ttl"].is_empty());
+        let ttl = humantime::parse_duration(kv["default_ttl"]).unwrap();
+        assert!(ttl <= humantime::parse_duration(kv["max_ttl"]).unwrap());
+        ttls.insert(role, ttl);
+    }
+    assert!(ttls["keycloak-backup"] <= std::time::Duration::from_secs(15 * 60));
+
+    // The proxy's and the backups' policies, exactly the shipped files.
+    for (name, file) in [
+        ("pgwarden", "pgwarden-policy.hcl"),
+        ("pgwarden-backup", "pgwarden-backup-policy.hcl"),
+    ] {
+        let policy = one(calls, &["policy", "write", name, "-"]);
+        assert_eq!(
+            hcl::acl_policy(policy.stdin.as_deref().unwrap()).unwrap(),
+            hcl::acl_policy(&shipped::file(file)).unwrap()
+        );
     }
 
-    // pgwarden's policy, exactly the shipped file.
-    let policy = one(calls, &["policy", "write", "pgwarden", "-"]);
-    assert_eq!(
-        hcl::acl_policy(policy.stdin.as_deref().unwrap()).unwrap(),
-        hcl::acl_policy(&shipped::file("pgwarden-policy.hcl")).unwrap()
-    );
-
-    // The AppRole: only that policy, reusable secret ids, periodic tokens.
+    // The AppRoles: each only its policy, reusable secret ids.
     one(calls, &["auth", "enable", "approle"]);
-    let approle = one(calls, &["write", "auth/approle/role/pgwarden"]);
-    let kv = approle.kv();
-    assert_eq!(kv["token_policies"], "pgwarden");
-    assert_eq!(kv["token_no_default_policy"], "true");
-    assert_eq!(kv["bind_secret_id"], "true");
-    assert_eq!(kv["secret_id_num_uses"], "0");
-    assert_eq!(kv["secret_id_ttl"], "0");
-    // A periodic token with no max TTL, whatever an earlier run set: Vault revokes a
-    // token's leases when it expires (tests/it/openbao.rs shows it on a real server).
-    assert_eq!(kv["token_period"], "1h");
-    for ttl in ["token_ttl", "token_max_ttl", "token_explicit_max_ttl"] {
-        assert_eq!(kv[ttl], "0", "{ttl}");
+    for name in ["pgwarden", "pgwarden-backup"] {
+        let approle = one(calls, &["write", &format!("auth/approle/role/{name}")]);
+        let kv = approle.kv();
+        assert_eq!(kv["token_policies"], name);
+        assert_eq!(kv["token_no_default_policy"], "true");
+        assert_eq!(kv["bind_secret_id"], "true");
+        assert_eq!(kv["secret_id_num_uses"], "0");
+        assert_eq!(kv["secret_id_ttl"], "0");
+        assert_eq!(kv["token_explicit_max_ttl"], "0");
+        if name == "pgwarden" {
+            // A periodic token with no max TTL, whatever an earlier run set: Vault
+            // revokes a token's leases when it expires (tests/it/openbao.rs shows
+            // it on a real server).
+            assert_eq!(kv["token_period"], "1h");
+            for ttl in ["token_ttl", "token_max_ttl"] {
+                assert_eq!(kv[ttl], "0", "{ttl}");
+            }
+        } else {
+            // The backup host logs in for each run: an ordinary token.
+            assert_eq!(kv["token_period"], "0");
+            assert_eq!(kv["token_ttl"], "1h");
+            assert_eq!(kv["token_max_ttl"], "24h");
+        }
     }
+    // No secret id for the backup AppRole unless asked for.
+    assert!(
+        find(
+            calls,
+            &[
+                "write",
+                "-f",
+                "-field=secret_id",
+                "auth/approle/role/pgwarden-backup/secret-id"
+            ]
+        )
+        .is_empty()
+    );
 
     // role_id and secret_id, private, exactly what Vault returned.
     assert_eq!(file_0600(&fake.out_dir().join("role_id")), ROLE_ID);
@@ -481,10 +518,19 @@ fn uses_the_configured_mount_and_database_everywhere(shell: Shell) {
         kv["connection_url"]
     );
     assert_eq!(kv["username"], "vault_iam");
-    for role in ["keycloak-migrate", "keycloak"] {
+    for role in ["keycloak-migrate", "keycloak", "keycloak-backup"] {
         let kv = one(&run.calls, &["write", &format!("kc-db/roles/{role}")]).kv();
         assert_eq!(kv["db_name"], "iam");
     }
+    let backup_policy = one(&run.calls, &["policy", "write", "pgwarden-backup", "-"]);
+    let backup_paths: BTreeSet<String> = hcl::acl_policy(backup_policy.stdin.as_deref().unwrap())
+        .unwrap()
+        .into_keys()
+        .collect();
+    assert!(
+        backup_paths.contains("kc-db/creds/keycloak-backup"),
+        "{backup_paths:?}"
+    );
     let policy = one(&run.calls, &["policy", "write", "pgwarden", "-"]);
     let paths: BTreeSet<String> = hcl::acl_policy(policy.stdin.as_deref().unwrap())
         .unwrap()
@@ -612,4 +658,41 @@ fn setup_refuses_a_shell_without_a_builtin_printf() {
         .arg(shipped::config_dir().join("setup.sh"));
     let run = fake.run_command(Shell::Dash, bash, &[]);
     assert!(run.success, "{}", run.stderr);
+}
+
+#[test]
+fn setup_gives_the_backup_host_an_approle_of_its_own_when_asked() {
+    let fake = Fake::new();
+    let backup_dir = fake.dir.path().join("backup-approle");
+    let run = fake.run(
+        Shell::Dash,
+        &[(
+            "PGWARDEN_BACKUP_APPROLE_OUT_DIR",
+            backup_dir.to_str().unwrap(),
+        )],
+    );
+    assert!(run.success, "{}", run.stderr);
+    one(
+        &run.calls,
+        &[
+            "read",
+            "-field=role_id",
+            "auth/approle/role/pgwarden-backup/role-id",
+        ],
+    );
+    one(
+        &run.calls,
+        &[
+            "write",
+            "-f",
+            "-field=secret_id",
+            "auth/approle/role/pgwarden-backup/secret-id",
+        ],
+    );
+    assert_eq!(file_0600(&backup_dir.join("role_id")), ROLE_ID);
+    let backup_secret = file_0600(&backup_dir.join("secret_id"));
+    assert!(backup_secret.starts_with(SECRET_ID));
+    // The proxy's secret id is another one.
+    assert_ne!(file_0600(&fake.out_dir().join("secret_id")), backup_secret);
+    assert_no_secret(&run, &[DB_PASSWORD, TOKEN, ROLE_ID, SECRET_ID]);
 }

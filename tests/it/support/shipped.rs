@@ -17,6 +17,8 @@ use super::hcl::{self, Node, Value};
 /// The Vault database roles of `config/vault/`.
 pub const MIGRATE_ROLE: &str = "keycloak-migrate";
 pub const APP_ROLE: &str = "keycloak";
+/// The read-only role `pgwarden backup` dumps with.
+pub const BACKUP_ROLE: &str = "keycloak-backup";
 /// The login role `bootstrap.sql` creates for Vault.
 pub const VAULT_ADMIN: &str = "vault_admin";
 /// The NOLOGIN role with read/update/write only.

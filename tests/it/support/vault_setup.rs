@@ -20,7 +20,7 @@ use pgwarden::embedded::cluster::Cluster;
 use pgwarden::tls::pg_connector::{RustlsConnect, verify_full_client_config};
 use secrecy::{ExposeSecret, SecretString};
 
-use super::shipped::{self, APP_ROLE, MIGRATE_ROLE, PasswordPolicy, VAULT_ADMIN};
+use super::shipped::{self, APP_ROLE, BACKUP_ROLE, MIGRATE_ROLE, PasswordPolicy, VAULT_ADMIN};
 use super::vault_double::{DoubleConfig, PasswordGenerator, RoleDef, SqlRunner, VaultDouble};
 
 /// How pgwarden logs in to Vault.
@@ -142,6 +142,7 @@ impl VaultSetup {
             HashMap::from([
                 (MIGRATE_ROLE.to_owned(), shipped_role(MIGRATE_ROLE, opts)),
                 (APP_ROLE.to_owned(), shipped_role(APP_ROLE, opts)),
+                (BACKUP_ROLE.to_owned(), shipped_role(BACKUP_ROLE, opts)),
             ])
         } else {
             HashMap::from([("keycloak".to_owned(), keycloak_role(opts))])
