@@ -607,10 +607,12 @@ fn the_backup_policy_grants_exactly_what_a_backup_run_needs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_pgwarden_makes_is_covered_by_the_policy() {
+    // Renewals come at 2/3 of these TTLs: the slack (a third) must hold on a
+    // loaded machine, or the double expires the token before its renewal.
     let mut h = Harness::start(shipped_vault(MIGRATE_ROLE, |v| {
-        v.default_ttl = Duration::from_secs(3);
+        v.default_ttl = Duration::from_secs(9);
         v.max_ttl = Duration::from_secs(300);
-        v.token_ttl = Duration::from_secs(3);
+        v.token_ttl = Duration::from_secs(9);
         v.token_max_ttl = Duration::from_secs(300);
     }))
     .await;
