@@ -103,3 +103,19 @@ async fn a_route_that_opts_in_accepts_insecure_upstream_authentication() {
     h.wait_for_no_dynamic_roles().await;
     h.assert_no_secrets_logged();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_connection_dials_host_and_verifies_server_name() {
+    // `host` resolves (localhost); `server_name` is only in the certificate and
+    // resolves nowhere. Dialling the server name would fail for roles while
+    // sessions, which dial the host, would work (issue 8, item 4).
+    let h = Harness::start(Options {
+        upstream_host: Some("localhost".into()),
+        upstream_server_name: Some("pg.pgwarden.invalid".into()),
+        ..Options::default()
+    })
+    .await;
+    let client = h.connect().await;
+    let user = crate::support::harness::session_user(&client).await;
+    assert!(user.starts_with("pgwarden_"), "{user}");
+}

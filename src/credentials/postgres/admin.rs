@@ -170,9 +170,21 @@ impl AdminConnection {
     ) -> Result<tokio_postgres::Client, CredentialError> {
         let u = &self.upstream;
         let mut pg = tokio_postgres::Config::new();
-        pg.host(u.server_name.as_deref().unwrap_or(&u.host))
-            .hostaddr_if_ip(&u.host)
-            .port(u.port)
+        // Dial `host`, as sessions do; verify the certificate against
+        // `server_name` when one is given (tokio-postgres verifies `host`
+        // and dials `hostaddr`, so the name to dial is resolved here).
+        match &u.server_name {
+            Some(name) => {
+                // Each address `host` resolves to is tried in turn.
+                for ip in dial_addresses(u).await? {
+                    pg.host(name).hostaddr(ip);
+                }
+            }
+            None => {
+                pg.host(&u.host).hostaddr_if_ip(&u.host);
+            }
+        }
+        pg.port(u.port)
             .user(&config.admin_user)
             .password(config.admin_password.expose_secret())
             .dbname(&self.database)
@@ -299,6 +311,47 @@ async fn warn_if_statements_logged(client: &tokio_postgres::Client, endpoint: &s
         log_min_error_statement = %error,
         "the server may log the admin connection's statements, and with them issued roles' SCRAM verifiers; run: {fix} (see config/postgres/logging.conf)"
     );
+}
+
+/// The addresses `host` resolves to, to dial while verifying another name.
+async fn dial_addresses(u: &UpstreamConfig) -> Result<Vec<std::net::IpAddr>, CredentialError> {
+    if let Ok(ip) = u.host.parse() {
+        return Ok(vec![ip]);
+    }
+    let resolved = tokio::time::timeout(
+        u.connect_timeout,
+        tokio::net::lookup_host((u.host.as_str(), u.port)),
+    )
+    .await
+    .map_err(|_| {
+        CredentialError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "admin connection to {}: resolving the host timed out",
+                u.endpoint()
+            ),
+        )
+    })?
+    .map_err(|e| {
+        CredentialError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "admin connection to {}: cannot resolve the host: {e}",
+                u.endpoint()
+            ),
+        )
+    })?;
+    let ips: Vec<_> = resolved.map(|a| a.ip()).collect();
+    if ips.is_empty() {
+        return Err(CredentialError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "admin connection to {}: the host resolves to no address",
+                u.endpoint()
+            ),
+        ));
+    }
+    Ok(ips)
 }
 
 trait HostAddr {

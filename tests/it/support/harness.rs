@@ -112,6 +112,11 @@ pub struct Options {
     pub cluster_sql: Vec<String>,
     /// A route for this database name to a local port where nothing listens.
     pub unreachable_route: Option<String>,
+    /// The main route's upstream `host` (default `127.0.0.1`) and
+    /// `server_name` (default none); a server name is also put in the
+    /// cluster's certificate.
+    pub upstream_host: Option<String>,
+    pub upstream_server_name: Option<String>,
     /// `allow_insecure_auth` on every route's upstream.
     pub allow_insecure_auth: bool,
     /// `[audit] interval = "1h"`: the background audit (and its metrics).
@@ -177,6 +182,8 @@ impl Default for Options {
             cluster_hba: None,
             cluster_sql: Vec::new(),
             unreachable_route: None,
+            upstream_host: None,
+            upstream_server_name: None,
             allow_insecure_auth: false,
             audit: false,
         }
@@ -214,10 +221,13 @@ impl Harness {
     pub async fn start(opts: Options) -> Harness {
         let logs = logs::capture();
         let pki = Arc::new(Pki::new("pgwarden test CA").expect("CA"));
+        let mut server_names = ClusterOptions::default().server_names;
+        server_names.extend(opts.upstream_server_name.clone());
         let cluster = Cluster::start(ClusterOptions {
             pki: Some(pki.clone()),
             settings: opts.cluster_settings.clone(),
             hba: opts.cluster_hba.clone(),
+            server_names,
             ..ClusterOptions::default()
         })
         .await
@@ -607,19 +617,28 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
             UpstreamCa::Right => "ca.crt",
             UpstreamCa::Unrelated => "unrelated-ca.crt",
         };
+        let mut extra = String::new();
+        if opts.allow_insecure_auth {
+            extra += ", allow_insecure_auth = true";
+        }
+        let mut host = "127.0.0.1".to_owned();
+        if std::ptr::eq(r, &main) {
+            if let Some(h) = &opts.upstream_host {
+                host.clone_from(h);
+            }
+            if let Some(name) = &opts.upstream_server_name {
+                extra += &format!(", server_name = {}", q(name));
+            }
+        }
         t += &format!(
             "[[routes]]\ndatabase = {}\nusers = [{}]\n\
-             upstream = {{ host = \"127.0.0.1\", port = {pg_port}, database = {}, tls = \"verify-full\", ca_file = {}{} }}\n\
+             upstream = {{ host = {}, port = {pg_port}, database = {}, tls = \"verify-full\", ca_file = {}{extra} }}\n\
              credentials = \"test\"\n",
             q(&r.database),
             list(&r.users),
+            q(&host),
             q(r.upstream_database.as_deref().unwrap_or(DATABASE)),
             q(ca),
-            if opts.allow_insecure_auth {
-                ", allow_insecure_auth = true"
-            } else {
-                ""
-            },
         );
         if !shipped {
             t += &format!("session_role = {}\n", q(OWNER_ROLE));
