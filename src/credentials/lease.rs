@@ -235,7 +235,7 @@ async fn end_of_life<R: Renew>(
 
 /// How long before its expiry a credential's session is stopped: 10 % of the
 /// lease's duration, at most [`EXPIRY_MARGIN`].
-fn margin(duration: Duration) -> Duration {
+pub(crate) fn margin(duration: Duration) -> Duration {
     (duration / 10).min(EXPIRY_MARGIN)
 }
 

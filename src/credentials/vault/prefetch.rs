@@ -1,8 +1,10 @@
 //! The prefetch pool: up to N credentials issued ahead, each used once.
 //!
 //! A background task (the filler) keeps the pool full. A credential older than
-//! `prefetch_max_age` is revoked and replaced, never handed out; at shutdown the
-//! pool is emptied into the revoker. Pooled leases count as active leases.
+//! `prefetch_max_age` — or so close to its lease's end that a session would be
+//! stopped at once (Vault's TTL may be shorter than `prefetch_max_age`) — is
+//! revoked and replaced, never handed out; at shutdown the pool is emptied into
+//! the revoker. Pooled leases count as active leases.
 //!
 //! No credential may slip past shutdown: whether the pool has stopped is kept
 //! under the same lock as the credentials, so the filler either pushes before
@@ -83,7 +85,7 @@ impl Pool {
         let mut found = None;
         let mut stale = Vec::new();
         while let Some(p) = ready.credentials.pop() {
-            if p.credential.lease.issued_at.elapsed() < self.inner.max_age {
+            if p.credential.lease.issued_at.elapsed() < self.inner.max_age(&p.credential.lease) {
                 found = Some(p.credential);
                 break;
             }
@@ -133,6 +135,16 @@ impl Pool {
 }
 
 impl Inner {
+    /// How old `lease`'s credential may be to be handed out: `max_age`, and
+    /// never past the point where its session would be stopped for the
+    /// lease's end (its expiry less the margin sessions are stopped by).
+    fn max_age(&self, lease: &Lease) -> Duration {
+        let lasts = lease
+            .duration
+            .saturating_sub(crate::credentials::lease::margin(lease.duration));
+        self.max_age.min(lasts)
+    }
+
     fn dispose(&self, credential: Credential) {
         if let Some(dispose) = lock(&self.disposal).as_ref() {
             dispose(credential.lease);
@@ -159,10 +171,10 @@ impl Inner {
     {
         let mut backoff = Duration::from_millis(500);
         while !self.stopping.is_cancelled() {
-            let (len, oldest_age) = self.expire_old();
+            let (len, soonest) = self.expire_old();
             if len >= self.size {
-                // Full: wait until one is taken or the oldest needs replacing.
-                let wait = self.max_age.saturating_sub(oldest_age) + Duration::from_millis(10);
+                // Full: wait until one is taken or the first needs replacing.
+                let wait = soonest + Duration::from_millis(10);
                 tokio::select! {
                     _ = self.taken.notified() => {}
                     _ = tokio::time::sleep(wait) => {}
@@ -196,24 +208,102 @@ impl Inner {
     }
 
     /// Disposes of credentials too old to hand out; returns how many are left
-    /// and the age of the oldest of them.
+    /// and how long until the first of them is.
     fn expire_old(&self) -> (usize, Duration) {
+        let left_of = |p: &Pooled| {
+            self.max_age(&p.credential.lease)
+                .saturating_sub(p.credential.lease.issued_at.elapsed())
+        };
         let mut ready = lock(&self.ready);
         let (old, young): (Vec<_>, Vec<_>) = std::mem::take(&mut ready.credentials)
             .into_iter()
-            .partition(|p| p.credential.lease.issued_at.elapsed() >= self.max_age);
+            .partition(|p| left_of(p).is_zero());
         ready.credentials = young;
         let left = ready.credentials.len();
-        let oldest = ready
+        let soonest = ready
             .credentials
             .iter()
-            .map(|p| p.credential.lease.issued_at.elapsed())
-            .max()
+            .map(left_of)
+            .min()
             .unwrap_or_default();
         drop(ready);
         for p in old {
             self.dispose(p.credential);
         }
-        (left, oldest)
+        (left, soonest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use secrecy::SecretString;
+
+    use super::*;
+    use crate::credentials::LeaseId;
+
+    fn credential(ttl: Duration, n: usize) -> Credential {
+        Credential {
+            username: format!("v-{n}"),
+            password: SecretString::from("x".to_owned()),
+            lease: Lease {
+                id: LeaseId::new(format!("database/creds/r/{n}")),
+                username: format!("v-{n}"),
+                endpoint: "db:5432".into(),
+                issuer: String::new(),
+                duration: ttl,
+                renewable: true,
+                issued_at: Instant::now(),
+            },
+        }
+    }
+
+    /// A pool of one whose credentials have leases of `ttl`; the leases it
+    /// disposes of are collected.
+    fn pool(ttl: Duration, max_age: Duration) -> (Pool, Arc<Mutex<Vec<String>>>) {
+        let pool = Pool::new(1, max_age);
+        let issued = Arc::new(AtomicUsize::new(0));
+        let disposed = Arc::new(Mutex::new(Vec::new()));
+        let sink = disposed.clone();
+        pool.start(
+            move || {
+                let n = issued.fetch_add(1, Ordering::SeqCst);
+                async move { Ok(credential(ttl, n)) }
+            },
+            Box::new(move |lease: Lease| lock(&sink).push(lease.username)),
+        );
+        (pool, disposed)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_credential_whose_lease_ends_before_the_max_age_is_not_handed_out() {
+        // Vault's TTL (20 s) is shorter than prefetch_max_age (5 min).
+        let (pool, disposed) = pool(Duration::from_secs(20), Duration::from_secs(300));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let fresh = pool.take().expect("a fresh credential");
+        assert_eq!(fresh.username, "v-0");
+        // The next one waits in the pool past its lease's end less the margin (18 s).
+        tokio::time::sleep(Duration::from_secs(19)).await;
+        let taken = pool.take().expect("a credential");
+        assert_ne!(taken.username, "v-1", "v-1's lease ends within its margin");
+        assert!(
+            lock(&disposed).contains(&"v-1".to_owned()),
+            "revoked, not lost"
+        );
+        let age = taken.lease.issued_at.elapsed();
+        assert!(age < Duration::from_secs(18), "handed out at {age:?}");
+        pool.stop(Instant::now() + Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_lease_is_handed_out_until_the_max_age() {
+        let (pool, disposed) = pool(Duration::from_secs(3600), Duration::from_secs(300));
+        tokio::time::sleep(Duration::from_secs(299)).await;
+        assert_eq!(pool.take().expect("a credential").username, "v-0");
+        tokio::time::sleep(Duration::from_secs(301)).await;
+        assert_eq!(pool.take().expect("a credential").username, "v-2");
+        assert_eq!(*lock(&disposed), vec!["v-1".to_owned()]);
+        pool.stop(Instant::now() + Duration::from_secs(1)).await;
     }
 }
