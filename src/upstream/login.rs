@@ -139,11 +139,12 @@ async fn authenticate(
             }
             AUTH_SASL_CONTINUE => {
                 let s = scram
-                    .as_mut()
+                    .take()
                     .ok_or_else(|| auth_err("SASLContinue before SASL"))?;
-                server_first(s, data)?;
+                let s = server_first(s, data.to_vec()).await?;
                 frontend::sasl_response(s.message(), &mut out)
                     .map_err(|e| auth_err(&e.to_string()))?;
+                scram = Some(s);
             }
             AUTH_SASL_FINAL => {
                 let s = scram
@@ -215,22 +216,26 @@ fn choose_mechanism(
 }
 
 /// Takes the server-first-message, refusing an iteration count no sane
-/// server uses (the hashing runs that many rounds).
-fn server_first(scram: &mut ScramSha256, data: &[u8]) -> Result<(), UpstreamError> {
+/// server uses. The key derivation runs that many rounds of PBKDF2 (up to
+/// [`MAX_SCRAM_ITERATIONS`]), so it runs on the blocking pool, never on a
+/// runtime worker that other sessions' relays share.
+async fn server_first(mut scram: ScramSha256, data: Vec<u8>) -> Result<ScramSha256, UpstreamError> {
     let auth_err = |d: &str| UpstreamError::new(UpstreamFailure::Auth, d.to_owned());
-    if iterations(data).is_none_or(|i| i > MAX_SCRAM_ITERATIONS) {
+    if iterations(&data).is_none_or(|i| i > MAX_SCRAM_ITERATIONS) {
         return Err(auth_err(
             "SCRAM server-first-message has no usable iteration count",
         ));
     }
-    scram
-        .update(data)
+    tokio::task::spawn_blocking(move || scram.update(&data).map(|()| scram))
+        .await
+        .map_err(|_| auth_err("SCRAM key derivation did not finish"))?
         .map_err(|_| auth_err("invalid SCRAM server-first-message"))
 }
 
 /// The most SCRAM iterations pgwarden computes for an upstream login
-/// (PostgreSQL's default is 4096; `scram_iterations` may raise it).
-const MAX_SCRAM_ITERATIONS: u32 = 1_000_000;
+/// (PostgreSQL's default is 4096; `scram_iterations` may raise it). It is
+/// postgres-protocol's own limit too: past it the library refuses the message.
+const MAX_SCRAM_ITERATIONS: u32 = 100_000;
 
 /// The `i=` attribute of a SCRAM server-first-message.
 fn iterations(server_first: &[u8]) -> Option<u32> {
@@ -296,6 +301,42 @@ fn error_response(step: UpstreamFailure, frame: &Frame) -> UpstreamError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// While an upstream login derives its SCRAM key, other tasks on the same
+    /// runtime thread keep running (issue 8, item 9).
+    #[tokio::test(flavor = "current_thread")]
+    async fn scram_key_derivation_leaves_the_runtime_thread_free() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+        let scram = ScramSha256::new(b"password", ChannelBinding::unsupported());
+        let first = String::from_utf8(scram.message().to_vec()).unwrap();
+        let nonce = first.rsplit("r=").next().unwrap().to_owned();
+        let server_first_message = format!("r={nonce}server,s=c2FsdHNhbHQ=,i=100000");
+
+        let hashing = Arc::new(AtomicBool::new(false));
+        let ticks = Arc::new(AtomicU64::new(0));
+        let ticker = {
+            let (hashing, ticks) = (hashing.clone(), ticks.clone());
+            tokio::spawn(async move {
+                loop {
+                    if hashing.load(Ordering::SeqCst) {
+                        ticks.fetch_add(1, Ordering::SeqCst);
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        hashing.store(true, Ordering::SeqCst);
+        let done = server_first(scram, server_first_message.into_bytes()).await;
+        hashing.store(false, Ordering::SeqCst);
+        ticker.abort();
+        assert!(done.is_ok(), "{:?}", done.err());
+        assert!(
+            ticks.load(Ordering::SeqCst) > 0,
+            "the runtime thread ran nothing else while hashing"
+        );
+    }
 
     #[test]
     fn the_iteration_count_is_read_from_the_server_first_message() {
