@@ -9,6 +9,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use super::error::RunError;
 use super::{Auditor, Mode, Report, dsn};
 use crate::state::State;
 
@@ -93,12 +94,12 @@ pub async fn run(
     if let Some(vault) = &state.vault
         && let Err(e) = vault.login().await
     {
-        report.errors.push(format!("cannot log in to Vault: {e}"));
+        report.errors.push(RunError::VaultLogin(e));
     }
     if report.errors.is_empty() {
         tokio::select! {
             r = super::run(&state, opts.route.as_deref(), &auditor, Mode::OnDemand) => report = r,
-            _ = crate::server::wait_for_signal() => report.errors.push("interrupted".into()),
+            _ = crate::server::wait_for_signal() => report.errors.push(RunError::Interrupted),
         }
     }
     // Every credential issued goes back now, before the report is printed.
@@ -110,9 +111,7 @@ pub async fn run(
         .drain(deadline.saturating_duration_since(tokio::time::Instant::now()))
         .await;
     if left > 0 {
-        report.errors.push(format!(
-            "{left} credential(s) issued for the audit could not be revoked; they expire at the end of their TTL"
-        ));
+        report.errors.push(RunError::Unrevoked(left));
     }
     let text = match opts.format {
         Format::Table => report.to_table(),

@@ -13,8 +13,8 @@ use std::time::Duration;
 use crate::credentials::Credential;
 use crate::net::{MaybeTls, UpstreamStream};
 use crate::protocol::backend::parse_error_fields;
-use crate::protocol::frame::FramedStream;
-use crate::upstream::UpstreamTarget;
+use crate::protocol::frame::{FrameError, FramedStream};
+use crate::upstream::{UpstreamError, UpstreamTarget};
 
 /// One query may take this long before the connection is given up.
 const QUERY_DEADLINE: Duration = Duration::from_secs(60);
@@ -29,7 +29,7 @@ pub const APPLICATION_NAME: &str = "pgwarden-audit";
 pub type Row = Vec<Option<String>>;
 
 /// Why a query gave no rows.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     /// SQLSTATE 42501: the auditing role lacks a privilege.
     #[error("permission denied ({0})")]
@@ -40,9 +40,57 @@ pub enum QueryError {
         code: String,
         detail: Option<String>,
     },
-    /// The connection failed or the deadline passed.
+    /// The query could not be sent.
     #[error("{0}")]
-    Broken(String),
+    Write(#[source] std::io::Error),
+    /// The answer could not be read.
+    #[error("{0}")]
+    Read(#[source] FrameError),
+    #[error("malformed DataRow")]
+    MalformedRow,
+    #[error("unexpected message {0:?} in a simple query")]
+    Unexpected(char),
+    #[error("no answer within {0:?}")]
+    Deadline(Duration),
+    /// An earlier query broke the connection.
+    #[error("the connection failed earlier")]
+    BrokenEarlier,
+    /// A statement meant to return one row returned another number.
+    #[error("expected one row, got {0}")]
+    RowCount(usize),
+}
+
+impl QueryError {
+    /// Whether the connection is out of step after this error, so no further
+    /// query may use it.
+    fn breaks_connection(&self) -> bool {
+        matches!(
+            self,
+            QueryError::Write(_)
+                | QueryError::Read(_)
+                | QueryError::MalformedRow
+                | QueryError::Unexpected(_)
+                | QueryError::Deadline(_)
+                | QueryError::BrokenEarlier
+        )
+    }
+}
+
+/// Why an audit session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// TCP, TLS or the login with the credential failed.
+    #[error("{endpoint}: {source}")]
+    Login {
+        endpoint: String,
+        source: UpstreamError,
+    },
+    /// Logged in, but the first query (who the session is) failed.
+    #[error("{endpoint}: {source}")]
+    Identify {
+        endpoint: String,
+        source: QueryError,
+    },
 }
 
 /// What the server's certificate and the TLS session were, as seen on connect.
@@ -74,7 +122,7 @@ impl Session {
         target: &UpstreamTarget,
         credential: &Credential,
         session_role: Option<&str>,
-    ) -> Result<Session, String> {
+    ) -> Result<Session, OpenError> {
         let params = [
             ("application_name".to_owned(), APPLICATION_NAME.to_owned()),
             (
@@ -87,7 +135,10 @@ impl Session {
         let upstream = target
             .connect(credential, &params, session_role)
             .await
-            .map_err(|e| format!("{}: {e}", target.endpoint()))?;
+            .map_err(|source| OpenError::Login {
+                endpoint: target.endpoint(),
+                source,
+            })?;
         let tls = match &upstream.stream {
             MaybeTls::Tls(t) => Some(TlsFacts {
                 version: upstream.tls_version.unwrap_or("TLS").to_owned(),
@@ -115,7 +166,10 @@ impl Session {
                  current_setting('server_version_num')",
             )
             .await
-            .map_err(|e| format!("{}: {e}", target.endpoint()))?;
+            .map_err(|source| OpenError::Identify {
+                endpoint: target.endpoint(),
+                source,
+            })?;
         session.login = text(&row, 0);
         session.acting = text(&row, 1);
         session.version = text(&row, 2).parse().unwrap_or(0);
@@ -125,21 +179,15 @@ impl Session {
     /// Runs one statement; its rows as text.
     pub async fn query(&mut self, sql: &str) -> Result<Vec<Row>, QueryError> {
         if self.broken {
-            return Err(QueryError::Broken("the connection failed earlier".into()));
+            return Err(QueryError::BrokenEarlier);
         }
-        match tokio::time::timeout(QUERY_DEADLINE, self.exchange(sql)).await {
-            Ok(Err(QueryError::Broken(e))) => {
-                self.broken = true;
-                Err(QueryError::Broken(e))
-            }
-            Ok(result) => result,
-            Err(_) => {
-                self.broken = true;
-                Err(QueryError::Broken(format!(
-                    "no answer within {QUERY_DEADLINE:?}"
-                )))
-            }
+        let result = tokio::time::timeout(QUERY_DEADLINE, self.exchange(sql))
+            .await
+            .unwrap_or(Err(QueryError::Deadline(QUERY_DEADLINE)));
+        if result.as_ref().is_err_and(QueryError::breaks_connection) {
+            self.broken = true;
         }
+        result
     }
 
     /// Runs a statement that returns exactly one row.
@@ -147,7 +195,7 @@ impl Session {
         let mut rows = self.query(sql).await?;
         match rows.len() {
             1 => Ok(rows.remove(0)),
-            n => Err(QueryError::Broken(format!("expected one row, got {n}"))),
+            n => Err(QueryError::RowCount(n)),
         }
     }
 
@@ -163,7 +211,6 @@ impl Session {
     }
 
     async fn exchange(&mut self, sql: &str) -> Result<Vec<Row>, QueryError> {
-        let broken = |e: &dyn std::fmt::Display| QueryError::Broken(e.to_string());
         let mut message = vec![b'Q'];
         message.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
         message.extend_from_slice(sql.as_bytes());
@@ -171,7 +218,7 @@ impl Session {
         self.framed
             .write_all(&message)
             .await
-            .map_err(|e| broken(&e))?;
+            .map_err(QueryError::Write)?;
         let mut rows = Vec::new();
         let mut error = None;
         loop {
@@ -179,22 +226,15 @@ impl Session {
                 .framed
                 .read_frame(MAX_MESSAGE)
                 .await
-                .map_err(|e| broken(&e))?;
+                .map_err(QueryError::Read)?;
             match frame.tag {
-                b'D' => {
-                    rows.push(data_row(frame.body()).ok_or_else(|| broken(&"malformed DataRow"))?)
-                }
+                b'D' => rows.push(data_row(frame.body()).ok_or(QueryError::MalformedRow)?),
                 b'E' => error = Some(server_error(frame.body())),
                 b'Z' => break,
                 // RowDescription, CommandComplete, EmptyQuery, notices,
                 // parameter changes and notifications carry nothing we use.
                 b'T' | b'C' | b'I' | b'N' | b'S' | b'A' => {}
-                other => {
-                    return Err(broken(&format!(
-                        "unexpected message {:?} in a simple query",
-                        other as char
-                    )));
-                }
+                other => return Err(QueryError::Unexpected(other as char)),
             }
         }
         match error {

@@ -5,10 +5,12 @@
 //! [`Ctx::query`] turns every way a query can fail into an `unknown` finding
 //! naming what the audit lacked, so a check never guesses.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::check::{Check, Finding};
 use super::connection::{QueryError, Row, Session, TlsFacts, literal, text};
+use super::error::{ProbeError, SessionError};
 use crate::config::{Config, CredentialsConfig, RouteConfig};
 
 /// What the probe credential showed.
@@ -34,9 +36,9 @@ pub struct Ctx<'a> {
     pub route: &'a RouteConfig,
     pub source: &'a CredentialsConfig,
     /// The connection checks query; `Err`: why there is none.
-    pub db: Result<Session, String>,
+    pub db: Result<Session, SessionError>,
     /// The route's own credential, or why it could not be had and used.
-    pub probe: Result<Probe, String>,
+    pub probe: Result<Probe, Arc<ProbeError>>,
     /// Keycloak's schema, once looked up: `Some(None)` when there is none.
     schema: Option<Option<String>>,
 }
@@ -46,8 +48,8 @@ impl<'a> Ctx<'a> {
         config: &'a Config,
         route: &'a RouteConfig,
         source: &'a CredentialsConfig,
-        db: Result<Session, String>,
-        probe: Result<Probe, String>,
+        db: Result<Session, SessionError>,
+        probe: Result<Probe, Arc<ProbeError>>,
     ) -> Self {
         Ctx {
             config,

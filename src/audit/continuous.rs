@@ -74,12 +74,15 @@ pub fn export(report: &Report) {
             .unwrap_or(0.0);
         ::metrics::gauge!(AUDIT_LAST_RUN).set(now);
     }
-    for e in report
-        .errors
-        .iter()
-        .chain(report.routes.iter().filter_map(|r| r.error.as_ref()))
-    {
+    for e in &report.errors {
         tracing::warn!(event = "audit_incomplete", error = %e, "the audit could not check everything");
+    }
+    for (route, e) in report
+        .routes
+        .iter()
+        .filter_map(|r| Some((&r.route, r.error.as_ref()?)))
+    {
+        tracing::warn!(event = "audit_incomplete", route = %route, error = %e, "the audit could not check everything");
     }
     for r in &report.routes {
         for f in r.findings.iter().filter(|f| f.status == Status::Fail) {

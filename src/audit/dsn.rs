@@ -18,7 +18,62 @@ use secrecy::SecretString;
 
 use crate::config::{UpstreamConfig, UpstreamTls};
 use crate::credentials::{Credential, Lease, LeaseId};
-use crate::upstream::UpstreamTarget;
+use crate::tls::TlsError;
+use crate::upstream::{TargetError, UpstreamTarget};
+
+/// Why a `--as` DSN was refused. No variant holds a value from the DSN but
+/// the name of a parameter pgwarden does not support.
+#[derive(Debug, thiserror::Error)]
+pub enum DsnError {
+    #[error(
+        "the --as DSN carries a password: never put one on the command line; \
+         use PGPASSWORD, a passfile or --password-file"
+    )]
+    CarriesPassword,
+    #[error("a bad %-escape in the DSN")]
+    BadEscape,
+    /// Without the decoding error, whose `Debug` would show the bytes.
+    #[error("the DSN is not UTF-8")]
+    NotUtf8,
+    #[error("an unclosed [ in the DSN's host")]
+    UnclosedBracket,
+    #[error("an unclosed quote in the DSN")]
+    UnclosedQuote,
+    #[error("a DSN parameter without a value")]
+    NoValue,
+    #[error("the DSN's port is not a number")]
+    Port(#[source] std::num::ParseIntError),
+    #[error("the DSN's `{0}` is not supported by pgwarden audit")]
+    Unsupported(String),
+    #[error("the --as DSN names no user")]
+    NoUser,
+}
+
+/// Why the `--as` account cannot connect to a route's database.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error(
+        "the DSN's sslmode must be verify-full or verify-ca (the audit verifies the server it talks to)"
+    )]
+    WeakSslMode,
+    #[error("no CA to verify the server: give sslrootcert=")]
+    NoCa,
+    #[error(transparent)]
+    Tls(TlsError),
+    #[error(transparent)]
+    Target(TargetError),
+    #[error("--password-file {}: {source}", path.display())]
+    PasswordFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--password-file {} is empty", .0.display())]
+    EmptyPasswordFile(PathBuf),
+    #[error(
+        "no password for {0}: set PGPASSWORD, add it to a passfile (~/.pgpass, PGPASSFILE) or give --password-file"
+    )]
+    NoPassword(String),
+}
 
 /// The auditor account, as parsed (the password apart).
 #[derive(Clone)]
@@ -51,7 +106,7 @@ impl std::fmt::Debug for Account {
 }
 
 /// Percent-decoding of URI parts.
-fn decode(s: &str) -> Result<String, String> {
+fn decode(s: &str) -> Result<String, DsnError> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -60,7 +115,7 @@ fn decode(s: &str) -> Result<String, String> {
             let hex = s
                 .get(i + 1..i + 3)
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or("a bad %-escape in the DSN")?;
+                .ok_or(DsnError::BadEscape)?;
             out.push(hex);
             i += 3;
         } else {
@@ -68,16 +123,11 @@ fn decode(s: &str) -> Result<String, String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| "the DSN is not UTF-8".to_owned())
+    String::from_utf8(out).map_err(|_| DsnError::NotUtf8)
 }
 
 /// `key=value` pairs of a URI or a conninfo string.
-fn pairs(dsn: &str) -> Result<Vec<(String, String)>, String> {
-    let refused = || {
-        "the --as DSN carries a password: never put one on the command line; \
-         use PGPASSWORD, a passfile or --password-file"
-            .to_owned()
-    };
+fn pairs(dsn: &str) -> Result<Vec<(String, String)>, DsnError> {
     let mut out = Vec::new();
     if let Some(rest) = dsn
         .strip_prefix("postgresql://")
@@ -88,7 +138,7 @@ fn pairs(dsn: &str) -> Result<Vec<(String, String)>, String> {
         let hostport = match authority.rsplit_once('@') {
             Some((userinfo, hostport)) => {
                 if userinfo.contains(':') {
-                    return Err(refused());
+                    return Err(DsnError::CarriesPassword);
                 }
                 out.push(("user".into(), decode(userinfo)?));
                 hostport
@@ -97,9 +147,7 @@ fn pairs(dsn: &str) -> Result<Vec<(String, String)>, String> {
         };
         let (host, port) = match hostport.strip_prefix('[') {
             Some(v6) => {
-                let (h, p) = v6
-                    .split_once(']')
-                    .ok_or("an unclosed [ in the DSN's host")?;
+                let (h, p) = v6.split_once(']').ok_or(DsnError::UnclosedBracket)?;
                 (h, p.strip_prefix(':').unwrap_or(""))
             }
             None => hostport.split_once(':').unwrap_or((hostport, "")),
@@ -114,10 +162,13 @@ fn pairs(dsn: &str) -> Result<Vec<(String, String)>, String> {
             }
         }
         for kv in query.split('&').filter(|s| !s.is_empty()) {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or("a DSN parameter without a value")?;
-            out.push((decode(k)?, decode(v)?));
+            let (k, v) = kv.split_once('=').ok_or(DsnError::NoValue)?;
+            let key = decode(k)?;
+            if key == "password" {
+                // Refused before its value is even decoded.
+                return Err(DsnError::CarriesPassword);
+            }
+            out.push((key, decode(v)?));
         }
     } else {
         let mut chars = dsn.chars().peekable();
@@ -130,7 +181,7 @@ fn pairs(dsn: &str) -> Result<Vec<(String, String)>, String> {
                 std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
             while chars.next_if(|c| c.is_whitespace()).is_some() {}
             if chars.next() != Some('=') {
-                return Err(format!("`{key}` in the DSN has no value"));
+                return Err(DsnError::NoValue);
             }
             while chars.next_if(|c| c.is_whitespace()).is_some() {}
             let mut value = String::new();
@@ -140,7 +191,7 @@ fn pairs(dsn: &str) -> Result<Vec<(String, String)>, String> {
                         Some('\\') => value.extend(chars.next()),
                         Some('\'') => break,
                         Some(c) => value.push(c),
-                        None => return Err("an unclosed quote in the DSN".into()),
+                        None => return Err(DsnError::UnclosedQuote),
                     }
                 }
             } else {
@@ -156,7 +207,7 @@ fn pairs(dsn: &str) -> Result<Vec<(String, String)>, String> {
         }
     }
     if out.iter().any(|(k, _)| k == "password") {
-        return Err(refused());
+        return Err(DsnError::CarriesPassword);
     }
     Ok(out)
 }
@@ -168,7 +219,7 @@ impl Account {
         dsn: &str,
         password_file: Option<&Path>,
         env: &[(String, String)],
-    ) -> Result<Account, String> {
+    ) -> Result<Account, DsnError> {
         let mut account = Account {
             user: String::new(),
             host: None,
@@ -183,23 +234,17 @@ impl Account {
             match k.as_str() {
                 "user" => account.user = v,
                 "host" => account.host = Some(v),
-                "port" => {
-                    account.port = Some(v.parse().map_err(|_| "the DSN's port is not a number")?)
-                }
+                "port" => account.port = Some(v.parse().map_err(DsnError::Port)?),
                 "dbname" => account.dbname = Some(v),
                 "sslmode" => account.sslmode = Some(v),
                 "sslrootcert" => account.sslrootcert = Some(v.into()),
                 "passfile" => account.passfile = Some(v.into()),
                 "application_name" | "connect_timeout" => {}
-                other => {
-                    return Err(format!(
-                        "the DSN's `{other}` is not supported by pgwarden audit"
-                    ));
-                }
+                other => return Err(DsnError::Unsupported(other.to_owned())),
             }
         }
         if account.user.is_empty() {
-            return Err("the --as DSN names no user".into());
+            return Err(DsnError::NoUser);
         }
         let var = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         account.password = match (password_file, var("PGPASSWORD")) {
@@ -221,7 +266,7 @@ impl Account {
         &self,
         route: &UpstreamConfig,
         keepalive: std::time::Duration,
-    ) -> Result<(UpstreamTarget, Credential, String), String> {
+    ) -> Result<(UpstreamTarget, Credential, String), AccountError> {
         let mut upstream = route.clone();
         if let Some(h) = &self.host {
             upstream.host = h.clone();
@@ -239,9 +284,7 @@ impl Account {
             Some("verify-full") => UpstreamTls::VerifyFull,
             Some("verify-ca") => UpstreamTls::VerifyCa,
             Some("disable") if route.tls == UpstreamTls::Disable => UpstreamTls::Disable,
-            Some(_) => {
-                return Err("the DSN's sslmode must be verify-full or verify-ca (the audit verifies the server it talks to)".into());
-            }
+            Some(_) => return Err(AccountError::WeakSslMode),
         };
         let tls = match (upstream.tls, &upstream.ca_file) {
             (UpstreamTls::Disable, _) => None,
@@ -251,12 +294,12 @@ impl Account {
                 } else {
                     crate::tls::Verification::Full
                 };
-                Some(crate::tls::upstream_config(ca, v).map_err(|e| e.to_string())?)
+                Some(crate::tls::upstream_config(ca, v).map_err(AccountError::Tls)?)
             }
-            (_, None) => return Err("no CA to verify the server: give sslrootcert=".into()),
+            (_, None) => return Err(AccountError::NoCa),
         };
         let target =
-            UpstreamTarget::new(upstream.clone(), tls, keepalive).map_err(|e| e.to_string())?;
+            UpstreamTarget::new(upstream.clone(), tls, keepalive).map_err(AccountError::Target)?;
         let password = self.password(&upstream)?;
         let describe = format!(
             "{}@{}/{}",
@@ -280,15 +323,18 @@ impl Account {
         Ok((target, credential, describe))
     }
 
-    fn password(&self, upstream: &UpstreamConfig) -> Result<SecretString, String> {
+    fn password(&self, upstream: &UpstreamConfig) -> Result<SecretString, AccountError> {
         match &self.password {
             PasswordFrom::Env(p) => Ok(p.clone()),
             PasswordFrom::File(f) => {
-                let text = std::fs::read_to_string(f)
-                    .map_err(|e| format!("--password-file {}: {e}", f.display()))?;
+                let text =
+                    std::fs::read_to_string(f).map_err(|source| AccountError::PasswordFile {
+                        path: f.clone(),
+                        source,
+                    })?;
                 let line = text.lines().next().unwrap_or_default();
                 if line.is_empty() {
-                    return Err(format!("--password-file {} is empty", f.display()));
+                    return Err(AccountError::EmptyPasswordFile(f.clone()));
                 }
                 Ok(SecretString::from(line.to_owned()))
             }
@@ -303,12 +349,7 @@ impl Account {
                         &self.user,
                     )
                 });
-                found.ok_or_else(|| {
-                    format!(
-                        "no password for {}: set PGPASSWORD, add it to a passfile (~/.pgpass, PGPASSFILE) or give --password-file",
-                        self.user
-                    )
-                })
+                found.ok_or_else(|| AccountError::NoPassword(self.user.clone()))
             }
         }
     }
@@ -367,8 +408,23 @@ mod tests {
             "postgres://auditor@db/keycloak?password=s3cret",
         ] {
             let e = Account::parse(dsn, None, &[]).unwrap_err();
-            assert!(!e.contains("s3cret"), "{e}");
-            assert!(e.contains("password"), "{e}");
+            let (text, debug) = (e.to_string(), format!("{e:?}"));
+            assert!(!text.contains("s3cret") && !debug.contains("s3cret"), "{e}");
+            assert!(text.contains("password"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_word_without_a_value_is_not_echoed() {
+        // A password pasted after a space is a word without `=`: refused unseen.
+        for dsn in [
+            "user=auditor host=db s3cret",
+            "postgresql://auditor@db/kc?s3cret",
+        ] {
+            let e = Account::parse(dsn, None, &[]).unwrap_err();
+            let (text, debug) = (e.to_string(), format!("{e:?}"));
+            assert!(!text.contains("s3cret") && !debug.contains("s3cret"), "{e}");
+            assert!(matches!(e, DsnError::NoValue), "{e}");
         }
     }
 

@@ -10,10 +10,11 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::check::{ALL, Check, Finding, Status};
+use super::error::{RunError, SessionError};
 use crate::config::RouteConfig;
 
 /// The audit of one route.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RouteReport {
     /// The client-facing database name (the route's name).
     pub route: String,
@@ -25,7 +26,7 @@ pub struct RouteReport {
     pub connected_as: Option<String>,
     pub findings: Vec<Finding>,
     /// Why this route could not be audited (the audit could not run).
-    pub error: Option<String>,
+    pub error: Option<SessionError>,
 }
 
 impl RouteReport {
@@ -42,13 +43,13 @@ impl RouteReport {
 }
 
 /// A whole audit.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Report {
     pub routes: Vec<RouteReport>,
     /// Checks of pgwarden itself (allowlist, monitoring).
     pub global: Vec<Finding>,
     /// Problems that kept the audit from running at all.
-    pub errors: Vec<String>,
+    pub errors: Vec<RunError>,
 }
 
 impl Report {
@@ -114,7 +115,7 @@ impl Report {
                     "upstream": r.upstream,
                     "credentials": r.credentials,
                     "connected_as": r.connected_as,
-                    "error": r.error,
+                    "error": r.error.as_ref().map(ToString::to_string),
                     "checks": r.findings.iter().map(finding_json).collect::<Vec<_>>(),
                 })
             })
@@ -123,7 +124,7 @@ impl Report {
             "pgwarden_version": env!("CARGO_PKG_VERSION"),
             "exit_code": self.exit_code(),
             "summary": summary,
-            "errors": self.errors,
+            "errors": self.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "routes": routes,
             "pgwarden": self.global.iter().map(finding_json).collect::<Vec<_>>(),
         })

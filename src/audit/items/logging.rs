@@ -22,6 +22,9 @@ const STATEMENT_SETTINGS: [&str; 3] = [
     "log_min_error_statement",
 ];
 
+/// Settings by name, as text.
+type Settings = BTreeMap<String, String>;
+
 /// Where a setting's value comes from when it is the server's own, not the
 /// audit session's (a role or database default, or the client).
 const SERVER_SOURCES: &[&str] = &[
@@ -197,8 +200,8 @@ async fn issuer_statements(ctx: &mut Ctx<'_>) -> Finding {
 async fn role_settings(
     ctx: &mut Ctx<'_>,
     role: &str,
-    global: &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, Finding> {
+    global: &Settings,
+) -> Result<Settings, Finding> {
     let rows = ctx
         .query(
             &LOGGING_ISSUER_STATEMENTS,
