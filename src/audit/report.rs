@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::check::{ALL, Check, Finding, Status};
 use super::error::{RunError, SessionError};
 use crate::config::RouteConfig;
+use crate::metrics::Label;
 
 /// The audit of one route.
 #[derive(Debug)]
