@@ -20,26 +20,26 @@
 //! value read from a table; never change the database (its sessions are
 //! read-only); and never keep a credential past the audit.
 
-pub mod check;
+mod check;
 pub mod command;
 mod connection;
 mod context;
-pub mod continuous;
-pub mod dsn;
+pub(crate) mod continuous;
+mod dsn;
 mod error;
 mod items;
-pub mod report;
-pub mod statement_logging;
+mod report;
+pub(crate) mod statement_logging;
 
 use std::sync::Arc;
 
 use secrecy::ExposeSecret;
 
-pub use check::{Finding, Status};
+pub use check::{Check, Finding, Status};
 use connection::Session;
 use context::{Ctx, Probe};
 use error::{IssueError, ProbeError, SessionError};
-pub use report::{Report, RouteReport};
+pub(crate) use report::{Report, RouteReport};
 
 use crate::config::RouteConfig;
 use crate::credentials::lease::LeaseGuard;
@@ -49,7 +49,7 @@ use crate::state::State;
 
 /// Where the audit runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// `pgwarden audit`: pgwarden's admin listener is asked over HTTP.
     OnDemand,
     /// Inside `pgwarden run`.
@@ -57,7 +57,7 @@ pub enum Mode {
 }
 
 /// Whom the checks connect as.
-pub enum Auditor {
+pub(crate) enum Auditor {
     /// Each route's own credential (the probe's session).
     Route,
     /// A credential from another `[credentials.*]` source.
@@ -67,7 +67,12 @@ pub enum Auditor {
 }
 
 /// Audits every route (or only `only`) of `state`'s configuration.
-pub async fn run(state: &State, only: Option<&str>, auditor: &Auditor, mode: Mode) -> Report {
+pub(crate) async fn run(
+    state: &State,
+    only: Option<&str>,
+    auditor: &Auditor,
+    mode: Mode,
+) -> Report {
     let mut report = Report::default();
     for route in &state.config.routes {
         if only.is_some_and(|o| o != route.database) {

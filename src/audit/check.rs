@@ -15,14 +15,14 @@ pub struct Check {
     /// The item of the seed checklist it serves (`/work/shared/seed`, 1–10).
     pub item: u8,
     /// What to do when it does not pass, in one sentence.
-    pub remedy: &'static str,
+    pub(crate) remedy: &'static str,
 }
 
 macro_rules! checks {
     ($($name:ident = $id:literal, $item:literal, $remedy:literal;)*) => {
-        $(pub static $name: Check = Check { id: $id, item: $item, remedy: $remedy };)*
+        $(pub(crate) static $name: Check = Check { id: $id, item: $item, remedy: $remedy };)*
         /// Every check, in report order.
-        pub static ALL: &[&Check] = &[$(&$name),*];
+        pub(crate) static ALL: &[&Check] = &[$(&$name),*];
     };
 }
 
@@ -155,7 +155,7 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub fn new(check: &'static Check, status: Status, evidence: impl Into<String>) -> Self {
+    pub(crate) fn new(check: &'static Check, status: Status, evidence: impl Into<String>) -> Self {
         Finding {
             check,
             status,
@@ -164,20 +164,20 @@ impl Finding {
         }
     }
 
-    pub fn pass(check: &'static Check, evidence: impl Into<String>) -> Self {
+    pub(crate) fn pass(check: &'static Check, evidence: impl Into<String>) -> Self {
         Self::new(check, Status::Pass, evidence)
     }
 
-    pub fn warn(check: &'static Check, evidence: impl Into<String>) -> Self {
+    pub(crate) fn warn(check: &'static Check, evidence: impl Into<String>) -> Self {
         Self::new(check, Status::Warn, evidence)
     }
 
-    pub fn fail(check: &'static Check, evidence: impl Into<String>) -> Self {
+    pub(crate) fn fail(check: &'static Check, evidence: impl Into<String>) -> Self {
         Self::new(check, Status::Fail, evidence)
     }
 
     /// Not checked, because the audit lacked `lacks`.
-    pub fn unknown(
+    pub(crate) fn unknown(
         check: &'static Check,
         lacks: impl Into<String>,
         evidence: impl Into<String>,
@@ -192,7 +192,7 @@ impl Finding {
 }
 
 /// At most `n` names, then how many more: evidence stays one line.
-pub fn names(list: &[String], n: usize) -> String {
+pub(crate) fn names(list: &[String], n: usize) -> String {
     let shown: Vec<&str> = list.iter().take(n).map(String::as_str).collect();
     match list.len().saturating_sub(n) {
         0 => shown.join(", "),

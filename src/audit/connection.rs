@@ -23,14 +23,14 @@ const STATEMENT_TIMEOUT: &str = "30s";
 /// Largest message the audit accepts (its rows are counts and names).
 const MAX_MESSAGE: usize = 1 << 22;
 /// `application_name` of audit sessions, so they are told apart in pg_stat_activity.
-pub const APPLICATION_NAME: &str = "pgwarden-audit";
+pub(crate) const APPLICATION_NAME: &str = "pgwarden-audit";
 
 /// One result row: text values, `None` for NULL.
-pub type Row = Vec<Option<String>>;
+pub(crate) type Row = Vec<Option<String>>;
 
 /// Why a query gave no rows.
 #[derive(Debug, thiserror::Error)]
-pub enum QueryError {
+pub(crate) enum QueryError {
     /// SQLSTATE 42501: the auditing role lacks a privilege.
     #[error("permission denied ({0})")]
     Denied(String),
@@ -78,7 +78,7 @@ impl QueryError {
 
 /// Why an audit session could not be opened.
 #[derive(Debug, thiserror::Error)]
-pub enum OpenError {
+pub(crate) enum OpenError {
     /// TCP, TLS or the login with the credential failed.
     #[error("{endpoint}: {source}")]
     Login {
@@ -95,30 +95,30 @@ pub enum OpenError {
 
 /// What the server's certificate and the TLS session were, as seen on connect.
 #[derive(Debug, Clone)]
-pub struct TlsFacts {
-    pub version: String,
+pub(crate) struct TlsFacts {
+    pub(crate) version: String,
     /// notAfter of the leaf certificate, Unix seconds.
-    pub not_after: Option<i64>,
+    pub(crate) not_after: Option<i64>,
 }
 
 /// A logged-in, read-only audit session.
-pub struct Session {
+pub(crate) struct Session {
     framed: FramedStream<UpstreamStream>,
     /// `None` when the route runs without TLS.
-    pub tls: Option<TlsFacts>,
+    pub(crate) tls: Option<TlsFacts>,
     /// `session_user`: the role logged in as.
-    pub login: String,
+    pub(crate) login: String,
     /// `current_user`: the role the session acts as.
-    pub acting: String,
+    pub(crate) acting: String,
     /// `server_version_num`, e.g. 150018.
-    pub version: i32,
+    pub(crate) version: i32,
     broken: bool,
 }
 
 impl Session {
     /// Logs in to `target` with `credential`, acting as `session_role` when
     /// given, the way a pgwarden session does.
-    pub async fn open(
+    pub(crate) async fn open(
         target: &UpstreamTarget,
         credential: &Credential,
         session_role: Option<&str>,
@@ -177,7 +177,7 @@ impl Session {
     }
 
     /// Runs one statement; its rows as text.
-    pub async fn query(&mut self, sql: &str) -> Result<Vec<Row>, QueryError> {
+    pub(crate) async fn query(&mut self, sql: &str) -> Result<Vec<Row>, QueryError> {
         if self.broken {
             return Err(QueryError::BrokenEarlier);
         }
@@ -191,7 +191,7 @@ impl Session {
     }
 
     /// Runs a statement that returns exactly one row.
-    pub async fn query_one(&mut self, sql: &str) -> Result<Row, QueryError> {
+    pub(crate) async fn query_one(&mut self, sql: &str) -> Result<Row, QueryError> {
         let mut rows = self.query(sql).await?;
         match rows.len() {
             1 => Ok(rows.remove(0)),
@@ -200,7 +200,7 @@ impl Session {
     }
 
     /// Says goodbye (Terminate) and closes.
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         if !self.broken {
             let _ = tokio::time::timeout(
                 Duration::from_secs(5),
@@ -245,17 +245,17 @@ impl Session {
 }
 
 /// The text of column `i` of `row` (empty for NULL or a missing column).
-pub fn text(row: &Row, i: usize) -> String {
+pub(crate) fn text(row: &Row, i: usize) -> String {
     row.get(i).cloned().flatten().unwrap_or_default()
 }
 
 /// Column `i` as a boolean (`t`).
-pub fn flag(row: &Row, i: usize) -> bool {
+pub(crate) fn flag(row: &Row, i: usize) -> bool {
     row.get(i).and_then(|v| v.as_deref()) == Some("t")
 }
 
 /// Column `i` as an integer (0 for NULL).
-pub fn number(row: &Row, i: usize) -> i64 {
+pub(crate) fn number(row: &Row, i: usize) -> i64 {
     row.get(i)
         .and_then(|v| v.as_deref())
         .and_then(|v| v.parse().ok())
@@ -305,12 +305,12 @@ fn server_error(body: &[u8]) -> QueryError {
 }
 
 /// SQL string literal (standard_conforming_strings is on since 9.1).
-pub fn literal(s: &str) -> String {
+pub(crate) fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
 /// SQL identifier.
-pub fn ident(s: &str) -> String {
+pub(crate) fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 

@@ -15,36 +15,36 @@ use crate::config::{Config, CredentialsConfig, RouteConfig};
 
 /// What the probe credential showed.
 #[derive(Debug, Clone)]
-pub struct Probe {
+pub(crate) struct Probe {
     /// The issued role (`session_user`).
-    pub login: String,
+    pub(crate) login: String,
     /// The role its sessions act as (`current_user`).
-    pub acting: String,
+    pub(crate) acting: String,
     /// Length and character classes of the issued password (never the password).
-    pub password_len: usize,
-    pub password_classes: usize,
+    pub(crate) password_len: usize,
+    pub(crate) password_classes: usize,
     /// The lease as issued.
-    pub lease_duration: Duration,
-    pub renewable: bool,
+    pub(crate) lease_duration: Duration,
+    pub(crate) renewable: bool,
     /// TLS as seen on the probe's connection.
-    pub tls: Option<TlsFacts>,
+    pub(crate) tls: Option<TlsFacts>,
 }
 
 /// One route's audit.
-pub struct Ctx<'a> {
-    pub config: &'a Config,
-    pub route: &'a RouteConfig,
-    pub source: &'a CredentialsConfig,
+pub(crate) struct Ctx<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) route: &'a RouteConfig,
+    pub(crate) source: &'a CredentialsConfig,
     /// The connection checks query; `Err`: why there is none.
-    pub db: Result<Session, SessionError>,
+    pub(crate) db: Result<Session, SessionError>,
     /// The route's own credential, or why it could not be had and used.
-    pub probe: Result<Probe, Arc<ProbeError>>,
+    pub(crate) probe: Result<Probe, Arc<ProbeError>>,
     /// Keycloak's schema, once looked up: `Some(None)` when there is none.
     schema: Option<Option<String>>,
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(
+    pub(crate) fn new(
         config: &'a Config,
         route: &'a RouteConfig,
         source: &'a CredentialsConfig,
@@ -62,13 +62,13 @@ impl<'a> Ctx<'a> {
     }
 
     /// `server_version_num` of the audited server (0 when not connected).
-    pub fn version(&self) -> i32 {
+    pub(crate) fn version(&self) -> i32 {
         self.db.as_ref().map(|s| s.version).unwrap_or(0)
     }
 
     /// Runs `sql` for `check`; any failure becomes the check's `unknown`
     /// finding. `privilege` names what a denied query lacked.
-    pub async fn query(
+    pub(crate) async fn query(
         &mut self,
         check: &'static Check,
         privilege: &str,
@@ -91,7 +91,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// Like [`Ctx::query`], for a statement that returns one row.
-    pub async fn query_one(
+    pub(crate) async fn query_one(
         &mut self,
         check: &'static Check,
         privilege: &str,
@@ -109,7 +109,11 @@ impl<'a> Ctx<'a> {
     }
 
     /// A setting as the audit session sees it.
-    pub async fn setting(&mut self, check: &'static Check, name: &str) -> Result<String, Finding> {
+    pub(crate) async fn setting(
+        &mut self,
+        check: &'static Check,
+        name: &str,
+    ) -> Result<String, Finding> {
         let row = self
             .query_one(
                 check,
@@ -121,7 +125,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// The probe, or `check`'s unknown finding saying why there is none.
-    pub fn probe(&self, check: &'static Check) -> Result<&Probe, Finding> {
+    pub(crate) fn probe(&self, check: &'static Check) -> Result<&Probe, Finding> {
         self.probe.as_ref().map_err(|why| {
             Finding::unknown(
                 check,
@@ -133,7 +137,7 @@ impl<'a> Ctx<'a> {
 
     /// The schema holding Keycloak's tables (where `realm` is, first in the
     /// search path), or `None` when the database has none yet.
-    pub async fn keycloak_schema(
+    pub(crate) async fn keycloak_schema(
         &mut self,
         check: &'static Check,
     ) -> Result<Option<String>, Finding> {

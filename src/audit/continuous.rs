@@ -22,7 +22,7 @@ use crate::state::State;
 static CHECKS: StateSet<Check, Status> = StateSet::new(metrics::name::AUDIT_CHECK, "status", ALL);
 
 /// Starts the background audit when `[audit]` is configured.
-pub fn spawn(state: Arc<State>) -> Option<JoinHandle<()>> {
+pub(crate) fn spawn(state: Arc<State>) -> Option<JoinHandle<()>> {
     let audit = state.config.audit.clone()?;
     CHECKS.zero();
     AUDIT_INTERVAL.set(audit.interval.as_secs_f64());
@@ -50,7 +50,7 @@ pub fn spawn(state: Arc<State>) -> Option<JoinHandle<()>> {
 }
 
 /// Exports a run's results and logs what did not pass.
-pub fn export(report: &Report) {
+pub(crate) fn export(report: &Report) {
     for (check, status) in report.worst() {
         CHECKS.set(check, Some(status));
     }

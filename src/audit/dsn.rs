@@ -24,7 +24,7 @@ use crate::upstream::{TargetError, UpstreamTarget};
 /// Why a `--as` DSN was refused. No variant holds a value from the DSN but
 /// the name of a parameter pgwarden does not support.
 #[derive(Debug, thiserror::Error)]
-pub enum DsnError {
+pub(crate) enum DsnError {
     #[error(
         "the --as DSN carries a password: never put one on the command line; \
          use PGPASSWORD, a passfile or --password-file"
@@ -51,7 +51,7 @@ pub enum DsnError {
 
 /// Why the `--as` account cannot connect to a route's database.
 #[derive(Debug, thiserror::Error)]
-pub enum AccountError {
+pub(crate) enum AccountError {
     #[error(
         "the DSN's sslmode must be verify-full or verify-ca (the audit verifies the server it talks to)"
     )]
@@ -77,8 +77,8 @@ pub enum AccountError {
 
 /// The auditor account, as parsed (the password apart).
 #[derive(Clone)]
-pub struct Account {
-    pub user: String,
+pub(crate) struct Account {
+    pub(crate) user: String,
     host: Option<String>,
     port: Option<u16>,
     dbname: Option<String>,
@@ -215,7 +215,7 @@ fn pairs(dsn: &str) -> Result<Vec<(String, String)>, DsnError> {
 impl Account {
     /// Parses `dsn`; `password_file` is `--password-file`, `env` the process
     /// environment (for `PGPASSWORD`, `PGPASSFILE`, `HOME`).
-    pub fn parse(
+    pub(crate) fn parse(
         dsn: &str,
         password_file: Option<&Path>,
         env: &[(String, String)],
@@ -262,7 +262,7 @@ impl Account {
 
     /// The upstream the account connects to for a route, its login, and a
     /// description for the report (never the password).
-    pub fn target(
+    pub(crate) fn target(
         &self,
         route: &UpstreamConfig,
         keepalive: std::time::Duration,
@@ -357,7 +357,7 @@ impl Account {
 
 /// The password of the first passfile line matching (`*` matches anything;
 /// `\:` and `\\` are escapes), as libpq reads `~/.pgpass`.
-pub fn passfile_lookup(
+pub(crate) fn passfile_lookup(
     text: &str,
     host: &str,
     port: u16,

@@ -17,15 +17,15 @@ use crate::credentials::CredentialError;
 /// A credential source gave no credential.
 #[derive(Debug, thiserror::Error)]
 #[error("[credentials.{source_name}] issued no credential: {error}")]
-pub struct IssueError {
-    pub source_name: String,
+pub(crate) struct IssueError {
+    pub(crate) source_name: String,
     #[source]
-    pub error: CredentialError,
+    pub(crate) error: CredentialError,
 }
 
 /// Why there is no probe: the route's own credential could not be had or used.
 #[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
+pub(crate) enum ProbeError {
     #[error(transparent)]
     Issue(#[from] IssueError),
     #[error("could not log in with the issued credential: {0}")]
@@ -34,7 +34,7 @@ pub enum ProbeError {
 
 /// Why the checks of a route have no database session.
 #[derive(Debug, thiserror::Error)]
-pub enum SessionError {
+pub(crate) enum SessionError {
     #[error("the route is not in pgwarden's routing table")]
     NotRouted,
     /// Auditing as the route, whose probe failed (the probe keeps the error too).
@@ -54,7 +54,7 @@ pub enum SessionError {
 
 /// What kept a whole audit run from completing.
 #[derive(Debug, thiserror::Error)]
-pub enum RunError {
+pub(crate) enum RunError {
     #[error("cannot log in to Vault: {0}")]
     VaultLogin(#[source] CredentialError),
     /// Ctrl-C or SIGTERM.

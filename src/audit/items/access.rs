@@ -14,14 +14,14 @@ use crate::config::Config;
 
 /// One line of `pg_hba_file_rules`.
 #[derive(Debug, Clone)]
-pub struct HbaLine {
-    pub line: i64,
-    pub kind: String,
-    pub databases: Vec<String>,
-    pub address: String,
-    pub netmask: String,
-    pub method: String,
-    pub error: bool,
+pub(crate) struct HbaLine {
+    pub(crate) line: i64,
+    pub(crate) kind: String,
+    pub(crate) databases: Vec<String>,
+    pub(crate) address: String,
+    pub(crate) netmask: String,
+    pub(crate) method: String,
+    pub(crate) error: bool,
 }
 
 pub(in crate::audit) async fn run(ctx: &mut Ctx<'_>, out: &mut Vec<Finding>) {
