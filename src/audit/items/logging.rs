@@ -133,38 +133,11 @@ async fn issuer_statements(ctx: &mut Ctx<'_>) -> Finding {
         Ok(i) => i,
         Err(f) => return f,
     };
-    let names: Vec<String> = STATEMENT_SETTINGS.iter().map(|n| literal(n)).collect();
-    let server = match ctx
-        .query(
-            check,
-            "pg_read_all_settings (or superuser) to read logging settings",
-            &format!(
-                "SELECT name::text, setting, source FROM pg_settings WHERE name IN ({})",
-                names.join(", ")
-            ),
-        )
-        .await
-    {
-        Ok(rows) => rows,
+    let global = match server_settings(ctx).await {
+        Ok(g) => g,
         Err(f) => return f,
     };
-    let mut global = BTreeMap::new();
-    for r in &server {
-        if !SERVER_SOURCES.contains(&text(r, 2).as_str()) {
-            return Finding::unknown(
-                check,
-                "the server-wide value (pg_file_settings, superuser only)",
-                format!(
-                    "the audit session's {} comes from its {}",
-                    text(r, 0),
-                    text(r, 2)
-                ),
-            );
-        }
-        global.insert(text(r, 0), text(r, 1));
-    }
     let mut bad = Vec::new();
-    let mut good = Vec::new();
     for issuer in &issuers {
         let effective = match role_settings(ctx, issuer, &global).await {
             Ok(e) => e,
@@ -176,9 +149,7 @@ async fn issuer_statements(ctx: &mut Ctx<'_>) -> Finding {
             &get("log_min_duration_statement"),
             &get("log_min_error_statement"),
         );
-        if fixes.is_empty() {
-            good.push(issuer.clone());
-        } else {
+        if !fixes.is_empty() {
             bad.push(format!(
                 "{issuer} would have its statements logged (needs {})",
                 fixes.join(", ")
@@ -188,11 +159,45 @@ async fn issuer_statements(ctx: &mut Ctx<'_>) -> Finding {
     if bad.is_empty() {
         Finding::pass(
             check,
-            format!("issuer roles {} log no statements", good.join(", ")),
+            format!("issuer roles {} log no statements", issuers.join(", ")),
         )
     } else {
         Finding::fail(check, bad.join("; "))
     }
+}
+
+/// The server-wide statement-logging settings, as the audit session sees
+/// them; `unknown` when the session's own come from elsewhere (its role or
+/// database), which hides the server's.
+async fn server_settings(ctx: &mut Ctx<'_>) -> Result<Settings, Finding> {
+    let check = &LOGGING_ISSUER_STATEMENTS;
+    let names: Vec<String> = STATEMENT_SETTINGS.iter().map(|n| literal(n)).collect();
+    let rows = ctx
+        .query(
+            check,
+            "pg_read_all_settings (or superuser) to read logging settings",
+            &format!(
+                "SELECT name::text, setting, source FROM pg_settings WHERE name IN ({})",
+                names.join(", ")
+            ),
+        )
+        .await?;
+    let mut global = Settings::new();
+    for r in &rows {
+        if !SERVER_SOURCES.contains(&text(r, 2).as_str()) {
+            return Err(Finding::unknown(
+                check,
+                "the server-wide value (pg_file_settings, superuser only)",
+                format!(
+                    "the audit session's {} comes from its {}",
+                    text(r, 0),
+                    text(r, 2)
+                ),
+            ));
+        }
+        global.insert(text(r, 0), text(r, 1));
+    }
+    Ok(global)
 }
 
 /// `role`'s statement-logging settings in this database: role-and-database
