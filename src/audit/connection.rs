@@ -4,7 +4,12 @@
 //! the simple query protocol, read-only.
 //!
 //! The session is read-only (`default_transaction_read_only`) and bounded
-//! (`statement_timeout`, and a deadline on every query). Server error text is
+//! (`statement_timeout`, and a deadline on every query). Its string literals
+//! mean the same whatever the server's `standard_conforming_strings`, rows
+//! hidden by row-level security raise an error (so a count is never quietly
+//! short), and once it knows who it is it searches `pg_catalog` alone, so a
+//! function or operator someone planted in a schema on the search path
+//! never answers (or runs inside) the audit's queries. Server error text is
 //! passed on only for SQLSTATE class 42 (names of missing objects and denied
 //! privileges), never for others, which may quote a value from a table.
 
@@ -14,7 +19,7 @@ use crate::credentials::Credential;
 use crate::net::{MaybeTls, UpstreamStream};
 use crate::protocol::backend::parse_error_fields;
 use crate::protocol::frame::{FrameError, FramedStream};
-use crate::upstream::{UpstreamError, UpstreamTarget};
+use crate::upstream::{UpstreamError, UpstreamSession, UpstreamTarget};
 
 /// One query may take this long before the connection is given up.
 const QUERY_DEADLINE: Duration = Duration::from_secs(60);
@@ -112,8 +117,26 @@ pub(crate) struct Session {
     pub(crate) acting: String,
     /// `server_version_num`, e.g. 150018.
     pub(crate) version: i32,
+    /// The schemas the session would have searched (`current_schemas(false)`)
+    /// before the audit set its search path to `pg_catalog`: Keycloak's,
+    /// when the session is the route's own.
+    pub(crate) schemas: Vec<String>,
     broken: bool,
 }
+
+/// Settings given at login: read-only, bounded, literals read one way only,
+/// and rows hidden by row-level security an error rather than a short count.
+const SESSION_OPTIONS: &str = "-c default_transaction_read_only=on \
+     -c standard_conforming_strings=on -c row_security=off";
+
+/// Who the session is. Runs before the search path is pinned, so every
+/// function is qualified and no operator is used.
+const IDENTIFY: &str = "SELECT session_user::text, current_user::text, \
+     pg_catalog.current_setting('server_version_num'), \
+     pg_catalog.array_to_json(pg_catalog.current_schemas(false))::text";
+
+/// From here on, only the system catalog's functions and operators resolve.
+const PIN_SEARCH_PATH: &str = "SET search_path = pg_catalog, pg_temp";
 
 impl Session {
     /// Logs in to `target` with `credential`, acting as `session_role` when
@@ -127,9 +150,7 @@ impl Session {
             ("application_name".to_owned(), APPLICATION_NAME.to_owned()),
             (
                 "options".to_owned(),
-                format!(
-                    "-c default_transaction_read_only=on -c statement_timeout={STATEMENT_TIMEOUT}"
-                ),
+                format!("{SESSION_OPTIONS} -c statement_timeout={STATEMENT_TIMEOUT}"),
             ),
         ];
         let upstream = target
@@ -139,41 +160,36 @@ impl Session {
                 endpoint: target.endpoint(),
                 source,
             })?;
-        let tls = match &upstream.stream {
-            MaybeTls::Tls(t) => Some(TlsFacts {
-                version: upstream.tls_version.unwrap_or("TLS").to_owned(),
-                not_after: t
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|chain| chain.first())
-                    .and_then(|leaf| x509_parser::parse_x509_certificate(leaf).ok())
-                    .map(|(_, cert)| cert.validity().not_after.timestamp()),
-            }),
-            MaybeTls::Plain(_) => None,
-        };
+        let tls = tls_facts(&upstream);
         let mut session = Session {
             framed: FramedStream::from_parts(upstream.stream, upstream.leftover),
             tls,
             login: String::new(),
             acting: String::new(),
             version: 0,
+            schemas: Vec::new(),
             broken: false,
         };
-        let row = session
-            .query_one(
-                "SELECT session_user::text, current_user::text, \
-                 current_setting('server_version_num')",
-            )
+        session
+            .identify()
             .await
             .map_err(|source| OpenError::Identify {
                 endpoint: target.endpoint(),
                 source,
             })?;
-        session.login = text(&row, 0);
-        session.acting = text(&row, 1);
-        session.version = text(&row, 2).parse().unwrap_or(0);
         Ok(session)
+    }
+
+    /// Learns who the session is and which schemas it would search, then
+    /// pins its search path to `pg_catalog`.
+    async fn identify(&mut self) -> Result<(), QueryError> {
+        let row = self.query_one(IDENTIFY).await?;
+        self.login = text(&row, 0);
+        self.acting = text(&row, 1);
+        self.version = text(&row, 2).parse().unwrap_or(0);
+        self.schemas = serde_json::from_str(&text(&row, 3)).unwrap_or_default();
+        self.query(PIN_SEARCH_PATH).await?;
+        Ok(())
     }
 
     /// Runs one statement; its rows as text.
@@ -304,9 +320,28 @@ fn server_error(body: &[u8]) -> QueryError {
     QueryError::Server { code, detail }
 }
 
-/// SQL string literal (standard_conforming_strings is on since 9.1).
+/// SQL string literal that reads the same whatever
+/// `standard_conforming_strings` says: an escape string, `E'…'`, with
+/// backslashes and quotes doubled.
 pub(crate) fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// What the server's certificate and the TLS session were on `upstream`.
+fn tls_facts(upstream: &UpstreamSession) -> Option<TlsFacts> {
+    match &upstream.stream {
+        MaybeTls::Tls(t) => Some(TlsFacts {
+            version: upstream.tls_version.unwrap_or("TLS").to_owned(),
+            not_after: t
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| x509_parser::parse_x509_certificate(leaf).ok())
+                .map(|(_, cert)| cert.validity().not_after.timestamp()),
+        }),
+        MaybeTls::Plain(_) => None,
+    }
 }
 
 /// SQL identifier.
@@ -356,7 +391,10 @@ mod tests {
         assert!(!value.to_string().contains("s3cret"), "{value}");
         let missing = server_error(&fields("42P01", "relation \"realm\" does not exist"));
         assert!(missing.to_string().contains("realm"), "{missing}");
-        assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(literal("it's"), "E'it''s'");
+        // A backslash cannot escape the closing quote, whatever
+        // standard_conforming_strings says.
+        assert_eq!(literal(r"x\'; SELECT 1; --"), r"E'x\\''; SELECT 1; --'");
         assert_eq!(ident("a\"b"), "\"a\"\"b\"");
     }
 }

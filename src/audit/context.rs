@@ -13,6 +13,10 @@ use super::connection::{QueryError, Row, Session, TlsFacts, literal, text};
 use super::error::{ProbeError, SessionError};
 use crate::config::{Config, CredentialsConfig, RouteConfig};
 
+/// Where a setting's value is the role's own rather than the server's or the
+/// database's (`pg_settings.source`).
+const ROLE_SOURCES: &[&str] = &["user", "database user"];
+
 /// What the probe credential showed.
 #[derive(Debug, Clone)]
 pub(crate) struct Probe {
@@ -108,7 +112,9 @@ impl<'a> Ctx<'a> {
         Ok(rows.remove(0))
     }
 
-    /// A setting as the audit session sees it.
+    /// A setting as Keycloak's sessions get it. The audit session's value
+    /// serves unless it is the auditing role's own (`ALTER ROLE … SET`) and
+    /// the audit does not run as the route: then Keycloak's is not visible.
     pub(crate) async fn setting(
         &mut self,
         check: &'static Check,
@@ -118,12 +124,31 @@ impl<'a> Ctx<'a> {
             .query_one(
                 check,
                 "pg_read_all_settings (or superuser) to read this setting",
-                &format!("SELECT current_setting({})", literal(name)),
+                &format!(
+                    "SELECT current_setting({n}), (SELECT source FROM pg_settings WHERE name = {n})",
+                    n = literal(name)
+                ),
             )
             .await?;
-        Ok(text(&row, 0))
+        let (value, source) = (text(&row, 0), text(&row, 1));
+        if ROLE_SOURCES.contains(&source.as_str()) && !self.as_route() {
+            return Err(Finding::unknown(
+                check,
+                format!(
+                    "the {name} Keycloak's sessions get (audit as the route, or as a role without its own {name})"
+                ),
+                format!(
+                    "not checked: {name} = {value} is the role's own ({source} setting) of the auditing role"
+                ),
+            ));
+        }
+        Ok(value)
     }
 
+    /// Whether the checks run in the probe's own session, as Keycloak's sessions do.
+    fn as_route(&self) -> bool {
+        matches!((&self.db, &self.probe), (Ok(db), Ok(p)) if db.login == p.login)
+    }
     /// The probe, or `check`'s unknown finding saying why there is none.
     pub(crate) fn probe(&self, check: &'static Check) -> Result<&Probe, Finding> {
         self.probe.as_ref().map_err(|why| {
@@ -144,15 +169,19 @@ impl<'a> Ctx<'a> {
         if let Some(s) = &self.schema {
             return Ok(s.clone());
         }
+        // The schemas the session searched before the audit pinned its path.
+        let path: Vec<String> = match &self.db {
+            Ok(db) => db.schemas.iter().map(|s| literal(s)).collect(),
+            Err(_) => Vec::new(),
+        };
+        let sql = format!(
+            "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relname = 'realm' AND c.relkind IN ('r', 'p') \
+             ORDER BY coalesce(array_position(ARRAY[{}]::name[], n.nspname), 1000), 1 LIMIT 1",
+            path.join(", ")
+        );
         let rows = self
-            .query(
-                check,
-                "USAGE on Keycloak's schema",
-                "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relname = 'realm' AND c.relkind IN ('r', 'p') \
-                 ORDER BY coalesce(array_position(current_schemas(false), n.nspname::name), 1000), 1 \
-                 LIMIT 1",
-            )
+            .query(check, "USAGE on Keycloak's schema", &sql)
             .await?;
         let schema = rows.first().map(|r| text(r, 0));
         self.schema = Some(schema.clone());
