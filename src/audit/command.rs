@@ -23,8 +23,9 @@ pub enum Format {
     Json,
 }
 
-/// The command line of `pgwarden audit`.
-#[derive(Debug, Clone)]
+/// The command line of `pgwarden audit`. Its `Debug` never shows `--as`,
+/// which may be a DSN someone wrote a password into.
+#[derive(Clone)]
 pub struct Options {
     pub config: PathBuf,
     /// Only the route for this database name.
@@ -34,6 +35,18 @@ pub struct Options {
     pub auditor: Option<String>,
     /// Where the `--as` DSN's password is.
     pub password_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("config", &self.config)
+            .field("route", &self.route)
+            .field("format", &self.format)
+            .field("auditor", &self.auditor.as_ref().map(|_| "(given)"))
+            .field("password_file", &self.password_file)
+            .finish()
+    }
 }
 
 /// Why the audit could not start: exit code 2, before anything was issued.
@@ -141,4 +154,23 @@ async fn revoke(state: &State) -> Option<RunError> {
         .drain(deadline.saturating_duration_since(tokio::time::Instant::now()))
         .await;
     (left > 0).then_some(RunError::Unrevoked(left))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_the_as_dsn() {
+        let opts = Options {
+            config: "pgwarden.toml".into(),
+            route: None,
+            format: Format::Table,
+            auditor: Some("postgresql://auditor:s3cret@db/keycloak".into()),
+            password_file: None,
+        };
+        let debug = format!("{opts:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("pgwarden.toml"), "{debug}");
+    }
 }
