@@ -5,8 +5,9 @@
 //!
 //! Label values are the catalogue's ids and items and the four statuses, so
 //! the series are bounded and exported (at 0) from the start. A run never
-//! affects `/readyz`. The task ends as soon as shutdown begins, so the
-//! credential of a run in progress reaches the revoker before it drains.
+//! affects `/readyz`. The task ends as soon as shutdown begins, and the
+//! server waits for it to end before the revoker drains, so the credential
+//! of a run in progress is revoked with the rest.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
