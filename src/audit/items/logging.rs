@@ -207,17 +207,25 @@ async fn role_settings(
     role: &str,
     global: &Settings,
 ) -> Result<Settings, Finding> {
+    // Only the statement-logging entries leave the server: a role's other
+    // defaults (a custom setting may hold a key) are none of the audit's business.
+    let names: Vec<String> = STATEMENT_SETTINGS.iter().map(|n| literal(n)).collect();
+    let sql = format!(
+        "SELECT scope, entry FROM ( \
+           SELECT (s.setrole <> 0)::int + 2 * (s.setdatabase <> 0)::int AS scope, \
+                  unnest(s.setconfig) AS entry \
+           FROM pg_db_role_setting s \
+           WHERE s.setrole IN (0, (SELECT oid FROM pg_roles WHERE rolname = {})) \
+             AND s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database())) \
+         ) settings WHERE split_part(entry, '=', 1) IN ({})",
+        literal(role),
+        names.join(", ")
+    );
     let rows = ctx
         .query(
             &LOGGING_ISSUER_STATEMENTS,
             "SELECT on pg_db_role_setting",
-            &format!(
-                "SELECT (s.setrole <> 0)::int + 2 * (s.setdatabase <> 0)::int, unnest(s.setconfig) \
-                 FROM pg_db_role_setting s \
-                 WHERE s.setrole IN (0, (SELECT oid FROM pg_roles WHERE rolname = {})) \
-                   AND s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))",
-                literal(role)
-            ),
+            &sql,
         )
         .await?;
     // Precedence: role+database (3) > role (1) > database (2) > server.
