@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::check::{Check, Finding};
-use super::connection::{QueryError, Row, Session, TlsFacts, literal, text};
+use super::connection::{QueryError, Row, Session, TlsFacts, flag, literal, text};
 use super::error::{ProbeError, SessionError};
 use crate::config::{Config, CredentialsConfig, RouteConfig};
 
@@ -43,8 +43,9 @@ pub(crate) struct Ctx<'a> {
     pub(crate) db: Result<Session, SessionError>,
     /// The route's own credential, or why it could not be had and used.
     pub(crate) probe: Result<Probe, Arc<ProbeError>>,
-    /// Keycloak's schema, once looked up: `Some(None)` when there is none.
-    schema: Option<Option<String>>,
+    /// Keycloak's schema, once looked up: `Ok(None)` when there is none,
+    /// `Err` with the candidates when it cannot be told which.
+    schema: Option<Result<Option<String>, Vec<String>>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -161,30 +162,88 @@ impl<'a> Ctx<'a> {
     }
 
     /// The schema holding Keycloak's tables (where `realm` is, first in the
-    /// search path), or `None` when the database has none yet.
+    /// search path), or `None` when the database has none yet; `unknown`
+    /// when several have one and none is on the search path.
     pub(crate) async fn keycloak_schema(
         &mut self,
         check: &'static Check,
     ) -> Result<Option<String>, Finding> {
-        if let Some(s) = &self.schema {
-            return Ok(s.clone());
-        }
+        let chosen = match &self.schema {
+            Some(chosen) => chosen.clone(),
+            None => {
+                let chosen = choose_schema(self.schema_candidates(check).await?);
+                self.schema = Some(chosen.clone());
+                chosen
+            }
+        };
+        chosen.map_err(|several| {
+            Finding::unknown(
+                check,
+                "which schema Keycloak uses (several hold a realm table, none on the search path)",
+                format!(
+                    "not checked: schemas {} each hold a realm table",
+                    several.join(", ")
+                ),
+            )
+        })
+    }
+
+    /// Every schema holding a `realm` table, those on the session's search
+    /// path first (in its order), each with whether it is on it.
+    async fn schema_candidates(
+        &mut self,
+        check: &'static Check,
+    ) -> Result<Vec<(String, bool)>, Finding> {
         // The schemas the session searched before the audit pinned its path.
         let path: Vec<String> = match &self.db {
             Ok(db) => db.schemas.iter().map(|s| literal(s)).collect(),
             Err(_) => Vec::new(),
         };
         let sql = format!(
-            "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+            "SELECT n.nspname::text, array_position(p.path, n.nspname) IS NOT NULL \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, \
+                  (SELECT ARRAY[{}]::name[] AS path) p \
              WHERE c.relname = 'realm' AND c.relkind IN ('r', 'p') \
-             ORDER BY coalesce(array_position(ARRAY[{}]::name[], n.nspname), 1000), 1 LIMIT 1",
+             ORDER BY coalesce(array_position(p.path, n.nspname), 1000), 1",
             path.join(", ")
         );
         let rows = self
             .query(check, "USAGE on Keycloak's schema", &sql)
             .await?;
-        let schema = rows.first().map(|r| text(r, 0));
-        self.schema = Some(schema.clone());
-        Ok(schema)
+        Ok(rows.iter().map(|r| (text(r, 0), flag(r, 1))).collect())
+    }
+}
+
+/// Keycloak's schema among `candidates` (on-path ones first): the first on
+/// the search path, else the only one; `Err` with them all when several
+/// are and none is on the path.
+fn choose_schema(candidates: Vec<(String, bool)>) -> Result<Option<String>, Vec<String>> {
+    match candidates.as_slice() {
+        [] => Ok(None),
+        [(first, true), ..] | [(first, false)] => Ok(Some(first.clone())),
+        _ => Err(candidates.into_iter().map(|(name, _)| name).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keycloak_s_schema_is_the_one_on_the_path_or_the_only_one() {
+        let c = |list: &[(&str, bool)]| {
+            choose_schema(list.iter().map(|(n, p)| (n.to_string(), *p)).collect())
+        };
+        assert_eq!(c(&[]), Ok(None));
+        assert_eq!(c(&[("kc", false)]), Ok(Some("kc".into())));
+        assert_eq!(
+            c(&[("public", true), ("kc", false)]),
+            Ok(Some("public".into()))
+        );
+        // Two copies, neither searched: which one Keycloak uses is not visible.
+        assert_eq!(
+            c(&[("kc", false), ("kc_old", false)]),
+            Err(vec!["kc".into(), "kc_old".into()])
+        );
     }
 }
