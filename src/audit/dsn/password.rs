@@ -2,12 +2,14 @@
 //! `PGPASSWORD`, else a passfile in libpq's format (`passfile=`,
 //! `PGPASSFILE`, `~/.pgpass`).
 //!
-//! The password is a `SecretString` from the moment it is read. No error
-//! here quotes a line of a file or a passfile: they name the file and the user.
+//! The password is a `SecretString` from the moment it is read, and the
+//! files it is read from are wiped from memory once read. No error here
+//! quotes a line of a file or a passfile: they name the file and the user.
 
 use std::path::{Path, PathBuf};
 
 use secrecy::SecretString;
+use secrecy::zeroize::Zeroizing;
 
 use super::AccountError;
 use crate::config::UpstreamConfig;
@@ -41,8 +43,9 @@ impl PasswordFrom {
         match self {
             PasswordFrom::Env(p) => Ok(p.clone()),
             PasswordFrom::File(f) => {
-                let text =
-                    std::fs::read_to_string(f).map_err(|source| AccountError::PasswordFile {
+                let text = std::fs::read_to_string(f)
+                    .map(Zeroizing::new)
+                    .map_err(|source| AccountError::PasswordFile {
                         path: f.clone(),
                         source,
                     })?;
@@ -54,7 +57,7 @@ impl PasswordFrom {
             }
             PasswordFrom::Passfile => {
                 let found = passfile.and_then(|p| {
-                    let text = std::fs::read_to_string(p).ok()?;
+                    let text = Zeroizing::new(std::fs::read_to_string(p).ok()?);
                     passfile_lookup(
                         &text,
                         &upstream.host,
