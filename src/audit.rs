@@ -11,8 +11,9 @@
 //!
 //! Layout: `check` (the catalogue, statuses, findings), `connection` (the
 //! read-only session), `context` (what checks read, failures as `unknown`),
-//! `items/` (one file per checklist item), `dsn` (`--as`), `report` (table,
-//! JSON, exit code), `continuous` (the background run and its metrics),
+//! `items/` (one file per checklist item), `dsn` (`--as`), `error` (why a
+//! route or a run fell short), `report` (table, JSON, exit code),
+//! `continuous` (the background run and its metrics),
 //! `command` (the CLI), `statement_logging` (a rule shared with the built-in
 //! source).
 //!
