@@ -6,10 +6,12 @@
 //! close reason by `session`, a cancel's outcome by `cancel`), implementing
 //! [`Label`]; that module declares the labelled family as a static
 //! ([`Counter`], [`Counter2`]) and records through it, so a value that is not
-//! one of the enum's cannot be recorded. Families whose labels are fixed are
+//! one of the enum's cannot be recorded. A label set drawn from a fixed
+//! catalogue (a static table) implements [`Entry`] instead, for a
+//! [`StateSet`]. Families whose labels are fixed are
 //! exported at zero from start-up by [`install`], from the same enums. The
 //! number of series is bounded whatever clients send: label values come from
-//! enums or from the configuration, never from client input.
+//! enums, compiled-in catalogues or the configuration, never from client input.
 
 use std::marker::PhantomData;
 use std::sync::OnceLock;
@@ -166,6 +168,62 @@ impl ConfiguredGauge {
     }
 }
 
+/// An entry of a fixed catalogue (a `static` table compiled in), named by
+/// labels: bounded like a [`Label`], but its values are the table's rows
+/// rather than an enum's variants.
+pub trait Entry: Sync + 'static {
+    /// The label pairs that name this entry, e.g. its id and its group.
+    fn labels(&self) -> Vec<(&'static str, &'static str)>;
+}
+
+/// A state set: for each entry of a catalogue `E`, one gauge per state `S`,
+/// 1 for the state the entry is in and 0 for the others.
+pub struct StateSet<E: 'static, S> {
+    name: &'static str,
+    /// The label that names the state.
+    key: &'static str,
+    entries: &'static [&'static E],
+    states: PhantomData<fn(S)>,
+}
+
+impl<E: Entry, S: Label + PartialEq> StateSet<E, S> {
+    pub const fn new(
+        name: &'static str,
+        key: &'static str,
+        entries: &'static [&'static E],
+    ) -> Self {
+        StateSet {
+            name,
+            key,
+            entries,
+            states: PhantomData,
+        }
+    }
+
+    /// Puts `entry` in `state`; with `None`, in no state (every gauge 0).
+    pub fn set(&self, entry: &E, state: Option<S>) {
+        let base = entry.labels();
+        for s in S::ALL {
+            let mut labels: Vec<metrics::Label> = base
+                .iter()
+                .map(|(k, v)| metrics::Label::new(*k, *v))
+                .collect();
+            labels.push(metrics::Label::new(self.key, s.as_str()));
+            let on = Some(*s) == state;
+            metrics::gauge!(self.name, labels).set(if on { 1.0 } else { 0.0 });
+        }
+    }
+}
+
+impl<E: Entry, S: Label + PartialEq> Zeroed for StateSet<E, S> {
+    /// Every entry in no state.
+    fn zero(&self) {
+        for entry in self.entries {
+            self.set(entry, None);
+        }
+    }
+}
+
 /// A counter without labels.
 pub struct Total(&'static str);
 
@@ -182,6 +240,8 @@ pub static LEASE_REVOCATIONS_PENDING: Gauge = Gauge(name::LEASE_REVOCATIONS_PEND
 pub static SESSION_DURATION: Histogram = Histogram(name::SESSION_DURATION);
 pub static HANDSHAKE_DURATION: Histogram = Histogram(name::HANDSHAKE_DURATION);
 pub static UPSTREAM_CONNECT_DURATION: Histogram = Histogram(name::UPSTREAM_CONNECT_DURATION);
+pub static AUDIT_LAST_RUN: Gauge = Gauge(name::AUDIT_LAST_RUN);
+pub static AUDIT_INTERVAL: Gauge = Gauge(name::AUDIT_INTERVAL);
 pub static TLS_CERTIFICATE_EXPIRY: ConfiguredGauge = ConfiguredGauge {
     name: name::TLS_CERTIFICATE_EXPIRY,
     key: "certificate",

@@ -38,6 +38,9 @@ pub struct Server {
     accept: JoinHandle<()>,
     /// Token upkeep and health probes; stopped at shutdown.
     background: Vec<JoinHandle<()>>,
+    /// The background audit (`[audit]`), ended before the revoker drains so
+    /// the credentials of a run in progress are revoked with the rest.
+    audit: Option<JoinHandle<()>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +105,7 @@ impl Server {
             }
             None => None,
         };
-        background.extend(crate::audit::continuous::spawn(state.clone()));
+        let audit = crate::audit::continuous::spawn(state.clone());
         let accept = tokio::spawn(crate::listener::serve(state.clone(), listener));
         tracing::info!(event = "listening", address = %addr, tls = state.negotiator.tls.is_some(), require_tls = state.config.listen.require_tls);
         Ok(Server {
@@ -111,6 +114,7 @@ impl Server {
             state,
             accept,
             background,
+            audit,
         })
     }
 
@@ -125,6 +129,12 @@ impl Server {
         let grace = state.config.shutdown.grace;
         state.shutdown.stop_accepting.cancel();
         let _ = self.accept.await;
+        if let Some(audit) = self.audit {
+            // Once this returns, the run's future is dropped and its
+            // credentials' guards have handed them to the revoker.
+            audit.abort();
+            let _ = audit.await;
+        }
         state.sessions.close();
         let live = state.sessions.len();
         if live > 0 {

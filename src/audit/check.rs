@@ -5,6 +5,8 @@
 //! from them are bounded. A finding's evidence holds names, counts and
 //! settings only: never a value read from a table, a password or a key.
 
+use crate::metrics::{Entry, Label};
+
 /// One check of the catalogue.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Check {
@@ -13,14 +15,14 @@ pub struct Check {
     /// The item of the seed checklist it serves (`/work/shared/seed`, 1–10).
     pub item: u8,
     /// What to do when it does not pass, in one sentence.
-    pub remedy: &'static str,
+    pub(crate) remedy: &'static str,
 }
 
 macro_rules! checks {
     ($($name:ident = $id:literal, $item:literal, $remedy:literal;)*) => {
-        $(pub static $name: Check = Check { id: $id, item: $item, remedy: $remedy };)*
+        $(pub(crate) static $name: Check = Check { id: $id, item: $item, remedy: $remedy };)*
         /// Every check, in report order.
-        pub static ALL: &[&Check] = &[$(&$name),*];
+        pub(crate) static ALL: &[&Check] = &[$(&$name),*];
     };
 }
 
@@ -114,10 +116,11 @@ pub enum Status {
     Fail,
 }
 
-impl Status {
-    pub const ALL: [Status; 4] = [Status::Pass, Status::Warn, Status::Unknown, Status::Fail];
+/// The `status` label of `pgwarden_audit_check`, and the report's word.
+impl Label for Status {
+    const ALL: &'static [Status] = &[Status::Pass, Status::Warn, Status::Unknown, Status::Fail];
 
-    pub fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
             Status::Pass => "pass",
             Status::Warn => "warn",
@@ -125,6 +128,19 @@ impl Status {
             Status::Fail => "fail",
         }
     }
+}
+
+/// A check's `check` and `item` labels of `pgwarden_audit_check`.
+impl Entry for Check {
+    fn labels(&self) -> Vec<(&'static str, &'static str)> {
+        vec![("check", self.id), ("item", item_label(self.item))]
+    }
+}
+
+/// The `item` label: the checklist item's number.
+fn item_label(item: u8) -> &'static str {
+    const ITEMS: [&str; 11] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
+    ITEMS.get(item as usize).copied().unwrap_or("0")
 }
 
 /// What one run found for one check.
@@ -139,7 +155,7 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub fn new(check: &'static Check, status: Status, evidence: impl Into<String>) -> Self {
+    pub(crate) fn new(check: &'static Check, status: Status, evidence: impl Into<String>) -> Self {
         Finding {
             check,
             status,
@@ -148,20 +164,20 @@ impl Finding {
         }
     }
 
-    pub fn pass(check: &'static Check, evidence: impl Into<String>) -> Self {
+    pub(crate) fn pass(check: &'static Check, evidence: impl Into<String>) -> Self {
         Self::new(check, Status::Pass, evidence)
     }
 
-    pub fn warn(check: &'static Check, evidence: impl Into<String>) -> Self {
+    pub(crate) fn warn(check: &'static Check, evidence: impl Into<String>) -> Self {
         Self::new(check, Status::Warn, evidence)
     }
 
-    pub fn fail(check: &'static Check, evidence: impl Into<String>) -> Self {
+    pub(crate) fn fail(check: &'static Check, evidence: impl Into<String>) -> Self {
         Self::new(check, Status::Fail, evidence)
     }
 
     /// Not checked, because the audit lacked `lacks`.
-    pub fn unknown(
+    pub(crate) fn unknown(
         check: &'static Check,
         lacks: impl Into<String>,
         evidence: impl Into<String>,
@@ -176,7 +192,7 @@ impl Finding {
 }
 
 /// At most `n` names, then how many more: evidence stays one line.
-pub fn names(list: &[String], n: usize) -> String {
+pub(crate) fn names(list: &[String], n: usize) -> String {
     let shown: Vec<&str> = list.iter().take(n).map(String::as_str).collect();
     match list.len().saturating_sub(n) {
         0 => shown.join(", "),
@@ -197,6 +213,10 @@ mod tests {
         for c in ALL {
             assert!([1, 2, 3, 4, 5, 6, 9, 10].contains(&c.item), "{}", c.id);
             assert!(c.remedy.ends_with('.'), "{}", c.id);
+            assert_eq!(
+                c.labels(),
+                [("check", c.id), ("item", c.item.to_string().as_str())]
+            );
             assert!(c.id.chars().all(|ch| ch.is_ascii_lowercase()
                 || ch.is_ascii_digit()
                 || ch == '.'

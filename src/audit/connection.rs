@@ -4,7 +4,12 @@
 //! the simple query protocol, read-only.
 //!
 //! The session is read-only (`default_transaction_read_only`) and bounded
-//! (`statement_timeout`, and a deadline on every query). Server error text is
+//! (`statement_timeout`, and a deadline on every query). Its string literals
+//! mean the same whatever the server's `standard_conforming_strings`, rows
+//! hidden by row-level security raise an error (so a count is never quietly
+//! short), and once it knows who it is it searches `pg_catalog` alone, so a
+//! function or operator someone planted in a schema on the search path
+//! never answers (or runs inside) the audit's queries. Server error text is
 //! passed on only for SQLSTATE class 42 (names of missing objects and denied
 //! privileges), never for others, which may quote a value from a table.
 
@@ -13,8 +18,8 @@ use std::time::Duration;
 use crate::credentials::Credential;
 use crate::net::{MaybeTls, UpstreamStream};
 use crate::protocol::backend::parse_error_fields;
-use crate::protocol::frame::FramedStream;
-use crate::upstream::UpstreamTarget;
+use crate::protocol::frame::{FrameError, FramedStream};
+use crate::upstream::{UpstreamError, UpstreamSession, UpstreamTarget};
 
 /// One query may take this long before the connection is given up.
 const QUERY_DEADLINE: Duration = Duration::from_secs(60);
@@ -23,14 +28,14 @@ const STATEMENT_TIMEOUT: &str = "30s";
 /// Largest message the audit accepts (its rows are counts and names).
 const MAX_MESSAGE: usize = 1 << 22;
 /// `application_name` of audit sessions, so they are told apart in pg_stat_activity.
-pub const APPLICATION_NAME: &str = "pgwarden-audit";
+pub(crate) const APPLICATION_NAME: &str = "pgwarden-audit";
 
 /// One result row: text values, `None` for NULL.
-pub type Row = Vec<Option<String>>;
+pub(crate) type Row = Vec<Option<String>>;
 
 /// Why a query gave no rows.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum QueryError {
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum QueryError {
     /// SQLSTATE 42501: the auditing role lacks a privilege.
     #[error("permission denied ({0})")]
     Denied(String),
@@ -40,119 +45,178 @@ pub enum QueryError {
         code: String,
         detail: Option<String>,
     },
-    /// The connection failed or the deadline passed.
+    /// The query could not be sent.
     #[error("{0}")]
-    Broken(String),
+    Write(#[source] std::io::Error),
+    /// The answer could not be read.
+    #[error("{0}")]
+    Read(#[source] FrameError),
+    #[error("malformed DataRow")]
+    MalformedRow,
+    #[error("unexpected message {0:?} in a simple query")]
+    Unexpected(char),
+    #[error("no answer within {0:?}")]
+    Deadline(Duration),
+    /// An earlier query broke the connection.
+    #[error("the connection failed earlier")]
+    BrokenEarlier,
+    /// A statement meant to return one row returned another number.
+    #[error("expected one row, got {0}")]
+    RowCount(usize),
+}
+
+impl QueryError {
+    /// Whether the connection is out of step after this error, so no further
+    /// query may use it.
+    fn breaks_connection(&self) -> bool {
+        matches!(
+            self,
+            QueryError::Write(_)
+                | QueryError::Read(_)
+                | QueryError::MalformedRow
+                | QueryError::Unexpected(_)
+                | QueryError::Deadline(_)
+                | QueryError::BrokenEarlier
+        )
+    }
+}
+
+/// Why an audit session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    /// TCP, TLS or the login with the credential failed.
+    #[error("{endpoint}: {source}")]
+    Login {
+        endpoint: String,
+        source: UpstreamError,
+    },
+    /// Logged in, but the first query (who the session is) failed.
+    #[error("{endpoint}: {source}")]
+    Identify {
+        endpoint: String,
+        source: QueryError,
+    },
 }
 
 /// What the server's certificate and the TLS session were, as seen on connect.
 #[derive(Debug, Clone)]
-pub struct TlsFacts {
-    pub version: String,
+pub(crate) struct TlsFacts {
+    pub(crate) version: String,
     /// notAfter of the leaf certificate, Unix seconds.
-    pub not_after: Option<i64>,
+    pub(crate) not_after: Option<i64>,
 }
 
 /// A logged-in, read-only audit session.
-pub struct Session {
+pub(crate) struct Session {
     framed: FramedStream<UpstreamStream>,
     /// `None` when the route runs without TLS.
-    pub tls: Option<TlsFacts>,
+    pub(crate) tls: Option<TlsFacts>,
     /// `session_user`: the role logged in as.
-    pub login: String,
+    pub(crate) login: String,
     /// `current_user`: the role the session acts as.
-    pub acting: String,
+    pub(crate) acting: String,
     /// `server_version_num`, e.g. 150018.
-    pub version: i32,
+    pub(crate) version: i32,
+    /// The schemas the session would have searched (`current_schemas(false)`)
+    /// before the audit set its search path to `pg_catalog`: Keycloak's,
+    /// when the session is the route's own.
+    pub(crate) schemas: Vec<String>,
     broken: bool,
 }
+
+/// Settings given at login: read-only, bounded, literals read one way only,
+/// and rows hidden by row-level security an error rather than a short count.
+const SESSION_OPTIONS: &str = "-c default_transaction_read_only=on \
+     -c standard_conforming_strings=on -c row_security=off";
+
+/// Who the session is. Runs before the search path is pinned, so every
+/// function is qualified and no operator is used.
+const IDENTIFY: &str = "SELECT session_user::text, current_user::text, \
+     pg_catalog.current_setting('server_version_num'), \
+     pg_catalog.array_to_json(pg_catalog.current_schemas(false))::text";
+
+/// From here on, only the system catalog's functions and operators resolve.
+const PIN_SEARCH_PATH: &str = "SET search_path = pg_catalog, pg_temp";
 
 impl Session {
     /// Logs in to `target` with `credential`, acting as `session_role` when
     /// given, the way a pgwarden session does.
-    pub async fn open(
+    pub(crate) async fn open(
         target: &UpstreamTarget,
         credential: &Credential,
         session_role: Option<&str>,
-    ) -> Result<Session, String> {
+    ) -> Result<Session, OpenError> {
         let params = [
             ("application_name".to_owned(), APPLICATION_NAME.to_owned()),
             (
                 "options".to_owned(),
-                format!(
-                    "-c default_transaction_read_only=on -c statement_timeout={STATEMENT_TIMEOUT}"
-                ),
+                format!("{SESSION_OPTIONS} -c statement_timeout={STATEMENT_TIMEOUT}"),
             ),
         ];
         let upstream = target
             .connect(credential, &params, session_role)
             .await
-            .map_err(|e| format!("{}: {e}", target.endpoint()))?;
-        let tls = match &upstream.stream {
-            MaybeTls::Tls(t) => Some(TlsFacts {
-                version: upstream.tls_version.unwrap_or("TLS").to_owned(),
-                not_after: t
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|chain| chain.first())
-                    .and_then(|leaf| x509_parser::parse_x509_certificate(leaf).ok())
-                    .map(|(_, cert)| cert.validity().not_after.timestamp()),
-            }),
-            MaybeTls::Plain(_) => None,
-        };
+            .map_err(|source| OpenError::Login {
+                endpoint: target.endpoint(),
+                source,
+            })?;
+        let tls = tls_facts(&upstream);
         let mut session = Session {
             framed: FramedStream::from_parts(upstream.stream, upstream.leftover),
             tls,
             login: String::new(),
             acting: String::new(),
             version: 0,
+            schemas: Vec::new(),
             broken: false,
         };
-        let row = session
-            .query_one(
-                "SELECT session_user::text, current_user::text, \
-                 current_setting('server_version_num')",
-            )
+        session
+            .identify()
             .await
-            .map_err(|e| format!("{}: {e}", target.endpoint()))?;
-        session.login = text(&row, 0);
-        session.acting = text(&row, 1);
-        session.version = text(&row, 2).parse().unwrap_or(0);
+            .map_err(|source| OpenError::Identify {
+                endpoint: target.endpoint(),
+                source,
+            })?;
         Ok(session)
     }
 
+    /// Learns who the session is and which schemas it would search, then
+    /// pins its search path to `pg_catalog`.
+    async fn identify(&mut self) -> Result<(), QueryError> {
+        let row = self.query_one(IDENTIFY).await?;
+        self.login = text(&row, 0);
+        self.acting = text(&row, 1);
+        self.version = text(&row, 2).parse().unwrap_or(0);
+        self.schemas = serde_json::from_str(&text(&row, 3)).unwrap_or_default();
+        self.query(PIN_SEARCH_PATH).await?;
+        Ok(())
+    }
+
     /// Runs one statement; its rows as text.
-    pub async fn query(&mut self, sql: &str) -> Result<Vec<Row>, QueryError> {
+    pub(crate) async fn query(&mut self, sql: &str) -> Result<Vec<Row>, QueryError> {
         if self.broken {
-            return Err(QueryError::Broken("the connection failed earlier".into()));
+            return Err(QueryError::BrokenEarlier);
         }
-        match tokio::time::timeout(QUERY_DEADLINE, self.exchange(sql)).await {
-            Ok(Err(QueryError::Broken(e))) => {
-                self.broken = true;
-                Err(QueryError::Broken(e))
-            }
-            Ok(result) => result,
-            Err(_) => {
-                self.broken = true;
-                Err(QueryError::Broken(format!(
-                    "no answer within {QUERY_DEADLINE:?}"
-                )))
-            }
+        let result = tokio::time::timeout(QUERY_DEADLINE, self.exchange(sql))
+            .await
+            .unwrap_or(Err(QueryError::Deadline(QUERY_DEADLINE)));
+        if result.as_ref().is_err_and(QueryError::breaks_connection) {
+            self.broken = true;
         }
+        result
     }
 
     /// Runs a statement that returns exactly one row.
-    pub async fn query_one(&mut self, sql: &str) -> Result<Row, QueryError> {
+    pub(crate) async fn query_one(&mut self, sql: &str) -> Result<Row, QueryError> {
         let mut rows = self.query(sql).await?;
         match rows.len() {
             1 => Ok(rows.remove(0)),
-            n => Err(QueryError::Broken(format!("expected one row, got {n}"))),
+            n => Err(QueryError::RowCount(n)),
         }
     }
 
     /// Says goodbye (Terminate) and closes.
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         if !self.broken {
             let _ = tokio::time::timeout(
                 Duration::from_secs(5),
@@ -163,7 +227,6 @@ impl Session {
     }
 
     async fn exchange(&mut self, sql: &str) -> Result<Vec<Row>, QueryError> {
-        let broken = |e: &dyn std::fmt::Display| QueryError::Broken(e.to_string());
         let mut message = vec![b'Q'];
         message.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
         message.extend_from_slice(sql.as_bytes());
@@ -171,7 +234,7 @@ impl Session {
         self.framed
             .write_all(&message)
             .await
-            .map_err(|e| broken(&e))?;
+            .map_err(QueryError::Write)?;
         let mut rows = Vec::new();
         let mut error = None;
         loop {
@@ -179,22 +242,15 @@ impl Session {
                 .framed
                 .read_frame(MAX_MESSAGE)
                 .await
-                .map_err(|e| broken(&e))?;
+                .map_err(QueryError::Read)?;
             match frame.tag {
-                b'D' => {
-                    rows.push(data_row(frame.body()).ok_or_else(|| broken(&"malformed DataRow"))?)
-                }
+                b'D' => rows.push(data_row(frame.body()).ok_or(QueryError::MalformedRow)?),
                 b'E' => error = Some(server_error(frame.body())),
                 b'Z' => break,
                 // RowDescription, CommandComplete, EmptyQuery, notices,
                 // parameter changes and notifications carry nothing we use.
                 b'T' | b'C' | b'I' | b'N' | b'S' | b'A' => {}
-                other => {
-                    return Err(broken(&format!(
-                        "unexpected message {:?} in a simple query",
-                        other as char
-                    )));
-                }
+                other => return Err(QueryError::Unexpected(other as char)),
             }
         }
         match error {
@@ -205,17 +261,17 @@ impl Session {
 }
 
 /// The text of column `i` of `row` (empty for NULL or a missing column).
-pub fn text(row: &Row, i: usize) -> String {
+pub(crate) fn text(row: &Row, i: usize) -> String {
     row.get(i).cloned().flatten().unwrap_or_default()
 }
 
 /// Column `i` as a boolean (`t`).
-pub fn flag(row: &Row, i: usize) -> bool {
+pub(crate) fn flag(row: &Row, i: usize) -> bool {
     row.get(i).and_then(|v| v.as_deref()) == Some("t")
 }
 
 /// Column `i` as an integer (0 for NULL).
-pub fn number(row: &Row, i: usize) -> i64 {
+pub(crate) fn number(row: &Row, i: usize) -> i64 {
     row.get(i)
         .and_then(|v| v.as_deref())
         .and_then(|v| v.parse().ok())
@@ -264,13 +320,32 @@ fn server_error(body: &[u8]) -> QueryError {
     QueryError::Server { code, detail }
 }
 
-/// SQL string literal (standard_conforming_strings is on since 9.1).
-pub fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+/// SQL string literal that reads the same whatever
+/// `standard_conforming_strings` says: an escape string, `E'…'`, with
+/// backslashes and quotes doubled.
+pub(crate) fn literal(s: &str) -> String {
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// What the server's certificate and the TLS session were on `upstream`.
+fn tls_facts(upstream: &UpstreamSession) -> Option<TlsFacts> {
+    match &upstream.stream {
+        MaybeTls::Tls(t) => Some(TlsFacts {
+            version: upstream.tls_version.unwrap_or("TLS").to_owned(),
+            not_after: t
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| x509_parser::parse_x509_certificate(leaf).ok())
+                .map(|(_, cert)| cert.validity().not_after.timestamp()),
+        }),
+        MaybeTls::Plain(_) => None,
+    }
 }
 
 /// SQL identifier.
-pub fn ident(s: &str) -> String {
+pub(crate) fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
@@ -316,7 +391,10 @@ mod tests {
         assert!(!value.to_string().contains("s3cret"), "{value}");
         let missing = server_error(&fields("42P01", "relation \"realm\" does not exist"));
         assert!(missing.to_string().contains("realm"), "{missing}");
-        assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(literal("it's"), "E'it''s'");
+        // A backslash cannot escape the closing quote, whatever
+        // standard_conforming_strings says.
+        assert_eq!(literal(r"x\'; SELECT 1; --"), r"E'x\\''; SELECT 1; --'");
         assert_eq!(ident("a\"b"), "\"a\"\"b\"");
     }
 }

@@ -5,8 +5,9 @@
 //!
 //! Label values are the catalogue's ids and items and the four statuses, so
 //! the series are bounded and exported (at 0) from the start. A run never
-//! affects `/readyz`. The task ends as soon as shutdown begins, so the
-//! credential of a run in progress reaches the revoker before it drains.
+//! affects `/readyz`. The task ends as soon as shutdown begins, and the
+//! server waits for it to end before the revoker drains, so the credential
+//! of a run in progress is revoked with the rest.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,17 +16,18 @@ use tokio::task::JoinHandle;
 
 use super::check::{ALL, Check, Status};
 use super::{Auditor, Mode, Report};
-use crate::metrics::name::{AUDIT_CHECK, AUDIT_INTERVAL, AUDIT_LAST_RUN};
+use crate::metrics::{self, AUDIT_INTERVAL, AUDIT_LAST_RUN, StateSet, Zeroed};
 use crate::state::State;
 
+/// `pgwarden_audit_check{check,item,status}`: each check's status in the last run.
+static CHECKS: StateSet<Check, Status> = StateSet::new(metrics::name::AUDIT_CHECK, "status", ALL);
+
 /// Starts the background audit when `[audit]` is configured.
-pub fn spawn(state: Arc<State>) -> Option<JoinHandle<()>> {
+pub(crate) fn spawn(state: Arc<State>) -> Option<JoinHandle<()>> {
     let audit = state.config.audit.clone()?;
-    for check in ALL {
-        set(check, None);
-    }
-    ::metrics::gauge!(AUDIT_INTERVAL).set(audit.interval.as_secs_f64());
-    ::metrics::gauge!(AUDIT_LAST_RUN).set(0.0);
+    CHECKS.zero();
+    AUDIT_INTERVAL.set(audit.interval.as_secs_f64());
+    AUDIT_LAST_RUN.set(0.0);
     let auditor = match &audit.credentials {
         Some(name) => match state.sources.get(name) {
             Some(s) => Auditor::Source(s.clone()),
@@ -48,38 +50,27 @@ pub fn spawn(state: Arc<State>) -> Option<JoinHandle<()>> {
     }))
 }
 
-/// Sets `check`'s gauges: 1 for `status`, 0 for the others (all 0 for `None`).
-fn set(check: &'static Check, status: Option<Status>) {
-    for s in Status::ALL {
-        ::metrics::gauge!(AUDIT_CHECK, "check" => check.id, "item" => item_label(check.item), "status" => s.as_str())
-            .set(if Some(s) == status { 1.0 } else { 0.0 });
-    }
-}
-
-/// The `item` label: the checklist item's number.
-fn item_label(item: u8) -> &'static str {
-    const ITEMS: [&str; 11] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
-    ITEMS.get(item as usize).copied().unwrap_or("0")
-}
-
 /// Exports a run's results and logs what did not pass.
-pub fn export(report: &Report) {
+pub(crate) fn export(report: &Report) {
     for (check, status) in report.worst() {
-        set(check, Some(status));
+        CHECKS.set(check, Some(status));
     }
     if report.complete() {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        ::metrics::gauge!(AUDIT_LAST_RUN).set(now);
+        AUDIT_LAST_RUN.set(now);
     }
-    for e in report
-        .errors
-        .iter()
-        .chain(report.routes.iter().filter_map(|r| r.error.as_ref()))
-    {
+    for e in &report.errors {
         tracing::warn!(event = "audit_incomplete", error = %e, "the audit could not check everything");
+    }
+    for (route, e) in report
+        .routes
+        .iter()
+        .filter_map(|r| Some((&r.route, r.error.as_ref()?)))
+    {
+        tracing::warn!(event = "audit_incomplete", route = %route, error = %e, "the audit could not check everything");
     }
     for r in &report.routes {
         for f in r.findings.iter().filter(|f| f.status == Status::Fail) {

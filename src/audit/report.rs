@@ -10,26 +10,28 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::check::{ALL, Check, Finding, Status};
+use super::error::{RunError, SessionError};
 use crate::config::RouteConfig;
+use crate::metrics::Label;
 
 /// The audit of one route.
-#[derive(Debug, Clone)]
-pub struct RouteReport {
+#[derive(Debug)]
+pub(crate) struct RouteReport {
     /// The client-facing database name (the route's name).
-    pub route: String,
+    pub(crate) route: String,
     /// `host:port/database` upstream.
-    pub upstream: String,
+    pub(crate) upstream: String,
     /// The route's `[credentials.*]` source.
-    pub credentials: String,
+    pub(crate) credentials: String,
     /// The role the checks ran as, and the role it acted as.
-    pub connected_as: Option<String>,
-    pub findings: Vec<Finding>,
+    pub(crate) connected_as: Option<String>,
+    pub(crate) findings: Vec<Finding>,
     /// Why this route could not be audited (the audit could not run).
-    pub error: Option<String>,
+    pub(crate) error: Option<SessionError>,
 }
 
 impl RouteReport {
-    pub fn new(route: &RouteConfig) -> Self {
+    pub(crate) fn new(route: &RouteConfig) -> Self {
         RouteReport {
             route: route.database.clone(),
             upstream: format!("{}/{}", route.upstream.endpoint(), route.upstream.database),
@@ -42,18 +44,18 @@ impl RouteReport {
 }
 
 /// A whole audit.
-#[derive(Debug, Clone, Default)]
-pub struct Report {
-    pub routes: Vec<RouteReport>,
+#[derive(Debug, Default)]
+pub(crate) struct Report {
+    pub(crate) routes: Vec<RouteReport>,
     /// Checks of pgwarden itself (allowlist, monitoring).
-    pub global: Vec<Finding>,
+    pub(crate) global: Vec<Finding>,
     /// Problems that kept the audit from running at all.
-    pub errors: Vec<String>,
+    pub(crate) errors: Vec<RunError>,
 }
 
 impl Report {
     /// Every finding, routes first.
-    pub fn findings(&self) -> impl Iterator<Item = &Finding> {
+    pub(crate) fn findings(&self) -> impl Iterator<Item = &Finding> {
         self.routes
             .iter()
             .flat_map(|r| r.findings.iter())
@@ -61,12 +63,12 @@ impl Report {
     }
 
     /// Whether the audit ran everywhere it was asked to.
-    pub fn complete(&self) -> bool {
+    pub(crate) fn complete(&self) -> bool {
         self.errors.is_empty() && self.routes.iter().all(|r| r.error.is_none())
     }
 
     /// 2 when the audit could not run, else 1 when a check failed, else 0.
-    pub fn exit_code(&self) -> i32 {
+    pub(crate) fn exit_code(&self) -> i32 {
         if !self.complete() {
             2
         } else if self.findings().any(|f| f.status == Status::Fail) {
@@ -77,7 +79,7 @@ impl Report {
     }
 
     /// How many findings have each status.
-    pub fn counts(&self) -> BTreeMap<Status, usize> {
+    pub(crate) fn counts(&self) -> BTreeMap<Status, usize> {
         let mut counts: BTreeMap<Status, usize> = Status::ALL.iter().map(|s| (*s, 0)).collect();
         for f in self.findings() {
             *counts.entry(f.status).or_default() += 1;
@@ -86,7 +88,7 @@ impl Report {
     }
 
     /// Each check's worst status over every route (fail > unknown > warn > pass).
-    pub fn worst(&self) -> Vec<(&'static Check, Status)> {
+    pub(crate) fn worst(&self) -> Vec<(&'static Check, Status)> {
         ALL.iter()
             .filter_map(|c| {
                 self.findings()
@@ -99,7 +101,7 @@ impl Report {
     }
 
     /// The report as JSON.
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         let summary: serde_json::Map<String, Value> = self
             .counts()
             .into_iter()
@@ -114,7 +116,7 @@ impl Report {
                     "upstream": r.upstream,
                     "credentials": r.credentials,
                     "connected_as": r.connected_as,
-                    "error": r.error,
+                    "error": r.error.as_ref().map(ToString::to_string),
                     "checks": r.findings.iter().map(finding_json).collect::<Vec<_>>(),
                 })
             })
@@ -123,14 +125,14 @@ impl Report {
             "pgwarden_version": env!("CARGO_PKG_VERSION"),
             "exit_code": self.exit_code(),
             "summary": summary,
-            "errors": self.errors,
+            "errors": self.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "routes": routes,
             "pgwarden": self.global.iter().map(finding_json).collect::<Vec<_>>(),
         })
     }
 
     /// The report as a table: a header per route, one line per check.
-    pub fn to_table(&self) -> String {
+    pub(crate) fn to_table(&self) -> String {
         let mut out = String::new();
         for e in &self.errors {
             out += &format!("error: {e}\n");

@@ -11,7 +11,7 @@
 
 /// The settings to change (as `name = value`) so that a session with these
 /// values logs none of its statements; empty when none would be logged.
-pub fn fixes(
+pub(crate) fn fixes(
     log_statement: &str,
     log_min_duration_statement: &str,
     log_min_error_statement: &str,

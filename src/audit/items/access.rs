@@ -2,49 +2,62 @@
 //! database only over hostssl with SCRAM from named networks, the server
 //! listens where it should, and pgwarden's own allowlist is not open to the
 //! world. `pg_hba_file_rules` is readable by superusers only: without that
-//! privilege the three pg_hba checks say `unknown`.
+//! privilege the three pg_hba checks say `unknown`. The view shows the file
+//! as it is now; while it has lines PostgreSQL cannot read, the server keeps
+//! the rules it loaded before, which no view shows, so a check that would
+//! pass says `unknown` instead.
 
 use super::super::check::{
     ACCESS_ALLOWLIST, ACCESS_HBA_HOSTSSL, ACCESS_HBA_METHODS, ACCESS_HBA_OPEN,
     ACCESS_LISTEN_ADDRESSES, Finding,
 };
-use super::super::connection::{flag, number, text};
+use super::super::connection::{flag, literal, number, text};
 use super::super::context::Ctx;
 use crate::config::Config;
 
 /// One line of `pg_hba_file_rules`.
 #[derive(Debug, Clone)]
-pub struct HbaLine {
-    pub line: i64,
-    pub kind: String,
-    pub databases: Vec<String>,
-    pub address: String,
-    pub netmask: String,
-    pub method: String,
-    pub error: bool,
+pub(crate) struct HbaLine {
+    pub(crate) line: i64,
+    pub(crate) kind: String,
+    pub(crate) databases: Vec<String>,
+    /// One of `databases` is a regular expression (`/…`, PostgreSQL 16)
+    /// matching the route's database, as the server itself evaluated it.
+    pub(crate) regex_match: bool,
+    pub(crate) address: String,
+    pub(crate) netmask: String,
+    pub(crate) method: String,
+    pub(crate) error: bool,
 }
 
 pub(in crate::audit) async fn run(ctx: &mut Ctx<'_>, out: &mut Vec<Finding>) {
-    let sql = "SELECT line_number, coalesce(type, ''), coalesce(array_to_string(database, ' '), ''), \
-                      coalesce(address, ''), coalesce(netmask, ''), coalesce(auth_method, ''), \
-                      error IS NOT NULL \
-               FROM pg_hba_file_rules ORDER BY line_number";
+    let database = ctx.route.upstream.database.clone();
+    let sql = format!(
+        "SELECT line_number, coalesce(type, ''), coalesce(array_to_json(database)::text, '[]'), \
+                coalesce(address, ''), coalesce(netmask, ''), coalesce(auth_method, ''), \
+                error IS NOT NULL, \
+                coalesce((SELECT bool_or({db} ~ substr(d, 2)) FROM unnest(database) d \
+                          WHERE error IS NULL AND starts_with(d, '/')), false) \
+         FROM pg_hba_file_rules ORDER BY line_number",
+        db = literal(&database)
+    );
     let privilege = "superuser (pg_hba_file_rules is readable by superusers only)";
-    match ctx.query(&ACCESS_HBA_METHODS, privilege, sql).await {
+    match ctx.query(&ACCESS_HBA_METHODS, privilege, &sql).await {
         Ok(rows) => {
             let lines: Vec<HbaLine> = rows
                 .iter()
                 .map(|r| HbaLine {
                     line: number(r, 0),
                     kind: text(r, 1),
-                    databases: text(r, 2).split_whitespace().map(str::to_owned).collect(),
+                    databases: serde_json::from_str(&text(r, 2)).unwrap_or_default(),
+                    regex_match: flag(r, 7),
                     address: text(r, 3),
                     netmask: text(r, 4),
                     method: text(r, 5),
                     error: flag(r, 6),
                 })
                 .collect();
-            out.extend(hba(&lines, &ctx.route.upstream.database));
+            out.extend(hba(&lines, &database));
         }
         Err(f) => {
             for check in [&ACCESS_HBA_METHODS, &ACCESS_HBA_HOSTSSL, &ACCESS_HBA_OPEN] {
@@ -68,9 +81,11 @@ pub(in crate::audit) fn hba(lines: &[HbaLine], database: &str) -> [Finding; 3] {
     let applies = |l: &&HbaLine| {
         l.method != "reject"
             && !l.error
-            && l.databases
-                .iter()
-                .any(|d| matches!(d.as_str(), "all" | "sameuser" | "samerole") || d == database)
+            && (l.regex_match
+                || l.databases.iter().any(|d| {
+                    matches!(d.as_str(), "all" | "sameuser" | "samerole" | "samegroup")
+                        || d == database
+                }))
     };
     let relevant: Vec<&HbaLine> = lines.iter().filter(applies).collect();
     let describe = |l: &HbaLine| {
@@ -82,23 +97,30 @@ pub(in crate::audit) fn hba(lines: &[HbaLine], database: &str) -> [Finding; 3] {
             l.method
         )
     };
-    let unreadable = lines.iter().filter(|l| l.error).count();
-    let note = if unreadable > 0 {
-        format!("; {unreadable} lines PostgreSQL could not read")
-    } else {
-        String::new()
-    };
+    let unreadable: Vec<String> = lines
+        .iter()
+        .filter(|l| l.error)
+        .map(|l| l.line.to_string())
+        .collect();
     let judge = |check, bad: Vec<String>, what: &str| {
-        if bad.is_empty() {
-            Finding::pass(
+        let evidence = format!(
+            "{} lines admit database {database}, none {what}",
+            relevant.len()
+        );
+        if !bad.is_empty() {
+            Finding::fail(check, format!("{what}: {}", bad.join(", ")))
+        } else if unreadable.is_empty() {
+            Finding::pass(check, evidence)
+        } else {
+            Finding::unknown(
                 check,
+                "the rules in force (PostgreSQL keeps the ones it loaded before while pg_hba.conf has errors)",
                 format!(
-                    "{} lines admit database {database}, none {what}{note}",
-                    relevant.len()
+                    "not checked: pg_hba.conf has lines PostgreSQL cannot read (line {}); \
+                     in the file, {evidence}",
+                    unreadable.join(", ")
                 ),
             )
-        } else {
-            Finding::fail(check, format!("{what}: {}", bad.join(", ")))
         }
     };
     let methods = relevant
@@ -195,6 +217,7 @@ mod tests {
             line: n,
             kind: kind.into(),
             databases: vec![db.into()],
+            regex_match: false,
             address: address.into(),
             netmask: netmask.into(),
             method: method.into(),
@@ -254,6 +277,52 @@ mod tests {
         assert_eq!(
             with(line(9, "local", "all", "", "", "trust")),
             [Fail, Pass, Pass]
+        );
+    }
+
+    #[test]
+    fn a_line_whose_regular_expression_names_the_database_counts() {
+        let mut regex = line(9, "hostssl", "/^key", "10.0.0.0", "255.0.0.0", "trust");
+        regex.regex_match = true;
+        let statuses = hba(&[regex.clone()], "keycloak").map(|f| f.status);
+        assert_eq!(statuses, [Status::Fail, Status::Pass, Status::Pass]);
+        // One that does not match (the server said so) is another database's.
+        regex.regex_match = false;
+        let statuses = hba(&[regex], "keycloak").map(|f| f.status);
+        assert_eq!(statuses, [Status::Pass; 3]);
+    }
+
+    #[test]
+    fn a_file_with_unreadable_lines_passes_nothing() {
+        let good = line(
+            1,
+            "hostssl",
+            "keycloak",
+            "10.0.0.5",
+            "255.255.255.255",
+            "scram-sha-256",
+        );
+        let mut broken = line(7, "hostssl", "keycloak", "", "", "");
+        broken.error = true;
+        let found = hba(&[good.clone(), broken], "keycloak");
+        for f in &found {
+            assert_eq!(f.status, Status::Unknown, "{}", f.evidence);
+            assert!(f.evidence.contains("line 7"), "{}", f.evidence);
+        }
+        // A bad line still fails: it is in force now or at the next reload.
+        let mut broken = line(8, "hostssl", "keycloak", "", "", "");
+        broken.error = true;
+        let trust = line(
+            2,
+            "hostssl",
+            "keycloak",
+            "10.0.0.5",
+            "255.255.255.255",
+            "trust",
+        );
+        assert_eq!(
+            hba(&[good, trust, broken], "keycloak")[0].status,
+            Status::Fail
         );
     }
 

@@ -87,12 +87,18 @@ async fn subject(ctx: &mut Ctx<'_>) -> Result<Subject, Finding> {
 
 /// The roles whose attributes and ownership matter: the login role, and the
 /// acting role unless it is the owner (migration mode).
-fn roles_in(s: &Subject, with_owner: bool) -> String {
-    let mut roles = vec![literal(&s.login)];
+fn roles(s: &Subject, with_owner: bool) -> Vec<&str> {
+    let mut roles = vec![s.login.as_str()];
     if s.acting != s.login && (with_owner || !s.owner_mode) {
-        roles.push(literal(&s.acting));
+        roles.push(&s.acting);
     }
-    roles.join(", ")
+    roles
+}
+
+/// [`roles`] as an SQL list of literals.
+fn roles_in(s: &Subject, with_owner: bool) -> String {
+    let literals: Vec<String> = roles(s, with_owner).into_iter().map(literal).collect();
+    literals.join(", ")
 }
 
 async fn role_attributes(ctx: &mut Ctx<'_>, s: &Subject) -> Finding {
@@ -263,7 +269,7 @@ async fn no_create(ctx: &mut Ctx<'_>, s: &Subject) -> Finding {
             check,
             format!(
                 "{} may create no schema or object",
-                roles_in(s, false).replace('\'', "")
+                roles(s, false).join(", ")
             ),
         )
     } else {

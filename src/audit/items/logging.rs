@@ -22,6 +22,9 @@ const STATEMENT_SETTINGS: [&str; 3] = [
     "log_min_error_statement",
 ];
 
+/// Settings by name, as text.
+type Settings = BTreeMap<String, String>;
+
 /// Where a setting's value comes from when it is the server's own, not the
 /// audit session's (a role or database default, or the client).
 const SERVER_SOURCES: &[&str] = &[
@@ -130,38 +133,11 @@ async fn issuer_statements(ctx: &mut Ctx<'_>) -> Finding {
         Ok(i) => i,
         Err(f) => return f,
     };
-    let names: Vec<String> = STATEMENT_SETTINGS.iter().map(|n| literal(n)).collect();
-    let server = match ctx
-        .query(
-            check,
-            "pg_read_all_settings (or superuser) to read logging settings",
-            &format!(
-                "SELECT name::text, setting, source FROM pg_settings WHERE name IN ({})",
-                names.join(", ")
-            ),
-        )
-        .await
-    {
-        Ok(rows) => rows,
+    let global = match server_settings(ctx).await {
+        Ok(g) => g,
         Err(f) => return f,
     };
-    let mut global = BTreeMap::new();
-    for r in &server {
-        if !SERVER_SOURCES.contains(&text(r, 2).as_str()) {
-            return Finding::unknown(
-                check,
-                "the server-wide value (pg_file_settings, superuser only)",
-                format!(
-                    "the audit session's {} comes from its {}",
-                    text(r, 0),
-                    text(r, 2)
-                ),
-            );
-        }
-        global.insert(text(r, 0), text(r, 1));
-    }
     let mut bad = Vec::new();
-    let mut good = Vec::new();
     for issuer in &issuers {
         let effective = match role_settings(ctx, issuer, &global).await {
             Ok(e) => e,
@@ -173,9 +149,7 @@ async fn issuer_statements(ctx: &mut Ctx<'_>) -> Finding {
             &get("log_min_duration_statement"),
             &get("log_min_error_statement"),
         );
-        if fixes.is_empty() {
-            good.push(issuer.clone());
-        } else {
+        if !fixes.is_empty() {
             bad.push(format!(
                 "{issuer} would have its statements logged (needs {})",
                 fixes.join(", ")
@@ -185,11 +159,45 @@ async fn issuer_statements(ctx: &mut Ctx<'_>) -> Finding {
     if bad.is_empty() {
         Finding::pass(
             check,
-            format!("issuer roles {} log no statements", good.join(", ")),
+            format!("issuer roles {} log no statements", issuers.join(", ")),
         )
     } else {
         Finding::fail(check, bad.join("; "))
     }
+}
+
+/// The server-wide statement-logging settings, as the audit session sees
+/// them; `unknown` when the session's own come from elsewhere (its role or
+/// database), which hides the server's.
+async fn server_settings(ctx: &mut Ctx<'_>) -> Result<Settings, Finding> {
+    let check = &LOGGING_ISSUER_STATEMENTS;
+    let names: Vec<String> = STATEMENT_SETTINGS.iter().map(|n| literal(n)).collect();
+    let rows = ctx
+        .query(
+            check,
+            "pg_read_all_settings (or superuser) to read logging settings",
+            &format!(
+                "SELECT name::text, setting, source FROM pg_settings WHERE name IN ({})",
+                names.join(", ")
+            ),
+        )
+        .await?;
+    let mut global = Settings::new();
+    for r in &rows {
+        if !SERVER_SOURCES.contains(&text(r, 2).as_str()) {
+            return Err(Finding::unknown(
+                check,
+                "the server-wide value (pg_file_settings, superuser only)",
+                format!(
+                    "the audit session's {} comes from its {}",
+                    text(r, 0),
+                    text(r, 2)
+                ),
+            ));
+        }
+        global.insert(text(r, 0), text(r, 1));
+    }
+    Ok(global)
 }
 
 /// `role`'s statement-logging settings in this database: role-and-database
@@ -197,19 +205,27 @@ async fn issuer_statements(ctx: &mut Ctx<'_>) -> Finding {
 async fn role_settings(
     ctx: &mut Ctx<'_>,
     role: &str,
-    global: &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, Finding> {
+    global: &Settings,
+) -> Result<Settings, Finding> {
+    // Only the statement-logging entries leave the server: a role's other
+    // defaults (a custom setting may hold a key) are none of the audit's business.
+    let names: Vec<String> = STATEMENT_SETTINGS.iter().map(|n| literal(n)).collect();
+    let sql = format!(
+        "SELECT scope, entry FROM ( \
+           SELECT (s.setrole <> 0)::int + 2 * (s.setdatabase <> 0)::int AS scope, \
+                  unnest(s.setconfig) AS entry \
+           FROM pg_db_role_setting s \
+           WHERE s.setrole IN (0, (SELECT oid FROM pg_roles WHERE rolname = {})) \
+             AND s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database())) \
+         ) settings WHERE split_part(entry, '=', 1) IN ({})",
+        literal(role),
+        names.join(", ")
+    );
     let rows = ctx
         .query(
             &LOGGING_ISSUER_STATEMENTS,
             "SELECT on pg_db_role_setting",
-            &format!(
-                "SELECT (s.setrole <> 0)::int + 2 * (s.setdatabase <> 0)::int, unnest(s.setconfig) \
-                 FROM pg_db_role_setting s \
-                 WHERE s.setrole IN (0, (SELECT oid FROM pg_roles WHERE rolname = {})) \
-                   AND s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))",
-                literal(role)
-            ),
+            &sql,
         )
         .await?;
     // Precedence: role+database (3) > role (1) > database (2) > server.

@@ -10,10 +10,10 @@ use super::super::connection::text;
 use super::super::context::Ctx;
 
 /// An issued password this long, from this many character classes, passes…
-pub const STRONG_LENGTH: usize = 20;
-pub const STRONG_CLASSES: usize = 3;
+pub(crate) const STRONG_LENGTH: usize = 20;
+pub(crate) const STRONG_CLASSES: usize = 3;
 /// …one at least this long only warns.
-pub const WEAK_LENGTH: usize = 16;
+pub(crate) const WEAK_LENGTH: usize = 16;
 
 pub(in crate::audit) async fn run(ctx: &mut Ctx<'_>, out: &mut Vec<Finding>) {
     out.push(
@@ -64,7 +64,7 @@ async fn no_md5(ctx: &mut Ctx<'_>) -> Finding {
 }
 
 /// Lower case, upper case, digits, anything else: how many occur in `password`.
-pub fn classes(password: &str) -> usize {
+pub(crate) fn classes(password: &str) -> usize {
     let has = |f: fn(&char) -> bool| password.chars().any(|c| f(&c));
     [
         has(char::is_ascii_lowercase),

@@ -13,12 +13,12 @@ use super::super::context::Ctx;
 use crate::config::{CredentialsConfig, OnLeaseEnd};
 
 /// Longest credential TTL that passes.
-pub const MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Longest maximum TTL that passes.
-pub const MAX_MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const MAX_MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// A dynamic role whose VALID UNTIL passed longer ago than this is a leftover
 /// (revocation normally follows the session's end within seconds).
-pub const LEFTOVER_GRACE: &str = "10 minutes";
+pub(crate) const LEFTOVER_GRACE: &str = "10 minutes";
 
 pub(in crate::audit) async fn run(ctx: &mut Ctx<'_>, out: &mut Vec<Finding>) {
     out.push(dynamic_source(ctx).await);

@@ -16,8 +16,10 @@ use super::super::check::{
 use super::super::connection::{ident, literal, number, text};
 use super::super::context::Ctx;
 
-/// A value that is a reference into Keycloak's vault SPI, not the secret.
-const VAULT_REF: &str = r"'^\$\{vault\.[^}]+\}$'";
+/// A value that is a reference into Keycloak's vault SPI, not the secret
+/// (an escape string, so it reads the same whatever
+/// `standard_conforming_strings` says).
+const VAULT_REF: &str = r"E'^\\$\\{vault\\.[^}]+\\}$'";
 const KEY_PROVIDER: &str = "'org.keycloak.keys.KeyProvider'";
 const USER_STORAGE: &str = "'org.keycloak.storage.UserStorageProvider'";
 
@@ -125,7 +127,7 @@ async fn counts(
         return Ok(None);
     }
     let privilege = format!(
-        "SELECT on {}",
+        "SELECT, unrestricted by row-level security, on {}",
         tables
             .iter()
             .map(|t| format!("{}.{t}", s.name))

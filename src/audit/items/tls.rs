@@ -11,9 +11,9 @@ use super::super::context::Ctx;
 use crate::config::{Config, RouteConfig, UpstreamTls};
 
 /// A certificate expiring within this many days is a warning…
-pub const CERTIFICATE_WARN_DAYS: i64 = 30;
+pub(crate) const CERTIFICATE_WARN_DAYS: i64 = 30;
 /// …and within this many (the alert's threshold) a failure.
-pub const CERTIFICATE_FAIL_DAYS: i64 = 14;
+pub(crate) const CERTIFICATE_FAIL_DAYS: i64 = 14;
 
 pub(in crate::audit) async fn run(ctx: &mut Ctx<'_>, out: &mut Vec<Finding>) {
     out.push(match ctx.setting(&TLS_SSL_ON, "ssl").await {

@@ -83,9 +83,15 @@ impl Fixture {
         finish(cluster, Some(vault), dir, config, planted)
     }
 
-    /// Wrong in every way the audit checks that one cluster can be.
+    /// Wrong in every way the audit checks that one cluster can be, and
+    /// hostile to it: backslashes in string literals are escapes, a function
+    /// planted in `public` would answer the audit's `pg_has_role` calls if it
+    /// searched there, row-level security hides `client`'s rows from roles it
+    /// applies to, and the superuser's own sessions hash passwords with SCRAM
+    /// while the server's default is MD5.
     pub async fn misconfigured() -> Fixture {
         let settings = [
+            ("standard_conforming_strings", "off"),
             ("ssl_min_protocol_version", "TLSv1"),
             ("password_encryption", "md5"),
             ("log_connections", "off"),
@@ -115,7 +121,9 @@ impl Fixture {
                  ALTER ROLE pgwarden_admin SET log_statement = 'ddl';
                  SET password_encryption = 'md5';
                  CREATE ROLE keycloak_static LOGIN PASSWORD '{static_password}' IN ROLE keycloak_app;
-                 CREATE ROLE pgwarden_leftover LOGIN VALID UNTIL '2000-01-01' IN ROLE keycloak_app;"
+                 CREATE ROLE pgwarden_leftover LOGIN VALID UNTIL '2000-01-01' IN ROLE keycloak_app;
+                 ALTER ROLE {} SET password_encryption = 'scram-sha-256';",
+                cluster.superuser()
             ))
             .await
             .unwrap();
@@ -126,7 +134,14 @@ impl Fixture {
             "GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public TO keycloak_app;
              CREATE TABLE public.stray (id int); ALTER TABLE public.stray OWNER TO keycloak_app;
              GRANT CREATE ON SCHEMA public TO keycloak_app;
-             GRANT CREATE ON SCHEMA public TO PUBLIC;",
+             GRANT CREATE ON SCHEMA public TO PUBLIC;
+             SET ROLE keycloak_static;
+             CREATE FUNCTION public.pg_has_role(text, oid, text) RETURNS boolean
+                 LANGUAGE sql AS 'SELECT true';
+             RESET ROLE;
+             ALTER TABLE public.client ENABLE ROW LEVEL SECURITY;
+             INSERT INTO realm VALUES ('r2', 'second', true);
+             INSERT INTO realm_smtp_config VALUES ('r2', '${vault.smtp_password}', 'password');",
         )
         .await
         .unwrap();

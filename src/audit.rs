@@ -11,8 +11,9 @@
 //!
 //! Layout: `check` (the catalogue, statuses, findings), `connection` (the
 //! read-only session), `context` (what checks read, failures as `unknown`),
-//! `items/` (one file per checklist item), `dsn` (`--as`), `report` (table,
-//! JSON, exit code), `continuous` (the background run and its metrics),
+//! `items/` (one file per checklist item), `dsn` (`--as`), `error` (why a
+//! route or a run fell short), `report` (table, JSON, exit code),
+//! `continuous` (the background run and its metrics),
 //! `command` (the CLI), `statement_logging` (a rule shared with the built-in
 //! source).
 //!
@@ -20,34 +21,36 @@
 //! value read from a table; never change the database (its sessions are
 //! read-only); and never keep a credential past the audit.
 
-pub mod check;
+mod check;
 pub mod command;
 mod connection;
 mod context;
-pub mod continuous;
-pub mod dsn;
+pub(crate) mod continuous;
+mod dsn;
+mod error;
 mod items;
-pub mod report;
-pub mod statement_logging;
+mod report;
+pub(crate) mod statement_logging;
 
 use std::sync::Arc;
 
 use secrecy::ExposeSecret;
 
-pub use check::{Finding, Status};
+pub use check::{Check, Finding, Status};
 use connection::Session;
 use context::{Ctx, Probe};
-pub use report::{Report, RouteReport};
+use error::{IssueError, ProbeError, SessionError};
+pub(crate) use report::{Report, RouteReport};
 
 use crate::config::RouteConfig;
 use crate::credentials::lease::LeaseGuard;
-use crate::credentials::{CredentialSource, Issued};
+use crate::credentials::{Credential, CredentialSource, Issued};
 use crate::route::Route;
 use crate::state::State;
 
 /// Where the audit runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// `pgwarden audit`: pgwarden's admin listener is asked over HTTP.
     OnDemand,
     /// Inside `pgwarden run`.
@@ -55,7 +58,7 @@ pub enum Mode {
 }
 
 /// Whom the checks connect as.
-pub enum Auditor {
+pub(crate) enum Auditor {
     /// Each route's own credential (the probe's session).
     Route,
     /// A credential from another `[credentials.*]` source.
@@ -65,7 +68,12 @@ pub enum Auditor {
 }
 
 /// Audits every route (or only `only`) of `state`'s configuration.
-pub async fn run(state: &State, only: Option<&str>, auditor: &Auditor, mode: Mode) -> Report {
+pub(crate) async fn run(
+    state: &State,
+    only: Option<&str>,
+    auditor: &Auditor,
+    mode: Mode,
+) -> Report {
     let mut report = Report::default();
     for route in &state.config.routes {
         if only.is_some_and(|o| o != route.database) {
@@ -100,36 +108,14 @@ async fn audit_route(state: &State, config: &RouteConfig, auditor: &Auditor) -> 
     let source_config = &state.config.credentials[&config.credentials];
     let first_user = config.users.first().map(String::as_str).unwrap_or("*");
     let Ok(route) = state.routes.lookup(&config.database, first_user) else {
-        report.error = Some("the route is not in pgwarden's routing table".into());
+        report.error = Some(SessionError::NotRouted);
         return report;
     };
     // Held until this route's audit ends: dropping them revokes the credentials.
     let mut leases: Vec<LeaseGuard> = Vec::new();
-    let (probe, probe_session) = probe(&route, &mut leases).await;
-    let db = match auditor {
-        Auditor::Route => probe_session.ok_or_else(|| {
-            probe
-                .as_ref()
-                .err()
-                .cloned()
-                .unwrap_or_else(|| "no connection".into())
-        }),
-        Auditor::Source(source) => {
-            if let Some(s) = probe_session {
-                s.close().await;
-            }
-            auditor_session(source, &route, &mut leases).await
-        }
-        Auditor::Account(account) => {
-            if let Some(s) = probe_session {
-                s.close().await;
-            }
-            account_session(account, &route, state).await
-        }
-    };
-    match &db {
-        Ok(s) => report.connected_as = Some(format!("{} acting as {}", s.login, s.acting)),
-        Err(e) => report.error = Some(e.clone()),
+    let (probe, db) = connect(auditor, &route, state, &mut leases).await;
+    if let Ok(s) = &db {
+        report.connected_as = Some(format!("{} acting as {}", s.login, s.acting));
     }
     let mut ctx = Ctx::new(&state.config, config, source_config, db, probe);
     let out = &mut report.findings;
@@ -140,11 +126,66 @@ async fn audit_route(state: &State, config: &RouteConfig, auditor: &Auditor) -> 
     items::access::run(&mut ctx, out).await;
     items::sensitive::run(&mut ctx, out).await;
     items::logging::run(&mut ctx, out).await;
-    if let Ok(db) = ctx.db {
-        db.close().await;
+    match ctx.db {
+        Ok(db) => db.close().await,
+        Err(e) => report.error = Some(e),
     }
     drop(leases);
     report
+}
+
+/// The probe, and the session the checks run in: the probe's own when the
+/// audit runs as the route, else the auditor's (the probe's is closed).
+async fn connect(
+    auditor: &Auditor,
+    route: &Arc<Route>,
+    state: &State,
+    leases: &mut Vec<LeaseGuard>,
+) -> (
+    Result<Probe, Arc<ProbeError>>,
+    Result<Session, SessionError>,
+) {
+    let probed = probe(route, leases).await;
+    let closed = async |probed: Result<(Probe, Session), ProbeError>| match probed {
+        Ok((probe, session)) => {
+            session.close().await;
+            Ok(probe)
+        }
+        Err(e) => Err(Arc::new(e)),
+    };
+    match (auditor, probed) {
+        (Auditor::Route, Ok((probe, session))) => (Ok(probe), Ok(session)),
+        (Auditor::Route, Err(e)) => {
+            let e = Arc::new(e);
+            (Err(e.clone()), Err(SessionError::Probe(e)))
+        }
+        (Auditor::Source(source), probed) => {
+            let probe = closed(probed).await;
+            (probe, auditor_session(source, route, leases).await)
+        }
+        (Auditor::Account(account), probed) => {
+            let probe = closed(probed).await;
+            (probe, account_session(account, route, state).await)
+        }
+    }
+}
+
+/// A credential from `source` for `route`'s database, its lease kept in `leases`.
+async fn issue(
+    source: &Arc<CredentialSource>,
+    route: &Route,
+    leases: &mut Vec<LeaseGuard>,
+) -> Result<Credential, IssueError> {
+    let Issued { credential, lease } =
+        source
+            .issue(&route.upstream.config)
+            .await
+            .map_err(|error| IssueError {
+                source_name: source.name.clone(),
+                error,
+            })?;
+    leases.push(lease);
+    Ok(credential)
 }
 
 /// A credential from the route's own source, and a session logged in with it
@@ -152,74 +193,52 @@ async fn audit_route(state: &State, config: &RouteConfig, auditor: &Auditor) -> 
 async fn probe(
     route: &Arc<Route>,
     leases: &mut Vec<LeaseGuard>,
-) -> (Result<Probe, String>, Option<Session>) {
-    let Issued { credential, lease } = match route.source.issue(&route.upstream.config).await {
-        Ok(i) => i,
-        Err(e) => {
-            return (
-                Err(format!(
-                    "[credentials.{}] issued no credential: {e}",
-                    route.source.name
-                )),
-                None,
-            );
-        }
-    };
+) -> Result<(Probe, Session), ProbeError> {
+    let credential = issue(&route.source, route, leases).await?;
     let password = credential.password.expose_secret();
     let (password_len, password_classes) = (
         password.chars().count(),
         items::passwords::classes(password),
     );
-    let (lease_duration, renewable) = (lease.lease().duration, lease.lease().renewable);
-    leases.push(lease);
-    let session = Session::open(&route.upstream, &credential, route.session_role.as_deref()).await;
+    let (lease_duration, renewable) = (credential.lease.duration, credential.lease.renewable);
+    let session = Session::open(&route.upstream, &credential, route.session_role.as_deref())
+        .await
+        .map_err(ProbeError::Login)?;
     drop(credential);
-    match session {
-        Ok(s) => (
-            Ok(Probe {
-                login: s.login.clone(),
-                acting: s.acting.clone(),
-                password_len,
-                password_classes,
-                lease_duration,
-                renewable,
-                tls: s.tls.clone(),
-            }),
-            Some(s),
-        ),
-        Err(e) => (
-            Err(format!("could not log in with the issued credential: {e}")),
-            None,
-        ),
-    }
+    let probe = Probe {
+        login: session.login.clone(),
+        acting: session.acting.clone(),
+        password_len,
+        password_classes,
+        lease_duration,
+        renewable,
+        tls: session.tls.clone(),
+    };
+    Ok((probe, session))
 }
 
 /// A session with a credential from the auditor's source.
 async fn auditor_session(
     source: &Arc<CredentialSource>,
-    route: &Arc<Route>,
+    route: &Route,
     leases: &mut Vec<LeaseGuard>,
-) -> Result<Session, String> {
-    let Issued { credential, lease } = source
-        .issue(&route.upstream.config)
-        .await
-        .map_err(|e| format!("[credentials.{}] issued no credential: {e}", source.name))?;
-    leases.push(lease);
+) -> Result<Session, SessionError> {
+    let credential = issue(source, route, leases).await?;
     Session::open(&route.upstream, &credential, None)
         .await
-        .map_err(|e| format!("could not log in as the auditor: {e}"))
+        .map_err(SessionError::AuditorLogin)
 }
 
 /// A session as the `--as` account.
 async fn account_session(
     account: &dsn::Account,
-    route: &Arc<Route>,
+    route: &Route,
     state: &State,
-) -> Result<Session, String> {
+) -> Result<Session, SessionError> {
     let (target, credential, who) = account
         .target(&route.upstream.config, state.config.listen.tcp_keepalive)
-        .map_err(|e| format!("--as: {e}"))?;
+        .map_err(SessionError::Account)?;
     Session::open(&target, &credential, None)
         .await
-        .map_err(|e| format!("could not log in as {who}: {e}"))
+        .map_err(|source| SessionError::AccountLogin { who, source })
 }
