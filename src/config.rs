@@ -101,6 +101,9 @@ pub struct RouteConfig {
     pub credentials: String,
     /// The role the upstream session runs as, so what it creates is owned by it.
     pub session_role: Option<String>,
+    /// Settings a client may give as startup parameters or in `options`,
+    /// lowercase (PostgreSQL's setting names are case-insensitive).
+    pub allowed_parameters: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -30,6 +30,31 @@ pub const DEFAULT_AUDIT_INTERVAL: Duration = Duration::from_secs(3600);
 /// The shortest `[audit] interval`: each run issues a credential and reads the catalog.
 pub const MIN_AUDIT_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The client settings a route forwards when it does not list its own
+/// (`[[routes]] allowed_parameters`): what PostgreSQL clients send at startup
+/// (pgjdbc: `client_encoding`, `DateStyle`, `TimeZone`, `extra_float_digits`,
+/// `application_name`; libpq and psql: `application_name`, `client_encoding`,
+/// `options`), and user-settable session settings worth giving in `options`.
+/// Written as PostgreSQL spells them; compared without regard to case.
+pub const DEFAULT_ALLOWED_PARAMETERS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "extra_float_digits",
+    "search_path",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "default_transaction_isolation",
+    "default_transaction_read_only",
+    "bytea_output",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+];
+
 /// What a bad duration is told (the value itself is never echoed: it may be
 /// a secret typed under the wrong key, or set through the environment).
 pub const DURATION_HINT: &str = "not a duration: write e.g. \"15s\" or \"1h 30m\"";
@@ -167,6 +192,8 @@ pub struct Route {
     pub upstream: Upstream,
     pub credentials: String,
     pub session_role: Option<String>,
+    /// Settings clients may give; `None`: [`DEFAULT_ALLOWED_PARAMETERS`].
+    pub allowed_parameters: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]

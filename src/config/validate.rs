@@ -426,8 +426,55 @@ impl Validator<'_> {
             },
             credentials: r.credentials,
             session_role: r.session_role,
+            allowed_parameters: self.allowed_parameters(&what, r.allowed_parameters),
         })
     }
+
+    /// `allowed_parameters`, lowercase, or the default list. Names pgwarden
+    /// sets or handles itself, and `post_auth_delay`, may not be listed.
+    fn allowed_parameters(&mut self, what: &str, list: Option<Vec<String>>) -> Vec<String> {
+        let Some(list) = list else {
+            return raw::DEFAULT_ALLOWED_PARAMETERS
+                .iter()
+                .map(|p| p.to_ascii_lowercase())
+                .collect();
+        };
+        let mut out: Vec<String> = Vec::with_capacity(list.len());
+        for name in list {
+            let lower = name.to_ascii_lowercase();
+            let why = if !is_setting_name(&name) {
+                Some("is not a setting name (letters, digits, `_` and `.`)")
+            } else if matches!(
+                lower.as_str(),
+                "user" | "database" | "replication" | "options"
+            ) || lower.starts_with("_pq_.")
+            {
+                Some("is handled by pgwarden itself and cannot be allowed")
+            } else if matches!(lower.as_str(), "role" | "session_authorization") {
+                Some("would let clients act as another role than session_role and the issued login")
+            } else if lower == "post_auth_delay" {
+                Some("would let clients park database backends after pgwarden gave up on them")
+            } else {
+                None
+            };
+            match why {
+                Some(why) => self.err(format!("{what} allowed_parameters: `{name}` {why}")),
+                None if !out.contains(&lower) => out.push(lower),
+                None => {}
+            }
+        }
+        out
+    }
+}
+
+/// A configuration parameter's name as PostgreSQL accepts one: a letter or
+/// `_`, then letters, digits, `_`, `$` or `.` (`.` for extensions' settings).
+fn is_setting_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '$' | '.'))
 }
 
 /// A CIDR, or a bare address meaning just that host.

@@ -30,6 +30,7 @@ mod openbao;
 mod pgjdbc;
 mod postgres_logging;
 mod session;
+mod session_parameters;
 mod upstream_auth;
 mod vault;
 mod vault_config;

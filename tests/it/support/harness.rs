@@ -76,6 +76,8 @@ pub struct Route {
     pub upstream_ca: UpstreamCa,
     /// The database asked for upstream; `None`: `keycloak`.
     pub upstream_database: Option<String>,
+    /// `allowed_parameters`; `None`: pgwarden's default list.
+    pub allowed_parameters: Option<Vec<String>>,
 }
 
 /// What to configure; `Default` is the `pgwarden dev` configuration on a random port.
@@ -592,6 +594,7 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
         users: vec!["*".into()],
         upstream_ca: opts.upstream_ca,
         upstream_database: None,
+        allowed_parameters: None,
     };
     // The shipped Vault roles set their session role themselves (ALTER ROLE … SET role).
     let shipped = opts.vault.as_ref().is_some_and(|v| v.shipped) || opts.openbao.is_some();
@@ -617,7 +620,9 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
         if !shipped {
             t += &format!("session_role = {}\n", q(OWNER_ROLE));
         }
-
+        if let Some(allowed) = &r.allowed_parameters {
+            t += &format!("allowed_parameters = [{}]\n", list(allowed));
+        }
         t += "\n";
     }
     if let Some(database) = &opts.unreachable_route {
