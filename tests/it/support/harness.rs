@@ -116,6 +116,8 @@ pub struct Options {
     pub allow_insecure_auth: bool,
     /// `[audit] interval = "1h"`: the background audit (and its metrics).
     pub audit: bool,
+    /// The format the logs are captured in (`h.logs`): JSON unless a test reads the text.
+    pub log_format: pgwarden::config::LogFormat,
 }
 
 impl Options {
@@ -178,6 +180,7 @@ impl Default for Options {
             unreachable_route: None,
             allow_insecure_auth: false,
             audit: false,
+            log_format: pgwarden::config::LogFormat::Json,
         }
     }
 }
@@ -211,7 +214,7 @@ pub struct Psql {
 
 impl Harness {
     pub async fn start(opts: Options) -> Harness {
-        let logs = logs::capture();
+        let logs = logs::capture_as(opts.log_format);
         let pki = Arc::new(Pki::new("pgwarden test CA").expect("CA"));
         let cluster = Cluster::start(ClusterOptions {
             pki: Some(pki.clone()),
