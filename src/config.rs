@@ -29,7 +29,7 @@ pub use raw::{LogFormat, OnLeaseEnd, UpstreamTls};
 pub struct Config {
     pub listen: ListenConfig,
     /// The admin listener (metrics, health), if any.
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<AdminConfig>,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
     pub users: Vec<UserConfig>,
@@ -62,6 +62,20 @@ pub struct ListenConfig {
     pub handshake_timeout: Duration,
     pub tcp_keepalive: Duration,
     pub idle_timeout: Option<Duration>,
+}
+
+/// `[admin]`, validated.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+    /// Peers outside every network here are closed without an answer.
+    pub allow: Vec<IpNet>,
+    /// Connections served at once; more are closed unanswered.
+    pub max_connections: usize,
+    /// How long a client has to send its request's headers.
+    pub header_timeout: Duration,
+    /// How long a connection (one request: no keep-alive) may take in all.
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

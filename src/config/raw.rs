@@ -25,6 +25,14 @@ pub const DEFAULT_VAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(10
 pub const DEFAULT_VAULT_MOUNT: &str = "database";
 pub const DEFAULT_PREFETCH_MAX_AGE: Duration = Duration::from_secs(300);
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9187";
+/// Who may ask the admin listener when `[admin] allow` is not given: this host.
+pub const DEFAULT_ADMIN_ALLOW: &[&str] = &["127.0.0.0/8", "::1/128"];
+/// Admin connections served at once; more are closed unanswered.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 16;
+/// How long an admin client has to send its request's headers.
+pub const DEFAULT_ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one admin connection (one request) may take in all.
+pub const DEFAULT_ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often `pgwarden run` audits the database side of the checklist.
 pub const DEFAULT_AUDIT_INTERVAL: Duration = Duration::from_secs(3600);
 /// The shortest `[audit] interval`: each run issues a credential and reads the catalog.
@@ -98,6 +106,20 @@ pub struct Listen {
 pub struct Admin {
     #[serde(default = "default_admin_address")]
     pub address: String,
+    /// CIDRs or addresses; `None`: [`DEFAULT_ADMIN_ALLOW`].
+    pub allow: Option<Vec<String>>,
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: usize,
+    #[serde(
+        default = "default_admin_header_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub header_timeout: Duration,
+    #[serde(
+        default = "default_admin_request_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -325,6 +347,15 @@ fn default_listen_address() -> String {
 }
 fn default_admin_address() -> String {
     DEFAULT_ADMIN_ADDRESS.to_owned()
+}
+fn default_admin_max_connections() -> usize {
+    DEFAULT_ADMIN_MAX_CONNECTIONS
+}
+fn default_admin_header_timeout() -> Duration {
+    DEFAULT_ADMIN_HEADER_TIMEOUT
+}
+fn default_admin_request_timeout() -> Duration {
+    DEFAULT_ADMIN_REQUEST_TIMEOUT
 }
 fn default_max_connections() -> usize {
     DEFAULT_MAX_CONNECTIONS

@@ -92,9 +92,7 @@ impl Validator<'_> {
         let audit = self.optional::<raw::Audit>(table, "audit");
 
         let listen = listen.and_then(|l| self.listen(l));
-        let admin = admin
-            .flatten()
-            .and_then(|a| self.socket_addr("[admin] address", &a.address));
+        let admin = admin.flatten().and_then(|a| self.admin(a));
         let log = log.flatten().unwrap_or_default();
         self.log_level(&log.level);
         let shutdown = shutdown.flatten().unwrap_or_default();
@@ -325,6 +323,38 @@ impl Validator<'_> {
             handshake_timeout: l.handshake_timeout,
             tcp_keepalive: l.tcp_keepalive,
             idle_timeout: l.idle_timeout.filter(|d| !d.is_zero()),
+        })
+    }
+
+    fn admin(&mut self, a: raw::Admin) -> Option<AdminConfig> {
+        let address = self.socket_addr("[admin] address", &a.address);
+        let allow = match &a.allow {
+            None => raw::DEFAULT_ADMIN_ALLOW
+                .iter()
+                .filter_map(|s| parse_cidr(s))
+                .collect(),
+            Some(list) if list.is_empty() => {
+                self.err(
+                    "[admin] allow: must not be empty (leave it out for loopback only)".into(),
+                );
+                Vec::new()
+            }
+            Some(list) => self.cidrs("[admin] allow", list),
+        };
+        if a.max_connections == 0 {
+            self.err("[admin] max_connections must be at least 1".into());
+        }
+        if a.header_timeout.is_zero() || a.request_timeout.is_zero() {
+            self.err("[admin] header_timeout and request_timeout must be more than 0s".into());
+        } else if a.header_timeout > a.request_timeout {
+            self.err("[admin] header_timeout may not be longer than request_timeout".into());
+        }
+        Some(AdminConfig {
+            address: address?,
+            allow,
+            max_connections: a.max_connections,
+            header_timeout: a.header_timeout,
+            request_timeout: a.request_timeout,
         })
     }
 
