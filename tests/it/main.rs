@@ -17,6 +17,7 @@ mod cancel;
 mod cli;
 mod config;
 mod conformance;
+mod dependency_policy;
 mod deploy_files;
 mod embedded_cluster;
 mod handshake;
