@@ -3,8 +3,8 @@
 //! `options=-c post_auth_delay=…` (which would park a backend) are refused with FATAL 42501
 //! naming them, before a credential is issued.
 
-use crate::support::harness::{Harness, Options, Route, UpstreamCa, parse_metric};
-use crate::support::wire;
+use crate::support::harness::{GENEROUS, Harness, Options, Route, UpstreamCa, parse_metric};
+use crate::support::{venv, wire};
 use secrecy::ExposeSecret;
 
 const CREDENTIAL_REQUESTS: &str = "pgwarden_credential_requests_total";
@@ -179,4 +179,37 @@ async fn a_route_allows_its_own_list() {
     refused
         .expect_err("statement_timeout is not in this route's list")
         .assert_fatal("42501", "permission denied to set parameter \"statement_timeout\": pgwarden forwards only the settings this route allows");
+}
+
+/// libpq's clients as people run them: psql, and psycopg 3 on libpq 18, each with an options
+/// setting and what they send by themselves (application_name, client_encoding for psycopg).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_and_psycopg_keep_working_with_their_own_parameters() {
+    let h = Harness::start(Options::default()).await;
+    let password = h.client_password.expose_secret();
+    let conninfo = h.conninfo("options='-c statement_timeout=3s'");
+    let out = h.psql(&conninfo, password, "SHOW statement_timeout").await;
+    assert!(out.success, "{}", out.stderr);
+    assert_eq!(out.stdout, "3s");
+
+    let script = "import psycopg, sys\n\
+                  with psycopg.connect(sys.argv[1]) as c:\n\
+                  \x20   print(c.execute('SHOW statement_timeout').fetchone()[0])\n\
+                  \x20   print(c.execute('SHOW application_name').fetchone()[0])";
+    let mut python = tokio::process::Command::new(venv::bin("python"));
+    python
+        .args(["-c", script, &conninfo])
+        .env("PGPASSWORD", password)
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(GENEROUS, python.output())
+        .await
+        .expect("psycopg finishes")
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), ["3s", "pgwarden-tests"]);
 }
