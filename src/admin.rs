@@ -33,7 +33,10 @@ use tokio::sync::Semaphore;
 
 use crate::config::AdminConfig;
 use crate::metrics;
-use crate::state::State;
+use crate::state::{RateLimitedLog, State};
+
+/// At most this many `admin_rejected` records a second.
+const ADMIN_REFUSALS_LOGGED_PER_SECOND: u32 = 5;
 
 /// Binds the admin listener and serves it until shutdown.
 pub async fn start(
@@ -69,6 +72,13 @@ where
     R: Fn(Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
 {
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    // A flood of refused connections must not flood the log.
+    let refusals = RateLimitedLog::new(ADMIN_REFUSALS_LOGGED_PER_SECOND);
+    let refused = |peer: SocketAddr, reason: &str| {
+        if let Some(suppressed) = refusals.admit() {
+            tracing::warn!(event = "admin_rejected", client_addr = %peer, reason, suppressed_before = suppressed);
+        }
+    };
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(a) => a,
@@ -79,11 +89,11 @@ where
         };
         let ip = peer.ip().to_canonical();
         if !config.allow.iter().any(|net| net.contains(&ip)) {
-            tracing::warn!(event = "admin_rejected", client_addr = %peer, reason = "ip_not_allowed");
+            refused(peer, "ip_not_allowed");
             continue;
         }
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(event = "admin_rejected", client_addr = %peer, reason = "too_many_connections");
+            refused(peer, "too_many_connections");
             continue;
         };
         let connection = one_request(tcp, &config, respond.clone());
