@@ -27,6 +27,10 @@ fn cargo_deny(config: &Path, checks: &[&str]) -> Output {
         !stderr.contains("no such command"),
         "cargo-deny is not installed: run scripts/deps (cargo install --locked cargo-deny)"
     );
+    assert!(
+        !stderr.contains("--offline was specified"),
+        "a crate of Cargo.lock is not downloaded: run scripts/deps (cargo fetch --locked)\n{stderr}"
+    );
     out
 }
 
