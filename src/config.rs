@@ -29,7 +29,7 @@ pub use raw::{LogFormat, OnLeaseEnd, UpstreamTls};
 pub struct Config {
     pub listen: ListenConfig,
     /// The admin listener (metrics, health), if any.
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<AdminConfig>,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
     pub users: Vec<UserConfig>,
@@ -107,6 +107,20 @@ pub struct ListenConfig {
     pub idle_timeout: Option<Duration>,
 }
 
+/// `[admin]`, validated.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+    /// Peers outside every network here are closed without an answer.
+    pub allow: Vec<IpNet>,
+    /// Connections served at once; more are closed unanswered.
+    pub max_connections: usize,
+    /// How long a client has to send its request's headers.
+    pub header_timeout: Duration,
+    /// How long a connection (one request: no keep-alive) may take in all.
+    pub request_timeout: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     pub cert_file: PathBuf,
@@ -144,6 +158,9 @@ pub struct RouteConfig {
     pub credentials: String,
     /// The role the upstream session runs as, so what it creates is owned by it.
     pub session_role: Option<String>,
+    /// Settings a client may give as startup parameters or in `options`,
+    /// lowercase (PostgreSQL's setting names are case-insensitive).
+    pub allowed_parameters: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

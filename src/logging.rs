@@ -3,6 +3,15 @@
 //! Session fields live on the session span and are printed with every record
 //! of the session. Nothing that reaches a log line here may be a secret: the
 //! types that hold secrets do not print them, and no code logs message bodies.
+//!
+//! One record is one line, whatever its fields hold. Clients choose user
+//! names and parameters, and servers' error texts quote them back, so a field
+//! may hold a newline, a carriage return or a terminal escape. JSON escapes
+//! them itself. The text format goes through [`Escaping`], which escapes every
+//! control character of a record but the newline that ends it (the fmt layer
+//! writes each record whole, in one `write_all` of one buffer: see
+//! `tracing_subscriber::fmt::Layer::on_event`); so the text format has no
+//! colours, since they are escapes too.
 
 use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
@@ -30,28 +39,26 @@ fn not_sql_text(meta: &Metadata<'_>) -> bool {
 /// Installs the global subscriber, writing to stderr. `level` is a level or an
 /// EnvFilter directive.
 pub fn init(format: LogFormat, level: &str) {
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // Already installed (tests, or `dev` after `run` set-up): keep the first.
-    let _ = init_with_writer(format, level, std::io::stderr, ansi);
+    let _ = init_with_writer(format, level, std::io::stderr);
 }
 
 /// Installs the global subscriber with the same format and filtering as
 /// [`init`], writing to `writer` (the tests capture what pgwarden logs this
 /// way). Returns false if a global subscriber was already installed.
-pub fn init_with_writer<W>(format: LogFormat, level: &str, writer: W, ansi: bool) -> bool
+pub fn init_with_writer<W>(format: LogFormat, level: &str, writer: W) -> bool
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_span_events(FmtSpan::NONE)
-        .with_target(false)
-        .with_ansi(ansi)
-        .with_writer(writer);
+    let filter = || EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let no_sql = filter_fn(not_sql_text);
     let result = match format {
-        LogFormat::Json => builder
+        LogFormat::Json => tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_span_events(FmtSpan::NONE)
+            .with_target(false)
+            .with_ansi(false)
+            .with_writer(writer)
             .json()
             .flatten_event(true)
             .with_current_span(true)
@@ -59,7 +66,100 @@ where
             .finish()
             .with(no_sql)
             .try_init(),
-        LogFormat::Text => builder.finish().with(no_sql).try_init(),
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_span_events(FmtSpan::NONE)
+            .with_target(false)
+            .with_ansi(false)
+            .with_writer(Escaping(writer))
+            .finish()
+            .with(no_sql)
+            .try_init(),
     };
     result.is_ok()
+}
+
+/// A [`MakeWriter`] whose writers escape every control character of a
+/// record except its final newline, so that no field can start a line.
+struct Escaping<M>(M);
+
+impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for Escaping<M> {
+    type Writer = EscapingWriter<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        EscapingWriter(self.0.make_writer())
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
+        EscapingWriter(self.0.make_writer_for(meta))
+    }
+}
+
+/// Writes one record escaped (see [`Escaping`]).
+struct EscapingWriter<W>(W);
+
+impl<W: std::io::Write> std::io::Write for EscapingWriter<W> {
+    /// Takes the whole buffer: the fmt layer hands over one record per call.
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write_all(escape_record(buf).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// `record` with every control character (C0, DEL, C1) and Unicode line or
+/// paragraph separator written as an escape (`\n`, `\r`, `\t`, `\u{1b}`),
+/// except one newline at its very end.
+fn escape_record(record: &[u8]) -> String {
+    let text = String::from_utf8_lossy(record);
+    let (body, end) = match text.strip_suffix('\n') {
+        Some(body) => (body, "\n"),
+        None => (&*text, ""),
+    };
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in body.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push_str(end);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn a_record_stays_one_line_whatever_it_holds() {
+        let record =
+            "2026-01-01T00:00:00Z  WARN detail=user \"a\nFORGED\rx\x1b[31m\u{85}\u{2028}\" end\n";
+        let escaped = escape_record(record.as_bytes());
+        assert_eq!(
+            escaped,
+            "2026-01-01T00:00:00Z  WARN detail=user \"a\\nFORGED\\rx\\u{1b}[31m\\u{85}\\u{2028}\" end\n"
+        );
+        assert_eq!(escaped.lines().count(), 1);
+        // Without a final newline nothing is added.
+        assert_eq!(escape_record(b"a\nb"), "a\\nb");
+    }
+
+    #[test]
+    fn the_writer_passes_a_record_on_escaped_in_one_piece() {
+        let mut out = Vec::new();
+        let mut w = EscapingWriter(&mut out);
+        w.write_all(b"x=\"1\n2\"\n").unwrap();
+        assert_eq!(out, b"x=\"1\\n2\"\n");
+    }
 }

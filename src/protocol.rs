@@ -12,6 +12,7 @@
 
 pub mod backend;
 pub mod frame;
+pub mod options;
 pub mod startup;
 
 /// Pre-startup request codes (the `code` field after the length).

@@ -19,6 +19,8 @@ pub struct Route {
     pub upstream: Arc<UpstreamTarget>,
     pub source: Arc<CredentialSource>,
     pub session_role: Option<String>,
+    /// Settings clients may give, lowercase (`[[routes]] allowed_parameters`).
+    pub allowed_parameters: Vec<String>,
 }
 
 impl Route {
@@ -28,6 +30,7 @@ impl Route {
         upstream: Arc<UpstreamTarget>,
         source: Arc<CredentialSource>,
         session_role: Option<String>,
+        allowed_parameters: Vec<String>,
     ) -> Self {
         Route {
             database,
@@ -35,6 +38,7 @@ impl Route {
             upstream,
             source,
             session_role,
+            allowed_parameters,
         }
     }
 

@@ -91,14 +91,15 @@ impl Server {
         }
         state.start_sources().await;
         record_certificate_expiry(&state);
-        let admin_addr = match state.config.admin {
+        let admin_addr = match &state.config.admin {
             Some(admin) => {
-                let (bound, task) = crate::admin::start(admin, state.clone(), metrics_handle)
-                    .await
-                    .map_err(|source| StartError::Bind {
-                        addr: admin,
-                        source,
-                    })?;
+                let (bound, task) =
+                    crate::admin::start(admin.clone(), state.clone(), metrics_handle)
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            addr: admin.address,
+                            source,
+                        })?;
                 background.push(task);
                 tracing::info!(event = "admin_listening", address = %bound);
                 Some(bound)

@@ -14,6 +14,7 @@
 mod close;
 mod error;
 mod establish;
+mod parameters;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub(crate) use error::REJECTIONS;
 pub use error::{Error, Kind, RejectReason, StartupRefusal};
 pub(crate) use error::{GOODBYE_TIMEOUT, refuse};
 pub use establish::Established;
+pub use parameters::ParameterRefusal;
 
 /// Serves one accepted connection. `permit` is `None` when the connection is
 /// over `max_connections`: it is then walked through negotiation only to be

@@ -218,6 +218,7 @@ fn route(
         Arc::new(target),
         source,
         r.session_role.clone(),
+        r.allowed_parameters.clone(),
     ))
 }
 

@@ -287,7 +287,7 @@ fn startup_params(
         }
     }
     if let Some(role) = session_role {
-        let ours = format!("-c role={}", escape_option(role));
+        let ours = format!("-c role={}", crate::protocol::options::escape(role));
         options = Some(match options {
             Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {ours}"),
             _ => ours,
@@ -295,19 +295,6 @@ fn startup_params(
     }
     if let Some(o) = options {
         out.push(("options".to_owned(), o));
-    }
-    out
-}
-
-/// Escapes a value for the `options` startup parameter (backslash before
-/// spaces and backslashes, as PostgreSQL's parser expects).
-fn escape_option(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        if c == ' ' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
     }
     out
 }

@@ -25,6 +25,14 @@ pub const DEFAULT_VAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(10
 pub const DEFAULT_VAULT_MOUNT: &str = "database";
 pub const DEFAULT_PREFETCH_MAX_AGE: Duration = Duration::from_secs(300);
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9187";
+/// Who may ask the admin listener when `[admin] allow` is not given: this host.
+pub const DEFAULT_ADMIN_ALLOW: &[&str] = &["127.0.0.0/8", "::1/128"];
+/// Admin connections served at once; more are closed unanswered.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 16;
+/// How long an admin client has to send its request's headers.
+pub const DEFAULT_ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one admin connection (one request) may take in all.
+pub const DEFAULT_ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often `pgwarden run` audits the database side of the checklist.
 pub const DEFAULT_AUDIT_INTERVAL: Duration = Duration::from_secs(3600);
 /// The shortest `[audit] interval`: each run issues a credential and reads the catalog.
@@ -35,6 +43,31 @@ pub const DEFAULT_BACKUP_KEEP_WEEKLY: usize = 8;
 pub const DEFAULT_BACKUP_KEEP_MONTHLY: usize = 0;
 pub const DEFAULT_PG_DUMP: &str = "pg_dump";
 pub const DEFAULT_BACKUP_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
+/// The client settings a route forwards when it does not list its own
+/// (`[[routes]] allowed_parameters`): what PostgreSQL clients send at startup
+/// (pgjdbc: `client_encoding`, `DateStyle`, `TimeZone`, `extra_float_digits`,
+/// `application_name`; libpq and psql: `application_name`, `client_encoding`,
+/// `options`), and user-settable session settings worth giving in `options`.
+/// Written as PostgreSQL spells them; compared without regard to case.
+pub const DEFAULT_ALLOWED_PARAMETERS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "extra_float_digits",
+    "search_path",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "default_transaction_isolation",
+    "default_transaction_read_only",
+    "bytea_output",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+];
 
 /// What a bad duration is told (the value itself is never echoed: it may be
 /// a secret typed under the wrong key, or set through the environment).
@@ -79,6 +112,20 @@ pub struct Listen {
 pub struct Admin {
     #[serde(default = "default_admin_address")]
     pub address: String,
+    /// CIDRs or addresses; `None`: [`DEFAULT_ADMIN_ALLOW`].
+    pub allow: Option<Vec<String>>,
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: usize,
+    #[serde(
+        default = "default_admin_header_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub header_timeout: Duration,
+    #[serde(
+        default = "default_admin_request_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -173,6 +220,8 @@ pub struct Route {
     pub upstream: Upstream,
     pub credentials: String,
     pub session_role: Option<String>,
+    /// Settings clients may give; `None`: [`DEFAULT_ALLOWED_PARAMETERS`].
+    pub allowed_parameters: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
@@ -366,6 +415,15 @@ fn default_listen_address() -> String {
 }
 fn default_admin_address() -> String {
     DEFAULT_ADMIN_ADDRESS.to_owned()
+}
+fn default_admin_max_connections() -> usize {
+    DEFAULT_ADMIN_MAX_CONNECTIONS
+}
+fn default_admin_header_timeout() -> Duration {
+    DEFAULT_ADMIN_HEADER_TIMEOUT
+}
+fn default_admin_request_timeout() -> Duration {
+    DEFAULT_ADMIN_REQUEST_TIMEOUT
 }
 fn default_max_connections() -> usize {
     DEFAULT_MAX_CONNECTIONS

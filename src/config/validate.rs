@@ -5,8 +5,10 @@
 //! A deserialization error is reported through `report`, which names the key
 //! and never the value. The credential sources and `[vault]` are in `sources`,
 //! the checks between sections in `cross`, `[backup.*]` (and the reading of a
-//! file for `pgwarden backup` alone) in `backup`.
+//! file for `pgwarden backup` alone) in `backup`, `[admin]` and a route's
+//! `allowed_parameters` in `access`.
 
+mod access;
 mod backup;
 mod cross;
 mod sources;
@@ -98,9 +100,7 @@ impl Validator<'_> {
         let audit = self.optional::<raw::Audit>(table, "audit");
 
         let listen = listen.and_then(|l| self.listen(l));
-        let admin = admin
-            .flatten()
-            .and_then(|a| self.socket_addr("[admin] address", &a.address));
+        let admin = admin.flatten().and_then(|a| self.admin(a));
         let log = log.flatten().unwrap_or_default();
         self.log_level(&log.level);
         let shutdown = shutdown.flatten().unwrap_or_default();
@@ -409,6 +409,7 @@ impl Validator<'_> {
             upstream,
             credentials: r.credentials,
             session_role: r.session_role,
+            allowed_parameters: self.allowed_parameters(&what, r.allowed_parameters),
         })
     }
 

@@ -24,6 +24,10 @@ pub mod sqlstate {
     pub const QUERY_CANCELED: &str = "57014";
     pub const INVALID_CATALOG_NAME: &str = "3D000";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    /// PostgreSQL's code for `permission denied to set parameter`.
+    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    /// PostgreSQL's code for a malformed `-c` switch in `options`.
+    pub const SYNTAX_ERROR: &str = "42601";
 }
 
 fn encode<M: Message>(m: &M) -> BytesMut {

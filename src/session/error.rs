@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use super::parameters::ParameterRefusal;
 use crate::auth::AuthError;
 use crate::credentials::CredentialError;
 use crate::handshake::NegotiateError;
@@ -39,6 +40,7 @@ pub enum RejectReason {
     HandshakeTimeout,
     AuthFailed,
     UnknownDatabase,
+    ParameterNotAllowed,
 }
 
 impl Label for RejectReason {
@@ -51,6 +53,7 @@ impl Label for RejectReason {
         RejectReason::HandshakeTimeout,
         RejectReason::AuthFailed,
         RejectReason::UnknownDatabase,
+        RejectReason::ParameterNotAllowed,
     ];
 
     fn as_str(self) -> &'static str {
@@ -63,6 +66,7 @@ impl Label for RejectReason {
             RejectReason::HandshakeTimeout => "handshake_timeout",
             RejectReason::AuthFailed => "auth_failed",
             RejectReason::UnknownDatabase => "unknown_database",
+            RejectReason::ParameterNotAllowed => "parameter_not_allowed",
         }
     }
 }
@@ -104,6 +108,9 @@ pub enum Error {
         user: String,
         database: String,
     },
+    /// The client asked for a setting its route does not let through.
+    #[error(transparent)]
+    Parameter(#[from] ParameterRefusal),
     /// The route's credential source gave no credential.
     #[error("credential source {source_name}: {error}")]
     Credential {
@@ -148,6 +155,10 @@ impl Error {
                 ..
             } => Kind::Rejected(RejectReason::UnknownDatabase),
             Error::Route { .. } => Kind::Rejected(RejectReason::AuthFailed),
+            Error::Parameter(ParameterRefusal::Malformed(_)) => {
+                Kind::Rejected(RejectReason::Protocol)
+            }
+            Error::Parameter(_) => Kind::Rejected(RejectReason::ParameterNotAllowed),
             Error::Credential { .. } => Kind::Failed(UpstreamFailure::Credentials),
             Error::Upstream { error, .. } => Kind::Failed(error.step),
         }
@@ -168,6 +179,12 @@ impl Error {
                 ..
             } => sqlstate::INVALID_CATALOG_NAME,
             Error::Route { .. } => sqlstate::INVALID_AUTHORIZATION,
+            // PostgreSQL's own codes: 42501 is what it answers a setting the
+            // user may not change ("permission denied to set parameter"),
+            // which is what a setting the route does not allow is; 42601 is
+            // its answer to a `-c` without a value.
+            Error::Parameter(ParameterRefusal::Malformed(_)) => sqlstate::SYNTAX_ERROR,
+            Error::Parameter(_) => sqlstate::INSUFFICIENT_PRIVILEGE,
             Error::Credential { .. } => sqlstate::CONNECTION_FAILURE,
             Error::Upstream { error, .. } if error.sqlstate.as_deref() == Some("53300") => {
                 sqlstate::TOO_MANY_CONNECTIONS
@@ -201,6 +218,15 @@ impl Error {
             } => format!("database \"{database}\" does not exist"),
             Error::Route { user, database, .. } => {
                 format!("user \"{user}\" is not allowed to connect to database \"{database}\"")
+            }
+            Error::Parameter(ParameterRefusal::NotAllowed(name)) => format!(
+                "permission denied to set parameter \"{name}\": pgwarden forwards only the settings this route allows"
+            ),
+            Error::Parameter(ParameterRefusal::Switch(switch)) => format!(
+                "command-line option \"{switch}\" is not allowed in options: pgwarden forwards only -c name=value settings"
+            ),
+            Error::Parameter(ParameterRefusal::Malformed(what)) => {
+                format!("invalid options: {what}")
             }
             Error::Credential { .. } => "could not obtain database credentials".into(),
             Error::Upstream { error, .. } if error.sqlstate.as_deref() == Some("53300") => {

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use super::error::{Error, StartupRefusal};
+use super::parameters;
 use crate::cancel::{CancelTarget, Registration};
 use crate::credentials::Issued;
 use crate::credentials::lease::LeaseGuard;
@@ -115,6 +116,8 @@ where
         })?;
     span.record("route", route.database.as_str());
     span.record("credential_source", route.source.name.as_str());
+    // Checked before a credential is issued for a connection that cannot use it.
+    let params = parameters::forwarded(startup, &route.allowed_parameters)?;
 
     // Guarded from the moment the source answers, even if the deadline
     // passes while the request is in flight (the lease is then revoked).
@@ -133,11 +136,7 @@ where
     let connect_started = Instant::now();
     let upstream = route
         .upstream
-        .connect(
-            &credential,
-            &forwarded_params(startup),
-            route.session_role.as_deref(),
-        )
+        .connect(&credential, &params, route.session_role.as_deref())
         .await
         .map_err(|error| Error::Upstream {
             endpoint: route.upstream.endpoint(),
@@ -226,18 +225,6 @@ fn protocol_version(startup: &StartupMessage) -> (ProtocolMinor, Option<BytesMut
         minor,
         needed.then(|| negotiate_protocol_version(newest, &options)),
     )
-}
-
-/// The client's startup parameters minus those pgwarden controls or refuses.
-fn forwarded_params(startup: &StartupMessage) -> Vec<(String, String)> {
-    startup
-        .params
-        .iter()
-        .filter(|(k, _)| {
-            !matches!(k.as_str(), "user" | "database" | "replication") && !k.starts_with("_pq_.")
-        })
-        .cloned()
-        .collect()
 }
 
 async fn write<S>(framed: &mut FramedStream<ClientStream<S>>, bytes: &[u8]) -> Result<(), Error>

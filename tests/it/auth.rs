@@ -302,6 +302,7 @@ async fn databases_are_routed_only_after_authentication() {
             users: vec!["alice".into()],
             upstream_ca: UpstreamCa::Right,
             upstream_database: None,
+            allowed_parameters: None,
         }],
         ..Options::default()
     })
@@ -383,6 +384,7 @@ async fn a_route_with_a_wrong_ca_does_not_spoil_another_route_to_the_same_server
             users: vec!["*".into()],
             upstream_ca: UpstreamCa::Unrelated,
             upstream_database: None,
+            allowed_parameters: None,
         }],
         ..Options::default()
     })
@@ -413,6 +415,7 @@ async fn an_upstream_login_failure_gives_a_generic_08006_and_revokes_the_credent
             users: vec!["*".into()],
             upstream_ca: UpstreamCa::Right,
             upstream_database: Some("no_such_upstream_db".into()),
+            allowed_parameters: None,
         }],
         ..Options::default()
     })

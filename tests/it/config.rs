@@ -338,3 +338,101 @@ fn the_built_in_source_without_tls_needs_the_insecure_auth_opt_in() {
         "{errs:#?}"
     );
 }
+
+/// BASE with `line` added to its route.
+fn with_route_line(line: &str) -> String {
+    format!("{BASE}admin_password = \"fine\"\n").replace(
+        "credentials = \"pg\"\n",
+        &format!("credentials = \"pg\"\n{line}\n"),
+    )
+}
+
+#[test]
+fn allowed_parameters_are_validated_and_default_to_what_clients_send() {
+    let errs = errors(
+        &with_route_line(
+            r#"allowed_parameters = ["role", "Session_Authorization", "post_auth_delay", "options", "_pq_.x", "bad name", "", "statement_timeout"]"#,
+        ),
+        &[],
+    );
+    for bad in [
+        "`role`",
+        "`Session_Authorization`",
+        "`post_auth_delay`",
+        "`options`",
+        "`_pq_.x`",
+        "`bad name`",
+        "``",
+    ] {
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("allowed_parameters") && e.contains(bad)),
+            "{bad}: {errs:#?}"
+        );
+    }
+    assert!(
+        !errs.iter().any(|e| e.contains("statement_timeout")),
+        "{errs:#?}"
+    );
+    let parse = |text: &str| config::from_str(text, Path::new("/nonexistent-base"), []).unwrap();
+    let listed = parse(&with_route_line(
+        r#"allowed_parameters = ["Statement_Timeout", "work_mem", "myext.setting"]"#,
+    ));
+    assert_eq!(
+        listed.routes[0].allowed_parameters,
+        ["statement_timeout", "work_mem", "myext.setting"]
+    );
+    let default = parse(&format!("{BASE}admin_password = \"fine\"\n"));
+    for p in [
+        "application_name",
+        "client_encoding",
+        "datestyle",
+        "timezone",
+        "extra_float_digits",
+    ] {
+        assert!(
+            default.routes[0].allowed_parameters.iter().any(|a| a == p),
+            "{p} is not allowed by default"
+        );
+    }
+    assert!(
+        !default.routes[0]
+            .allowed_parameters
+            .iter()
+            .any(|a| a == "role")
+    );
+}
+
+#[test]
+fn admin_bounds_are_validated_and_default_to_loopback() {
+    let base = format!("{BASE}admin_password = \"fine\"\n");
+    let errs = errors(
+        &format!(
+            "{base}[admin]\nallow = []\nmax_connections = 0\nheader_timeout = \"20s\"\nrequest_timeout = \"10s\"\n"
+        ),
+        &[],
+    );
+    let has = |needle: &str| errs.iter().any(|e| e.contains(needle));
+    assert!(has("[admin] allow: must not be empty"), "{errs:#?}");
+    assert!(has("[admin] max_connections"), "{errs:#?}");
+    assert!(has("header_timeout may not be longer"), "{errs:#?}");
+    let errs = errors(&format!("{base}[admin]\nallow = [\"nope\"]\n"), &[]);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("[admin] allow") && e.contains("nope")),
+        "{errs:#?}"
+    );
+    let parse = |text: &str| config::from_str(text, Path::new("/nonexistent-base"), []).unwrap();
+    let admin = parse(&format!("{base}[admin]\n")).admin.unwrap();
+    let allows = |ip: &str| {
+        admin
+            .allow
+            .iter()
+            .any(|n| n.contains(&ip.parse::<std::net::IpAddr>().unwrap()))
+    };
+    assert!(allows("127.0.0.1") && allows("::1"));
+    assert!(!allows("10.0.0.1") && !allows("172.30.89.5"));
+    assert_eq!(admin.max_connections, 16);
+    assert_eq!(admin.header_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(admin.request_timeout, std::time::Duration::from_secs(15));
+}

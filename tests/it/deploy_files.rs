@@ -398,18 +398,52 @@ fn compose_pgwarden_configuration_passes_pgwarden_validation() {
 
     // The admin listener answers the health check and Prometheus.
     let admin = config.admin.expect("[admin]");
+    let address = admin.address;
     assert!(
-        admin.ip().is_unspecified(),
-        "admin {admin} must be reachable in the network"
+        address.ip().is_unspecified(),
+        "admin {address} must be reachable in the network"
     );
     let health = command(&service["healthcheck"]["test"]);
+    let url = health
+        .iter()
+        .find(|w| w.starts_with("http://"))
+        .expect("the health check names its URL");
     assert!(
-        health
-            .iter()
-            .any(|w| w.contains(&format!(":{}/readyz", admin.port()))),
+        url.ends_with(&format!(":{}/readyz", address.port())),
         "the health check {health:?} does not ask /readyz on {}",
-        admin.port()
+        address.port()
     );
+    // …and no one else: its allowlist is the compose network (Prometheus) and
+    // the container's own loopback (the health check), not "unreachable anyway".
+    let allowed = |ip: std::net::IpAddr| admin.allow.iter().any(|n| n.contains(&ip));
+    let probe: std::net::IpAddr = url["http://".len()..]
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("the health check asks an IP address");
+    assert!(
+        allowed(probe),
+        "[admin] allow {:?} refuses the health check",
+        admin.allow
+    );
+    assert!(
+        admin.allow.iter().any(|n| n.contains(&subnet)),
+        "[admin] allow {:?} does not cover the compose network {subnet} (Prometheus)",
+        admin.allow
+    );
+    for n in &admin.allow {
+        assert!(
+            subnet.contains(n) || n.addr().is_loopback(),
+            "[admin] allow {n} reaches past the compose network and loopback"
+        );
+    }
+    for outside in ["10.0.0.1", "192.168.1.1", "172.30.90.1", "8.8.8.8"] {
+        assert!(
+            !allowed(outside.parse().unwrap()),
+            "[admin] allows {outside}"
+        );
+    }
 
     // Docker waits long enough for the drain before SIGKILL.
     let stop = duration(&service["stop_grace_period"]).unwrap_or(Duration::from_secs(10));

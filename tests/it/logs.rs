@@ -1,8 +1,10 @@
 //! What pgwarden logs about sessions, and that no secret ever reaches a log line — captured
 //! at `debug`, with pgwarden's own JSON format, from pgwarden and every library it logs
-//! through.
+//! through — and that no client can forge a log line, in either format.
 
-use crate::support::harness::{Harness, Options, User, UserAuth};
+use crate::support::harness::{GENEROUS, Harness, Options, User, UserAuth, wait_until};
+use crate::support::wire;
+use pgwarden::config::LogFormat;
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
@@ -149,4 +151,109 @@ async fn sessions_are_recorded_and_no_secret_reaches_any_log_line() {
             i + 1
         );
     }
+}
+
+/// What a client would like the log to say on a line of its own.
+const FORGED: &str = "1970-01-01T00:00:00.000000Z  INFO event=\"session_end\" forged=yes";
+
+/// Three ways a client puts a newline into what pgwarden logs: a user name (the span's
+/// `user`), a startup parameter's name (pgwarden's refusal names it) and an allowed setting's
+/// value (PostgreSQL's refusal quotes it, and pgwarden logs the server's answer). Returns once
+/// the three records are written (`records` counts them in the captured text).
+async fn forge_log_lines(h: &Harness, records: impl Fn(&str) -> bool) {
+    let user = format!("mallory\n{FORGED}");
+    let (_, refused) = wire::open(
+        h.proxy_addr,
+        &h.ca_pem,
+        &[("user", user.as_str()), ("database", "keycloak")],
+        WRONG_PASSWORD,
+    )
+    .await;
+    refused.expect_err("an unknown user").assert_fatal(
+        "28P01",
+        &format!("password authentication failed for user \"{user}\""),
+    );
+    let name = format!("x\n{FORGED}");
+    let (_, refused) = wire::open(
+        h.proxy_addr,
+        &h.ca_pem,
+        &[
+            ("user", "keycloak"),
+            ("database", "keycloak"),
+            (name.as_str(), "1"),
+        ],
+        h.client_password.expose_secret(),
+    )
+    .await;
+    assert_eq!(refused.unwrap_err().field(b'C').as_deref(), Some("42501"));
+    let value = format!("ISO\n{FORGED}");
+    let (_, refused) = wire::open(
+        h.proxy_addr,
+        &h.ca_pem,
+        &[
+            ("user", "keycloak"),
+            ("database", "keycloak"),
+            ("DateStyle", value.as_str()),
+        ],
+        h.client_password.expose_secret(),
+    )
+    .await;
+    assert_eq!(refused.unwrap_err().field(b'C').as_deref(), Some("08006"));
+    wait_until(GENEROUS, "the three records are written", async || {
+        records(&h.logs.text())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_client_text_forges_a_line_in_the_text_log() {
+    let h = Harness::start(Options {
+        log_format: LogFormat::Text,
+        ..Options::default()
+    })
+    .await;
+    forge_log_lines(&h, |text| {
+        text.matches("connection_rejected").count() >= 2 && text.contains("session_failed")
+    })
+    .await;
+    let text = h.logs.text();
+    // No line of the log is the client's…
+    for line in text.lines() {
+        assert!(
+            !line.starts_with("1970-01-01") && !line.starts_with("forged=yes"),
+            "a client forged a log line: {line:?}\nin:\n{text}"
+        );
+    }
+    // …and its text is there, escaped, in the records that quote it.
+    for event in ["connection_rejected", "session_failed"] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(event) && l.contains("forged=yes")),
+            "no {event} record quotes the client's text:\n{text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_client_text_forges_a_line_in_the_json_log() {
+    let h = Harness::start(Options::default()).await;
+    forge_log_lines(&h, |text| {
+        text.matches("\"connection_rejected\"").count() >= 2 && text.contains("\"session_failed\"")
+    })
+    .await;
+    // Every line is one JSON record (`lines` fails on any other), and the newlines are in
+    // the records' fields, escaped.
+    let lines = h.logs.lines();
+    let with_newline = lines
+        .iter()
+        .filter(|l| l.to_string().contains(&format!("\\n{}", &FORGED[..10])))
+        .count();
+    assert!(with_newline >= 3, "{lines:?}");
+    let users: Vec<_> = h
+        .logs
+        .events("connection_rejected")
+        .iter()
+        .filter_map(|e| e["span"]["user"].as_str().map(str::to_owned))
+        .collect();
+    assert!(users.contains(&format!("mallory\n{FORGED}")), "{users:?}");
 }

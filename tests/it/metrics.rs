@@ -114,6 +114,7 @@ const ZEROED_AT_START: &[&str] = &[
     "pgwarden_connections_rejected_total{reason=\"handshake_timeout\"}",
     "pgwarden_connections_rejected_total{reason=\"auth_failed\"}",
     "pgwarden_connections_rejected_total{reason=\"unknown_database\"}",
+    "pgwarden_connections_rejected_total{reason=\"parameter_not_allowed\"}",
     "pgwarden_sessions_active",
     "pgwarden_sessions_total{close_reason=\"client_terminated\"}",
     "pgwarden_sessions_total{close_reason=\"client_closed\"}",
@@ -179,18 +180,21 @@ fn scenario_options() -> Options {
                 users: vec!["*".into()],
                 upstream_ca: UpstreamCa::Unrelated,
                 upstream_database: None,
+                allowed_parameters: None,
             },
             Route {
                 database: "missing".into(),
                 users: vec!["*".into()],
                 upstream_ca: UpstreamCa::Right,
                 upstream_database: Some("no_such_upstream_db".into()),
+                allowed_parameters: None,
             },
             Route {
                 database: "refused".into(),
                 users: vec!["*".into()],
                 upstream_ca: UpstreamCa::Right,
                 upstream_database: Some("refused_db".into()),
+                allowed_parameters: None,
             },
         ],
         unreachable_route: Some("unreachable".into()),
@@ -458,6 +462,7 @@ async fn the_catalogue_moves_by_what_a_vault_scenario_did() {
         "handshake_timeout",
         "auth_failed",
         "unknown_database",
+        "parameter_not_allowed",
     ] {
         let series = format!("pgwarden_connections_rejected_total{{reason=\"{reason}\"}}");
         assert_eq!(after.get(&series), 0.0, "{series}");

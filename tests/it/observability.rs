@@ -19,7 +19,7 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-const REASONS: [&str; 8] = [
+const REASONS: [&str; 9] = [
     "ip_not_allowed",
     "too_many_connections",
     "tls_required",
@@ -28,6 +28,7 @@ const REASONS: [&str; 8] = [
     "handshake_timeout",
     "auth_failed",
     "unknown_database",
+    "parameter_not_allowed",
 ];
 
 /// A stream that counts what the client writes and reads, as the client sees it.
@@ -414,6 +415,15 @@ async fn each_rejection_reason_is_recorded_and_counted_once() {
         let config = h.pg_config_as("keycloak", h.client_password.expose_secret(), "nosuchdb");
         let err = h.try_connect(&config).await.err().unwrap();
         assert_eq!(err.as_db_error().unwrap().code().code(), "3D000");
+        "127.0.0.1:".into()
+    })
+    .await;
+
+    rejects_once(&h, "parameter_not_allowed", async || {
+        let mut config = h.pg_config();
+        config.options("-c post_auth_delay=1");
+        let err = h.try_connect(&config).await.err().unwrap();
+        assert_eq!(err.as_db_error().unwrap().code().code(), "42501");
         "127.0.0.1:".into()
     })
     .await;

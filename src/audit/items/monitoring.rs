@@ -15,7 +15,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub(in crate::audit) async fn run(config: &Config, mode: Mode, out: &mut Vec<Finding>) {
     out.push(admin_listener(config));
-    out.push(match (config.admin, mode) {
+    out.push(match (config.admin.as_ref().map(|a| a.address), mode) {
         (None, _) => Finding::fail(&MONITORING_METRICS, "no admin listener, so no metrics"),
         (Some(_), Mode::Running) => {
             Finding::pass(&MONITORING_METRICS, "served by this pgwarden process")
@@ -26,7 +26,7 @@ pub(in crate::audit) async fn run(config: &Config, mode: Mode, out: &mut Vec<Fin
 }
 
 pub(in crate::audit) fn admin_listener(config: &Config) -> Finding {
-    match config.admin {
+    match config.admin.as_ref().map(|a| a.address) {
         Some(admin) => Finding::pass(
             &MONITORING_ADMIN_LISTENER,
             format!("[admin] address = {admin}: /metrics, /healthz, /readyz"),

@@ -1,9 +1,11 @@
 //! pgwarden's connection to Vault: its own token, and the raw lease requests.
 //!
 //! Login, token renewal, lookup and health go through vaultrs. Issuing
-//! credentials and renewing/revoking leases are raw requests on the HTTP client
-//! vaultrs configured (same TLS, same namespace): vaultrs drops `lease_id` from
-//! `database/creds` and has no lease API. The token is logged in at start,
+//! credentials and renewing/revoking leases are raw requests on the same HTTP
+//! client (same TLS, same namespace): vaultrs drops `lease_id` from
+//! `database/creds` and has no lease API. That client is pgwarden's own
+//! (`transport::http_client`: no redirects, no proxy), put in place of the one
+//! vaultrs builds. The token is logged in at start,
 //! renewed at ~2/3 of its TTL, and logged in again when renewal fails, the
 //! token is revoked, or it nears its max TTL. Every setting vaultrs would
 //! otherwise read from the environment (VAULT_SKIP_VERIFY among them) is set
@@ -28,7 +30,8 @@ use crate::metrics::{self, Label};
 
 pub use super::transport::SetupError;
 use super::transport::{
-    classify_client_error, error_text, http_trusting_only, identity, read_secret, without_url,
+    REDIRECT_HINT, classify_client_error, error_text, http_client, identity, read_secret,
+    without_url,
 };
 
 /// What became of an attempt to keep pgwarden's own token: the `outcome` of
@@ -96,7 +99,7 @@ pub struct Envelope {
 pub struct Vault {
     /// vaultrs' client; its token is swapped at each login.
     client: RwLock<VaultClient>,
-    /// The HTTP client vaultrs built (TLS, timeout), for raw requests.
+    /// pgwarden's HTTP client (the one vaultrs uses too), for raw requests.
     http: reqwest::Client,
     address: String,
     namespace: Option<String>,
@@ -134,9 +137,9 @@ impl Vault {
             .map_err(|e| SetupError::Client(e.to_string()))?;
         let mut client =
             VaultClient::new(settings).map_err(|e| SetupError::Client(e.to_string()))?;
-        if let Some(ca) = &config.ca_file {
-            client.http.http = http_trusting_only(config, ca)?;
-        }
+        // vaultrs' client follows redirects and honours proxy variables:
+        // pgwarden's own does neither, for its requests and for vaultrs'.
+        client.http.http = http_client(config)?;
         let http = client.http.http.clone();
         // Exported at zero only where Vault is configured.
         metrics::Zeroed::zero(&TOKEN_RENEWALS);
@@ -450,6 +453,11 @@ impl Vault {
                     format!("{path}: unreadable response: {e}"),
                 )
             });
+        }
+        if status.is_redirection() {
+            let detail = format!("{} {path}: {REDIRECT_HINT}", status.as_u16());
+            self.mark(Err(&detail));
+            return Err(CredentialError::new(ErrorKind::Unavailable, detail));
         }
         let errors = error_text(&text);
         let detail = format!("{} {path}: {errors}", status.as_u16());

@@ -55,7 +55,7 @@ pub struct BackupEnv {
 
 impl BackupEnv {
     pub async fn start(opts: BackupOptions) -> BackupEnv {
-        let logs = logs::capture();
+        let logs = logs::capture_as(pgwarden::config::LogFormat::Json);
         let pki = Arc::new(Pki::new("pgwarden backup test CA").expect("CA"));
         let cluster = Cluster::start(ClusterOptions {
             pki: Some(pki.clone()),

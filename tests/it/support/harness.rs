@@ -76,6 +76,8 @@ pub struct Route {
     pub upstream_ca: UpstreamCa,
     /// The database asked for upstream; `None`: `keycloak`.
     pub upstream_database: Option<String>,
+    /// `allowed_parameters`; `None`: pgwarden's default list.
+    pub allowed_parameters: Option<Vec<String>>,
 }
 
 /// What to configure; `Default` is the `pgwarden dev` configuration on a random port.
@@ -121,6 +123,8 @@ pub struct Options {
     pub allow_insecure_auth: bool,
     /// `[audit] interval = "1h"`: the background audit (and its metrics).
     pub audit: bool,
+    /// The format the logs are captured in (`h.logs`): JSON unless a test reads the text.
+    pub log_format: pgwarden::config::LogFormat,
 }
 
 impl Options {
@@ -186,6 +190,7 @@ impl Default for Options {
             upstream_server_name: None,
             allow_insecure_auth: false,
             audit: false,
+            log_format: pgwarden::config::LogFormat::Json,
         }
     }
 }
@@ -219,7 +224,7 @@ pub struct Psql {
 
 impl Harness {
     pub async fn start(opts: Options) -> Harness {
-        let logs = logs::capture();
+        let logs = logs::capture_as(opts.log_format);
         let pki = Arc::new(Pki::new("pgwarden test CA").expect("CA"));
         let mut server_names = ClusterOptions::default().server_names;
         server_names.extend(opts.upstream_server_name.clone());
@@ -609,6 +614,7 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
         users: vec!["*".into()],
         upstream_ca: opts.upstream_ca,
         upstream_database: None,
+        allowed_parameters: None,
     };
     // The shipped Vault roles set their session role themselves (ALTER ROLE … SET role).
     let shipped = opts.vault.as_ref().is_some_and(|v| v.shipped) || opts.openbao.is_some();
@@ -643,7 +649,9 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
         if !shipped {
             t += &format!("session_role = {}\n", q(OWNER_ROLE));
         }
-
+        if let Some(allowed) = &r.allowed_parameters {
+            t += &format!("allowed_parameters = [{}]\n", list(allowed));
+        }
         t += "\n";
     }
     if let Some(database) = &opts.unreachable_route {

@@ -1,13 +1,15 @@
 //! What pgwarden logs, captured in memory.
 //!
-//! [`capture`] installs pgwarden's own JSON subscriber (the one `[log] format = "json"` gives)
-//! as the process's global subscriber, writing into a buffer instead of stderr. nextest runs
-//! every test in its own process, so each test sees only its own lines; under plain
-//! `cargo test` the first installation wins and the buffer is shared, which only adds lines.
+//! [`capture_as`] installs pgwarden's own subscriber in the format a test asks for (JSON, the
+//! one `[log] format = "json"` gives, unless the test reads what people read) as the process's
+//! global subscriber, writing into a buffer instead of stderr. nextest runs every test in its own
+//! process, so each test sees only its own lines; under plain `cargo test` the first
+//! installation wins and the buffer is shared, which only adds lines.
 
 use std::io;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use pgwarden::config::LogFormat;
 use serde_json::Value;
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -21,26 +23,26 @@ pub struct Logs {
     buf: Arc<Mutex<Vec<u8>>>,
 }
 
-/// Installs the capturing subscriber (once per process) and returns the capture.
-pub fn capture() -> Logs {
-    static LOGS: OnceLock<Logs> = OnceLock::new();
-    LOGS.get_or_init(|| {
+/// Installs the capturing subscriber in `format` (once per process: a second format in the
+/// same process fails the test) and returns the capture.
+pub fn capture_as(format: LogFormat) -> Logs {
+    static LOGS: OnceLock<(LogFormat, Logs)> = OnceLock::new();
+    let (installed_format, logs) = LOGS.get_or_init(|| {
         let logs = Logs {
             buf: Arc::new(Mutex::new(Vec::new())),
         };
-        let installed = pgwarden::logging::init_with_writer(
-            pgwarden::config::LogFormat::Json,
-            CAPTURE_LEVEL,
-            logs.clone(),
-            false,
-        );
+        let installed = pgwarden::logging::init_with_writer(format, CAPTURE_LEVEL, logs.clone());
         assert!(
             installed,
             "another global tracing subscriber was installed first"
         );
-        logs
-    })
-    .clone()
+        (format, logs)
+    });
+    assert_eq!(
+        *installed_format, format,
+        "this process already captures another log format"
+    );
+    logs.clone()
 }
 
 impl Logs {
