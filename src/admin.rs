@@ -187,10 +187,11 @@ pub fn readiness(state: &State) -> (bool, serde_json::Value) {
             "not accepting (shutting down)"
         }),
     );
-    let mut names: Vec<_> = state.sources.keys().collect();
+    let snapshot = state.snapshot();
+    let mut names: Vec<_> = snapshot.sources.keys().collect();
     names.sort();
     for name in names {
-        let source = &state.sources[name];
+        let source = &snapshot.sources[name];
         let result = source.readiness();
         metrics::CREDENTIAL_SOURCE_UP.set(name, if result.is_ok() { 1.0 } else { 0.0 });
         let entry = match result {

@@ -46,7 +46,7 @@ use crate::config::RouteConfig;
 use crate::credentials::lease::LeaseGuard;
 use crate::credentials::{Credential, CredentialSource, Issued};
 use crate::route::Route;
-use crate::state::State;
+use crate::state::{Snapshot, State};
 
 /// Where the audit runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,14 +75,19 @@ pub(crate) async fn run(
     mode: Mode,
 ) -> Report {
     let mut report = Report::default();
-    for route in &state.config.routes {
+    let snapshot = state.snapshot();
+    for route in &snapshot.config.routes {
         if only.is_some_and(|o| o != route.database) {
             continue;
         }
-        report.routes.push(audit_route(state, route, auditor).await);
+        report
+            .routes
+            .push(audit_route(&snapshot, route, auditor).await);
     }
-    report.global.push(items::access::allowlist(&state.config));
-    items::monitoring::run(&state.config, mode, &mut report.global).await;
+    report
+        .global
+        .push(items::access::allowlist(&snapshot.config));
+    items::monitoring::run(&snapshot.config, mode, &mut report.global).await;
     report
 }
 
@@ -103,21 +108,21 @@ pub fn configuration_findings(config: &crate::config::Config) -> Vec<Finding> {
     out
 }
 
-async fn audit_route(state: &State, config: &RouteConfig, auditor: &Auditor) -> RouteReport {
+async fn audit_route(snapshot: &Snapshot, config: &RouteConfig, auditor: &Auditor) -> RouteReport {
     let mut report = RouteReport::new(config);
-    let source_config = &state.config.credentials[&config.credentials];
+    let source_config = &snapshot.config.credentials[&config.credentials];
     let first_user = config.users.first().map(String::as_str).unwrap_or("*");
-    let Ok(route) = state.routes.lookup(&config.database, first_user) else {
+    let Ok(route) = snapshot.routes.lookup(&config.database, first_user) else {
         report.error = Some(SessionError::NotRouted);
         return report;
     };
     // Held until this route's audit ends: dropping them revokes the credentials.
     let mut leases: Vec<LeaseGuard> = Vec::new();
-    let (probe, db) = connect(auditor, &route, state, &mut leases).await;
+    let (probe, db) = connect(auditor, &route, snapshot, &mut leases).await;
     if let Ok(s) = &db {
         report.connected_as = Some(format!("{} acting as {}", s.login, s.acting));
     }
-    let mut ctx = Ctx::new(&state.config, config, source_config, db, probe);
+    let mut ctx = Ctx::new(&snapshot.config, config, source_config, db, probe);
     let out = &mut report.findings;
     items::tls::run(&mut ctx, out).await;
     items::account::run(&mut ctx, out).await;
@@ -139,7 +144,7 @@ async fn audit_route(state: &State, config: &RouteConfig, auditor: &Auditor) -> 
 async fn connect(
     auditor: &Auditor,
     route: &Arc<Route>,
-    state: &State,
+    snapshot: &Snapshot,
     leases: &mut Vec<LeaseGuard>,
 ) -> (
     Result<Probe, Arc<ProbeError>>,
@@ -165,7 +170,7 @@ async fn connect(
         }
         (Auditor::Account(account), probed) => {
             let probe = closed(probed).await;
-            (probe, account_session(account, route, state).await)
+            (probe, account_session(account, route, snapshot).await)
         }
     }
 }
@@ -233,10 +238,10 @@ async fn auditor_session(
 async fn account_session(
     account: &dsn::Account,
     route: &Route,
-    state: &State,
+    snapshot: &Snapshot,
 ) -> Result<Session, SessionError> {
     let (target, credential, who) = account
-        .target(&route.upstream.config, state.config.listen.tcp_keepalive)
+        .target(&route.upstream.config, snapshot.config.listen.tcp_keepalive)
         .map_err(SessionError::Account)?;
     Session::open(&target, &credential, None)
         .await

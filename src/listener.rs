@@ -39,7 +39,7 @@ pub async fn serve(state: Arc<State>, listener: TcpListener) {
                 continue;
             }
         };
-        if !allowed(&state.config.listen.allow, peer.ip()) {
+        if !allowed(&state.snapshot().config.listen.allow, peer.ip()) {
             drop(tcp);
             crate::session::reject(
                 &state,

@@ -77,6 +77,7 @@ impl Server {
             background.push(tokio::spawn(async move { v.maintain_token().await }));
             let v = vault.clone();
             let every = state
+                .snapshot()
                 .config
                 .vault
                 .as_ref()
@@ -89,9 +90,9 @@ impl Server {
                 }
             }));
         }
-        state.start_sources().await;
-        record_certificate_expiry(&state);
-        let admin_addr = match &state.config.admin {
+        state.snapshot().start_sources().await;
+        record_certificate_expiry(&state.snapshot().config);
+        let admin_addr = match &state.snapshot().config.admin {
             Some(admin) => {
                 let (bound, task) =
                     crate::admin::start(admin.clone(), state.clone(), metrics_handle)
@@ -108,7 +109,8 @@ impl Server {
         };
         let audit = crate::audit::continuous::spawn(state.clone());
         let accept = tokio::spawn(crate::listener::serve(state.clone(), listener));
-        tracing::info!(event = "listening", address = %addr, tls = state.negotiator.tls.is_some(), require_tls = state.config.listen.require_tls);
+        let snapshot = state.snapshot();
+        tracing::info!(event = "listening", address = %addr, tls = snapshot.negotiator.tls.is_some(), require_tls = snapshot.config.listen.require_tls);
         Ok(Server {
             addr,
             admin_addr,
@@ -127,7 +129,7 @@ impl Server {
     /// Shuts down as described above. Returns how many leases were left unrevoked.
     pub async fn shutdown(self) -> usize {
         let state = &self.state;
-        let grace = state.config.shutdown.grace;
+        let grace = state.snapshot().config.shutdown.grace;
         state.shutdown.stop_accepting.cancel();
         let _ = self.accept.await;
         if let Some(audit) = self.audit {
@@ -161,7 +163,7 @@ impl Server {
         // Retries of failed revocations stop waiting out their backoff now and
         // run while requests in flight are waited for; then the revoker drains,
         // all within the one bound.
-        let revoke_timeout = state.config.shutdown.revoke_timeout;
+        let revoke_timeout = state.snapshot().config.shutdown.revoke_timeout;
         let deadline = tokio::time::Instant::now() + revoke_timeout;
         state.revoker.hurry();
         state.stop_sources(deadline).await;
@@ -179,17 +181,17 @@ impl Server {
 
 /// `pgwarden_tls_certificate_expiry_timestamp_seconds` for every certificate
 /// pgwarden serves or trusts: the listener's, each upstream CA, Vault's CA.
-fn record_certificate_expiry(state: &State) {
+pub(crate) fn record_certificate_expiry(config: &Config) {
     let mut certs: Vec<(String, &std::path::Path)> = Vec::new();
-    if let Some(tls) = &state.config.listen.tls {
+    if let Some(tls) = &config.listen.tls {
         certs.push(("listener".into(), &tls.cert_file));
     }
-    for r in &state.config.routes {
+    for r in &config.routes {
         if let Some(ca) = &r.upstream.ca_file {
             certs.push((format!("upstream_ca:{}", r.database), ca));
         }
     }
-    if let Some(ca) = state.config.vault.as_ref().and_then(|v| v.ca_file.as_ref()) {
+    if let Some(ca) = config.vault.as_ref().and_then(|v| v.ca_file.as_ref()) {
         certs.push(("vault_ca".into(), ca));
     }
     for (label, path) in certs {

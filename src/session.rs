@@ -63,7 +63,7 @@ pub async fn run(
         credential_source = Empty,
         lease_id_hash = Empty,
     );
-    if let Err(e) = crate::net::tune(&tcp, state.config.listen.tcp_keepalive) {
+    if let Err(e) = crate::net::tune(&tcp, state.snapshot().config.listen.tcp_keepalive) {
         tracing::debug!(parent: &span, error = %e, "could not tune client socket");
     }
     serve(state, tcp, peer, permit).instrument(span).await
@@ -79,8 +79,10 @@ pub async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let accepted = Instant::now();
-    let deadline = accepted + state.config.listen.handshake_timeout;
-    let (stream, startup, tls) = match state.negotiator.negotiate(io, deadline).await {
+    // The configuration this connection is served under, to its end.
+    let snapshot = state.snapshot();
+    let deadline = accepted + snapshot.config.listen.handshake_timeout;
+    let (stream, startup, tls) = match snapshot.negotiator.negotiate(io, deadline).await {
         Err(Refused { stream, error }) => {
             return refuse(&state, peer, stream, &Error::Negotiate(error)).await;
         }
@@ -111,11 +113,21 @@ pub async fn serve<S>(
     let Some(_permit) = permit else {
         return refuse(&state, peer, Some(stream), &Error::TooManyConnections).await;
     };
-    match establish::establish(&state, stream, &startup, peer, tls.is_some(), deadline).await {
+    let established = establish::establish(
+        &state,
+        &snapshot,
+        stream,
+        &startup,
+        peer,
+        tls.is_some(),
+        deadline,
+    )
+    .await;
+    match established {
         Ok(est) => {
             let handshake = accepted.elapsed();
             metrics::HANDSHAKE_DURATION.record(handshake);
-            close::relay_and_close(&state, est, handshake).await;
+            close::relay_and_close(&state, &snapshot, est, handshake).await;
         }
         Err((stream, error)) => refuse(&state, peer, Some(stream), &error).await,
     }

@@ -1,9 +1,17 @@
-//! The shared state every session reads: built once from a validated
-//! configuration and handed down as `Arc<State>`. Nothing in pgwarden is global.
+//! The shared state every session reads, handed down as `Arc<State>`. Nothing
+//! in pgwarden is global.
+//!
+//! Two lifetimes live here. A [`Snapshot`] is what one configuration builds —
+//! the listener's TLS, the users, the routes, the credential sources — and a
+//! connection keeps the snapshot it was accepted under for its whole life.
+//! The rest lives as long as the process: the cancel map, the revoker,
+//! pgwarden's Vault connection, the connection limit, shutdown, the session
+//! tracker. Replacing the current snapshot changes what new connections get
+//! and nothing of the live ones.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -29,12 +37,8 @@ use rustls::ServerConfig;
 const REJECTION_SLOTS: usize = 64;
 
 pub struct State {
-    pub(crate) config: Arc<Config>,
-    pub(crate) negotiator: Negotiator,
-    pub(crate) authenticator: Authenticator,
-    pub(crate) routes: Routes,
-    /// Every credential source by name (for start-up work and readiness).
-    pub(crate) sources: HashMap<String, Arc<CredentialSource>>,
+    /// What new connections are served with; see the module documentation.
+    current: RwLock<Arc<Snapshot>>,
     pub(crate) cancel: Arc<CancelMap>,
     pub(crate) revoker: Revoker,
     /// pgwarden's Vault connection, when `[vault]` is configured.
@@ -47,6 +51,16 @@ pub struct State {
     /// Every session task, so shutdown can wait for them.
     pub(crate) sessions: TaskTracker,
     pub(crate) reject_log: RateLimitedLog,
+}
+
+/// One configuration and what is built from it.
+pub struct Snapshot {
+    pub(crate) config: Arc<Config>,
+    pub(crate) negotiator: Negotiator,
+    pub(crate) authenticator: Authenticator,
+    pub(crate) routes: Routes,
+    /// Every credential source by name (for start-up work and readiness).
+    pub(crate) sources: HashMap<String, Arc<CredentialSource>>,
 }
 
 /// The two stages of shutdown.
@@ -85,6 +99,50 @@ pub enum BuildError {
 
 impl State {
     pub fn build(config: Config) -> Result<Arc<State>, BuildError> {
+        let vault = match &config.vault {
+            Some(v) => Some(Arc::new(Vault::new(v)?)),
+            None => None,
+        };
+        let revoker = Revoker::new();
+        let max_connections = config.listen.max_connections;
+        let snapshot = Snapshot::build(config, vault.as_ref(), &revoker)?;
+        Ok(Arc::new(State {
+            current: RwLock::new(Arc::new(snapshot)),
+            cancel: Arc::new(CancelMap::default()),
+            revoker,
+            vault,
+            permits: Arc::new(Semaphore::new(max_connections)),
+            rejection_slots: Arc::new(Semaphore::new(REJECTION_SLOTS)),
+            shutdown: Shutdown::default(),
+            sessions: TaskTracker::new(),
+            reject_log: RateLimitedLog::new(20),
+        }))
+    }
+
+    /// The snapshot new connections are served with now.
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Shutdown: the current snapshot's sources hand what they hold in
+    /// reserve to the revoker, and so do their credential requests in flight,
+    /// waited for until `deadline`.
+    pub async fn stop_sources(&self, deadline: tokio::time::Instant) {
+        self.snapshot().stop_sources(deadline).await;
+    }
+}
+
+impl Snapshot {
+    /// Builds what `config` describes. Credential sources get pgwarden's
+    /// Vault connection and revoker, which outlive any one snapshot.
+    pub(crate) fn build(
+        config: Config,
+        vault: Option<&Arc<Vault>>,
+        revoker: &Revoker,
+    ) -> Result<Snapshot, BuildError> {
         let config = Arc::new(config);
         let (server_tls, listener_cert_pem) = listener_tls(&config)?;
         let users: HashMap<String, UserAuth> = config
@@ -94,26 +152,22 @@ impl State {
             .collect();
         let authenticator =
             Authenticator::new(users, ScramServer::new(listener_cert_pem.as_deref()));
-        let vault = match &config.vault {
-            Some(v) => Some(Arc::new(Vault::new(v)?)),
-            None => None,
-        };
-        let revoker = Revoker::new();
         let mut sources = HashMap::new();
         for (name, c) in &config.credentials {
-            let source = CredentialSource::new(name, c, vault.as_ref(), revoker.clone()).map_err(
-                |error| BuildError::Source {
-                    name: name.clone(),
-                    error,
-                },
-            )?;
+            let source =
+                CredentialSource::new(name, c, vault, revoker.clone()).map_err(|error| {
+                    BuildError::Source {
+                        name: name.clone(),
+                        error,
+                    }
+                })?;
             sources.insert(name.clone(), source);
         }
         let mut routes = Routes::default();
         for r in &config.routes {
             routes.add(route(&config, r, &sources)?);
         }
-        Ok(Arc::new(State {
+        Ok(Snapshot {
             negotiator: Negotiator {
                 tls: crate::handshake::acceptor(server_tls),
                 require_tls: config.listen.require_tls,
@@ -121,20 +175,12 @@ impl State {
             authenticator,
             routes,
             sources,
-            cancel: Arc::new(CancelMap::default()),
-            revoker,
-            vault,
-            permits: Arc::new(Semaphore::new(config.listen.max_connections)),
-            rejection_slots: Arc::new(Semaphore::new(REJECTION_SLOTS)),
-            shutdown: Shutdown::default(),
-            sessions: TaskTracker::new(),
-            reject_log: RateLimitedLog::new(20),
             config,
-        }))
+        })
     }
 
     /// Start-up work of the credential sources (leftover clean-up, prefetch).
-    pub async fn start_sources(&self) {
+    pub(crate) async fn start_sources(&self) {
         for source in self.sources.values() {
             let upstreams: Vec<_> = self
                 .routes
@@ -146,9 +192,9 @@ impl State {
         }
     }
 
-    /// Shutdown: sources hand what they hold in reserve to the revoker, and
-    /// so do their credential requests in flight, waited for until `deadline`.
-    pub async fn stop_sources(&self, deadline: tokio::time::Instant) {
+    /// The sources hand what they hold in reserve to the revoker, and so do
+    /// their credential requests in flight, waited for until `deadline`.
+    pub(crate) async fn stop_sources(&self, deadline: tokio::time::Instant) {
         for source in self.sources.values() {
             source.stop(deadline).await;
         }

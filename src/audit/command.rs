@@ -119,7 +119,7 @@ fn prepare(
     let state = State::build(config).map_err(SetupError::State)?;
     let auditor = match (account, &opts.auditor) {
         (Some(a), _) => Auditor::Account(a),
-        (None, Some(name)) => Auditor::Source(state.sources[name].clone()),
+        (None, Some(name)) => Auditor::Source(state.snapshot().sources[name].clone()),
         (None, None) => Auditor::Route,
     };
     Ok((state, auditor))
@@ -146,7 +146,7 @@ async fn audit(state: &State, only: Option<&str>, auditor: &Auditor) -> Report {
 /// Revokes what the audit was issued, within `[shutdown] revoke_timeout`;
 /// says how many credentials are left when some could not be.
 async fn revoke(state: &State) -> Option<RunError> {
-    let deadline = tokio::time::Instant::now() + state.config.shutdown.revoke_timeout;
+    let deadline = tokio::time::Instant::now() + state.snapshot().config.shutdown.revoke_timeout;
     state.revoker.hurry();
     state.stop_sources(deadline).await;
     let left = state

@@ -24,12 +24,13 @@ static CHECKS: StateSet<Check, Status> = StateSet::new(metrics::name::AUDIT_CHEC
 
 /// Starts the background audit when `[audit]` is configured.
 pub(crate) fn spawn(state: Arc<State>) -> Option<JoinHandle<()>> {
-    let audit = state.config.audit.clone()?;
+    let snapshot = state.snapshot();
+    let audit = snapshot.config.audit.clone()?;
     CHECKS.zero();
     AUDIT_INTERVAL.set(audit.interval.as_secs_f64());
     AUDIT_LAST_RUN.set(0.0);
     let auditor = match &audit.credentials {
-        Some(name) => match state.sources.get(name) {
+        Some(name) => match snapshot.sources.get(name) {
             Some(s) => Auditor::Source(s.clone()),
             None => Auditor::Route,
         },

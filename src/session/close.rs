@@ -13,7 +13,7 @@ use crate::credentials::lease::{EndOfLife, SessionEnd};
 use crate::metrics::{self, GaugeGuard, Label};
 use crate::protocol::backend::{fatal, sqlstate};
 use crate::relay::{Direction, RELAY_BYTES, RelayEnd, RelayOptions, Stop, StopSignal, relay};
-use crate::state::State;
+use crate::state::{Snapshot, State};
 
 /// After shutdown or its lease's expiry asked a session to stop at a boundary,
 /// how long before it is cut.
@@ -109,8 +109,12 @@ impl SessionEnd for StopSignal {
 }
 
 /// Relays until the session ends, then says goodbye, revokes and records.
-pub(super) async fn relay_and_close<S>(state: &State, est: Established<S>, handshake: Duration)
-where
+pub(super) async fn relay_and_close<S>(
+    state: &State,
+    snapshot: &Snapshot,
+    est: Established<S>,
+    handshake: Duration,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let Established {
@@ -132,7 +136,7 @@ where
     let started = Instant::now();
     let opts = RelayOptions {
         ready_status: upstream.ready.last().copied(),
-        idle_timeout: state.config.listen.idle_timeout,
+        idle_timeout: snapshot.config.listen.idle_timeout,
         client_to_upstream: RELAY_BYTES.handle(Direction::ClientToUpstream),
         upstream_to_client: RELAY_BYTES.handle(Direction::UpstreamToClient),
     };

@@ -22,7 +22,7 @@ use crate::protocol::frame::FramedStream;
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::{ProtocolMinor, backend::negotiate_protocol_version};
 use crate::route::Route;
-use crate::state::State;
+use crate::state::{Snapshot, State};
 use crate::upstream::UpstreamSession;
 
 /// A session ready to relay.
@@ -45,6 +45,7 @@ pub type Refused<S> = (ClientStream<S>, Error);
 /// the client, all before `deadline`.
 pub async fn establish<S>(
     state: &State,
+    snapshot: &Snapshot,
     stream: ClientStream<S>,
     startup: &StartupMessage,
     peer: SocketAddr,
@@ -55,8 +56,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut framed = FramedStream::new(stream);
-    let result =
-        tokio::time::timeout_at(deadline, login(state, &mut framed, startup, peer, tls)).await;
+    let result = tokio::time::timeout_at(
+        deadline,
+        login(state, snapshot, &mut framed, startup, peer, tls),
+    )
+    .await;
     let (client, client_leftover) = framed.into_parts();
     match result {
         Ok(Ok(Login {
@@ -86,6 +90,7 @@ struct Login {
 
 async fn login<S>(
     state: &State,
+    snapshot: &Snapshot,
     framed: &mut FramedStream<ClientStream<S>>,
     startup: &StartupMessage,
     peer: SocketAddr,
@@ -100,13 +105,13 @@ where
     if let Some(npv) = npv {
         write(framed, &npv).await?;
     }
-    let method = state
+    let method = snapshot
         .authenticator
         .authenticate(framed, user, peer.ip().to_canonical(), tls)
         .await?;
     span.record("auth_method", method.as_str());
 
-    let route = state
+    let route = snapshot
         .routes
         .lookup(database, user)
         .map_err(|error| Error::Route {
