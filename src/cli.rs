@@ -22,6 +22,8 @@ pub mod exit {
     pub const NO_INPUT: i32 = 66;
     /// Something inside pgwarden failed (the async runtime would not start).
     pub const SOFTWARE: i32 = 70;
+    /// A program pgwarden needs is missing (`pgwarden dev` without PostgreSQL).
+    pub const UNAVAILABLE: i32 = 69;
     /// The operating system refused (a port to listen on is taken or forbidden).
     pub const OS_ERROR: i32 = 71;
     /// The configuration is invalid, or a file it names is (a certificate

@@ -11,6 +11,8 @@
 //! The dev client password is printed on purpose (it is the point of the
 //! output); it belongs to a cluster that disappears when `dev` ends.
 
+pub mod install;
+
 use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -47,12 +49,22 @@ impl DevEnvironment {
     /// Starts and prepares a cluster, and writes a configuration for pgwarden
     /// listening on `127.0.0.1:port`.
     pub async fn create(port: u16) -> Result<DevEnvironment, DevError> {
+        Self::create_with(port, None).await
+    }
+
+    /// [`DevEnvironment::create`] with the PostgreSQL programs in `bindir`
+    /// (default: found on this machine).
+    pub async fn create_with(
+        port: u16,
+        bindir: Option<PathBuf>,
+    ) -> Result<DevEnvironment, DevError> {
         let pki = std::sync::Arc::new(
             Pki::new("pgwarden dev CA")
                 .map_err(|e| DevError(format!("creating the dev CA: {e}")))?,
         );
         let cluster = Cluster::start(ClusterOptions {
             pki: Some(pki.clone()),
+            bindir,
             ..ClusterOptions::default()
         })
         .await
@@ -209,11 +221,46 @@ fn write_secret(path: &Path, text: &str) -> Result<(), DevError> {
         .map_err(|e| DevError(format!("writing {}: {e}", path.display())))
 }
 
-/// `pgwarden dev`.
-pub async fn run(port: u16) -> i32 {
+/// Makes sure PostgreSQL's server programs are there (see [`install`]);
+/// `Err` with the exit code when they are not and cannot be had.
+async fn server_programs(postgres_bin: Option<&Path>) -> Result<(), i32> {
+    use crate::embedded::cluster::server_bindir;
+    match (server_bindir(postgres_bin), postgres_bin) {
+        (Ok(_), _) => return Ok(()),
+        (Err(e), Some(dir)) => {
+            eprintln!(
+                "pgwarden dev: --postgres-bin {}: {e}: it must hold initdb, pg_ctl and postgres",
+                dir.display()
+            );
+            return Err(crate::cli::exit::USAGE);
+        }
+        (Err(_), None) => {}
+    }
+    let plan = install::plan(&install::Host::detect());
+    eprintln!("pgwarden dev: {}", install::explain(&plan));
+    let install::Plan::Install(steps) = plan else {
+        return Err(crate::cli::exit::UNAVAILABLE);
+    };
+    if let Err(e) = install::run(&steps).await {
+        eprintln!("pgwarden dev: {e}");
+        return Err(crate::cli::exit::UNAVAILABLE);
+    }
+    if let Err(e) = server_bindir(None) {
+        eprintln!("pgwarden dev: installed, but still no server programs: {e}");
+        return Err(crate::cli::exit::UNAVAILABLE);
+    }
+    Ok(())
+}
+
+/// `pgwarden dev`: on `port`, with PostgreSQL's programs from `postgres_bin`
+/// (default: found on this machine, installed if need be and possible).
+pub async fn run(port: u16, postgres_bin: Option<PathBuf>) -> i32 {
     crate::logging::init(crate::config::LogFormat::Text, "info");
+    if let Err(code) = server_programs(postgres_bin.as_deref()).await {
+        return code;
+    }
     eprintln!("pgwarden dev: starting a throwaway PostgreSQL cluster …");
-    let env = match DevEnvironment::create(port).await {
+    let env = match DevEnvironment::create_with(port, postgres_bin).await {
         Ok(e) => e,
         Err(e) => {
             eprintln!("pgwarden dev: {e}");

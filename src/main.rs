@@ -104,6 +104,12 @@ enum Command {
         /// Port for pgwarden to listen on, on 127.0.0.1.
         #[arg(long, default_value_t = 6432)]
         port: u16,
+        /// The directory of PostgreSQL's server programs (initdb, pg_ctl,
+        /// postgres), e.g. a PGDG, Homebrew or Nix install; default: found
+        /// through pg_config, in /usr/lib/postgresql/*/bin or on PATH, and
+        /// installed from the distribution when none is (Debian/Ubuntu).
+        #[arg(long, value_name = "DIR")]
+        postgres_bin: Option<PathBuf>,
     },
 }
 
@@ -182,7 +188,7 @@ fn main() -> ExitCode {
             &mut std::io::stderr(),
         )),
         Command::Run { config } => in_runtime(run(config)),
-        Command::Dev { port } => in_runtime(pgwarden::dev::run(port)),
+        Command::Dev { port, postgres_bin } => in_runtime(pgwarden::dev::run(port, postgres_bin)),
         Command::Backup {
             action:
                 Some(BackupAction::Verify {

@@ -21,6 +21,17 @@ mod template;
 
 pub use self::error::ClusterError;
 
+/// Our effective uid.
+pub(crate) fn effective_uid() -> Result<u32, ClusterError> {
+    system::effective_ids().map(|(uid, _)| uid)
+}
+
+/// The directory of the PostgreSQL server programs a cluster would use:
+/// `explicit` if given (and complete), else the ones found on this machine.
+pub(crate) fn server_bindir(explicit: Option<&Path>) -> Result<PathBuf, ClusterError> {
+    Binaries::discover(explicit).map(|b| b.bindir)
+}
+
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -504,3 +504,25 @@ async fn run_exits_with_a_distinct_code_for_each_kind_of_start_up_failure() {
     assert_eq!(out.code, Some(0));
     assert!(out.stdout.contains("Usage"), "{}", out.stdout);
 }
+
+#[tokio::test]
+async fn dev_refuses_a_postgres_bin_without_the_server_programs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = pgwarden(
+        &[
+            "dev",
+            "--port",
+            "0",
+            "--postgres-bin",
+            dir.path().to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, Some(64), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("initdb, pg_ctl and postgres"),
+        "{}",
+        out.stderr
+    );
+}

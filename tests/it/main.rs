@@ -24,6 +24,7 @@ mod config;
 mod conformance;
 mod dependency_policy;
 mod deploy_files;
+mod deps;
 mod embedded_cluster;
 mod firewall;
 mod handshake;
