@@ -1,6 +1,7 @@
 //! A welcomed session: relayed until it ends, then closed on both legs,
 //! its lease handed over for revocation and its record written.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,9 +12,13 @@ use super::GOODBYE_TIMEOUT;
 use super::establish::Established;
 use crate::credentials::lease::{EndOfLife, SessionEnd};
 use crate::metrics::{self, GaugeGuard, Label};
+use crate::net::UpstreamStream;
 use crate::protocol::backend::{fatal, sqlstate};
-use crate::relay::{Direction, RELAY_BYTES, RelayEnd, RelayOptions, Stop, StopSignal, relay};
+use crate::relay::{
+    Direction, RELAY_BYTES, RelayEnd, RelayOptions, RelayOutcome, Stop, StopSignal, relay,
+};
 use crate::state::{Snapshot, State};
+use crate::upstream::UpstreamTarget;
 
 /// After shutdown or its lease's expiry asked a session to stop at a boundary,
 /// how long before it is cut.
@@ -141,76 +146,27 @@ pub(super) async fn relay_and_close<S>(
         upstream_to_client: RELAY_BYTES.handle(Direction::UpstreamToClient),
     };
     let mut upstream_stream = upstream.stream;
-    let mut shutdown_asked = false;
-    let outcome = {
-        let relayed = relay(
-            &mut client,
-            &mut upstream_stream,
-            client_leftover,
-            upstream.leftover,
-            &opts,
-            &stop,
-        );
-        tokio::pin!(relayed);
-        let cut = tokio::time::sleep(FOREVER);
-        tokio::pin!(cut);
-        loop {
-            tokio::select! {
-                out = &mut relayed => break out,
-                _ = state.shutdown.end_sessions.cancelled(), if !shutdown_asked => {
-                    shutdown_asked = true;
-                    stop.request(Stop::Now);
-                    cut.as_mut().reset(Instant::now() + STOP_GRACE);
-                }
-                _ = &mut cut => stop.request(Stop::Abort),
-            }
-        }
-    };
+    let relayed = relay(
+        &mut client,
+        &mut upstream_stream,
+        client_leftover,
+        upstream.leftover,
+        &opts,
+        &stop,
+    );
+    let (outcome, shutdown_asked) = until_shutdown(state, relayed, &stop).await;
     // The session is over: its lease no longer needs renewing or enforcing.
     lease.stop_renewal();
 
     let close_reason = close_reason(outcome.end, shutdown_asked);
-    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
-        if let (Some((code, msg)), true) = (close_reason.goodbye(), outcome.client_at_boundary) {
-            let _ = client.write_all(&fatal(code, msg)).await;
-        }
-        let _ = client.shutdown().await;
-    })
-    .await;
-    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
-        if outcome.end == RelayEnd::StoppedIdle {
-            // The backend is idle: a Terminate message ends it cleanly.
-            let _ = upstream_stream.write_all(&[b'X', 0, 0, 0, 4]).await;
-        }
-        let _ = upstream_stream.shutdown().await;
-    })
-    .await;
-    drop(upstream_stream);
-    if backend_may_run_on(outcome.end) {
-        // A backend busy with a query does not notice its socket closed
-        // until it next talks to it: a cancel (which needs no privilege,
-        // only its key) ends the query, and the backend then finds the
-        // socket gone and exits. The credential's revocation ends whatever
-        // still runs (a loop that catches query_canceled).
-        let cancelled = tokio::time::timeout(
-            GOODBYE_TIMEOUT,
-            route
-                .upstream
-                .cancel(upstream.addr, upstream.pid, &upstream.key),
-        )
-        .await;
-        match cancelled {
-            Ok(Ok(())) => tracing::debug!(event = "backend_cancelled", pid = upstream.pid),
-            Ok(Err(e)) => {
-                tracing::warn!(event = "backend_cancel_failed", pid = upstream.pid, error = %e)
-            }
-            Err(_) => tracing::warn!(
-                event = "backend_cancel_failed",
-                pid = upstream.pid,
-                error = "no answer in time"
-            ),
-        }
-    }
+    say_goodbye(&mut client, close_reason, outcome.client_at_boundary).await;
+    let backend = Backend {
+        upstream: &route.upstream,
+        addr: upstream.addr,
+        pid: upstream.pid,
+        key: &upstream.key,
+    };
+    end_backend(upstream_stream, backend, outcome.end).await;
     drop(cancel_registration);
     drop(lease);
 
@@ -226,6 +182,92 @@ pub(super) async fn relay_and_close<S>(
         close_reason = close_reason.as_str(),
         error = outcome.error.as_deref(),
     );
+}
+
+/// Runs `relayed` to its end; when shutdown asks live sessions to end, asks
+/// it to stop at a boundary and cuts it `STOP_GRACE` later. Also says
+/// whether shutdown asked.
+async fn until_shutdown(
+    state: &State,
+    relayed: impl Future<Output = RelayOutcome>,
+    stop: &StopSignal,
+) -> (RelayOutcome, bool) {
+    tokio::pin!(relayed);
+    let cut = tokio::time::sleep(FOREVER);
+    tokio::pin!(cut);
+    let mut shutdown_asked = false;
+    loop {
+        tokio::select! {
+            out = &mut relayed => return (out, shutdown_asked),
+            _ = state.shutdown.end_sessions.cancelled(), if !shutdown_asked => {
+                shutdown_asked = true;
+                stop.request(Stop::Now);
+                cut.as_mut().reset(Instant::now() + STOP_GRACE);
+            }
+            _ = &mut cut => stop.request(Stop::Abort),
+        }
+    }
+}
+
+/// Tells the client why pgwarden ended its session, if it did and the
+/// client's stream rests at a message boundary, then closes its side as a
+/// backend does (close_notify on TLS), within a bound.
+async fn say_goodbye<C>(client: &mut C, reason: CloseReason, at_boundary: bool)
+where
+    C: AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+        if let (Some((code, msg)), true) = (reason.goodbye(), at_boundary) {
+            let _ = client.write_all(&fatal(code, msg)).await;
+        }
+        let _ = client.shutdown().await;
+    })
+    .await;
+}
+
+/// The session's backend, as far as ending it needs.
+struct Backend<'a> {
+    upstream: &'a UpstreamTarget,
+    addr: std::net::SocketAddr,
+    pid: i32,
+    key: &'a [u8],
+}
+
+/// Closes the upstream leg — with a Terminate when the backend is idle — and,
+/// when the backend may still be running, cancels what it runs.
+async fn end_backend(mut stream: UpstreamStream, backend: Backend<'_>, end: RelayEnd) {
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+        if end == RelayEnd::StoppedIdle {
+            // The backend is idle: a Terminate message ends it cleanly.
+            let _ = stream.write_all(&[b'X', 0, 0, 0, 4]).await;
+        }
+        let _ = stream.shutdown().await;
+    })
+    .await;
+    drop(stream);
+    if !backend_may_run_on(end) {
+        return;
+    }
+    // A backend busy with a query does not notice its socket closed until it
+    // next talks to it: a cancel (which needs no privilege, only its key)
+    // ends the query, and the backend then finds the socket gone and exits.
+    // The credential's revocation ends whatever still runs (a loop that
+    // catches query_canceled).
+    let Backend {
+        upstream,
+        addr,
+        pid,
+        key,
+    } = backend;
+    match tokio::time::timeout(GOODBYE_TIMEOUT, upstream.cancel(addr, pid, key)).await {
+        Ok(Ok(())) => tracing::debug!(event = "backend_cancelled", pid),
+        Ok(Err(e)) => tracing::warn!(event = "backend_cancel_failed", pid, error = %e),
+        Err(_) => tracing::warn!(
+            event = "backend_cancel_failed",
+            pid,
+            error = "no answer in time"
+        ),
+    }
 }
 
 /// Whether the backend may still be running when the relay ended this way:
