@@ -268,14 +268,16 @@ async fn over_max_connections_clients_are_told_53300() {
     // slots, and an unauthenticated client learns nothing of how full it is.
     let startup = wire::startup(0, &[("user", "keycloak"), ("database", "keycloak")]);
     let mut tls = wire::ssl(h.proxy_addr, &h.ca_pem).await;
+    let binding = wire::channel_binding(&tls);
     wire::send(&mut tls, &startup).await;
-    let refused = wire::login(&mut tls, h.client_password.expose_secret(), None)
+    let refused = wire::login(&mut tls, h.client_password.expose_secret(), Some(binding))
         .await
         .expect_err("no slot");
     refused.assert_fatal("53300", "sorry, too many clients already");
     let mut tls = wire::ssl(h.proxy_addr, &h.ca_pem).await;
+    let binding = wire::channel_binding(&tls);
     wire::send(&mut tls, &startup).await;
-    let wrong = wire::login(&mut tls, "not the password", None)
+    let wrong = wire::login(&mut tls, "not the password", Some(binding))
         .await
         .expect_err("wrong password");
     wrong.assert_fatal(

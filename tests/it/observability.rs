@@ -363,8 +363,9 @@ async fn each_rejection_reason_is_recorded_and_counted_once() {
     rejects_once(&h, "too_many_connections", async || {
         let mut tls = wire::ssl(h.proxy_addr, &h.ca_pem).await;
         let addr = tls.get_ref().0.local_addr().unwrap().to_string();
+        let binding = wire::channel_binding(&tls);
         wire::send(&mut tls, &wire::startup(0, &[("user", "keycloak")])).await;
-        let refused = wire::login(&mut tls, h.client_password.expose_secret(), None)
+        let refused = wire::login(&mut tls, h.client_password.expose_secret(), Some(binding))
             .await
             .expect_err("no session slot");
         refused.assert_fatal("53300", "sorry, too many clients already");
