@@ -345,7 +345,7 @@ impl Validator<'_> {
         let client_certs = self.client_certs(
             l.client_ca_file.as_deref(),
             l.client_crl_file.as_deref(),
-            tls.is_some(),
+            l.tls_cert_file.is_some() && l.tls_key_file.is_some(),
         );
         let proxy_protocol = l.proxy_protocol.map(|p| self.proxy_protocol(p));
         Some(ListenConfig {

@@ -22,6 +22,7 @@ mod cancel;
 mod cli;
 mod client_certs;
 mod config;
+mod config_edge;
 mod conformance;
 mod dependency_policy;
 mod deploy_files;

@@ -62,7 +62,7 @@ impl Validator<'_> {
             self.err("[listen] proxy_protocol.trusted: name the load balancers' addresses (CIDRs); nothing is trusted by default".into());
         }
         ProxyProtocolConfig {
-            trusted: self.cidrs("[listen] proxy_protocol.trusted", &p.trusted),
+            trusted: self.quiet_cidrs("[listen] proxy_protocol.trusted", &p.trusted),
             required: p.required,
         }
     }
@@ -140,7 +140,10 @@ impl Validator<'_> {
                 "[peering] id must be below {MAX_REPLICAS} (it takes 4 bits of every cancel key)"
             ));
         }
-        let address = self.socket_addr("[peering] address", &p.address);
+        let address = p.address.parse::<std::net::SocketAddr>().ok();
+        if address.is_none() {
+            self.err("[peering] address: not an address:port (e.g. 0.0.0.0:6433)".into());
+        }
         let allow = match &p.allow {
             Some(list) if list.is_empty() => {
                 self.err(
@@ -148,7 +151,7 @@ impl Validator<'_> {
                 );
                 Vec::new()
             }
-            Some(list) => self.cidrs("[peering] allow", list),
+            Some(list) => self.quiet_cidrs("[peering] allow", list),
             None => listen.map(|l| l.allow.clone()).unwrap_or_default(),
         };
         let tls = self.peer_tls(&p, listen);
@@ -212,7 +215,7 @@ impl Validator<'_> {
             let server_name = peer.server_name.unwrap_or_else(|| host.clone());
             if rustls_pki_types::ServerName::try_from(server_name.clone()).is_err() {
                 self.err(format!(
-                    "{what}: `{server_name}` is not a valid server name for TLS"
+                    "{what}: server_name (or the address's host) is not a valid server name for TLS"
                 ));
             }
             out.push(PeerConfig {
@@ -221,6 +224,23 @@ impl Validator<'_> {
                 port,
                 server_name,
             });
+        }
+        out
+    }
+}
+
+impl Validator<'_> {
+    /// CIDRs, each error naming the entry's position, never its text.
+    fn quiet_cidrs(&mut self, what: &str, list: &[String]) -> Vec<ipnet::IpNet> {
+        let mut out = Vec::new();
+        for (i, s) in list.iter().enumerate() {
+            match super::parse_cidr(s) {
+                Some(n) => out.push(n),
+                None => self.err(format!(
+                    "{what} #{}: not a CIDR (e.g. 10.0.5.0/24, ::1/128) or IP address",
+                    i + 1
+                )),
+            }
         }
         out
     }
