@@ -2,12 +2,13 @@
 //! in pgwarden is global.
 //!
 //! Two lifetimes live here. A [`Snapshot`] is what one configuration builds —
-//! the listener's TLS, the users, the routes, the credential sources — and a
+//! the listener's TLS (with the client CA and CRLs), the users, the routes,
+//! the credential sources, the peer link to other replicas — and a
 //! connection keeps the snapshot it was accepted under for its whole life.
 //! The rest lives as long as the process: the cancel map, the revoker,
-//! pgwarden's Vault connection, the connection limit, shutdown, the session
-//! tracker. Replacing the current snapshot changes what new connections get
-//! and nothing of the live ones.
+//! pgwarden's Vault connection, the session and handshake budgets (sized at
+//! start-up), shutdown, the session tracker. Replacing the current snapshot
+//! changes what new connections get and nothing of the live ones.
 
 use std::collections::HashMap;
 use std::sync::Arc;
