@@ -1,10 +1,14 @@
 //! Client authentication: who may log in to pgwarden itself.
 //!
 //! SCRAM-SHA-256 (and -PLUS with `tls-server-end-point` channel binding on TLS)
-//! against verifiers from the configuration, or `trust` from explicit CIDRs only.
-//! An unknown user walks the very same SCRAM path against a mock verifier and
-//! fails with the very same error as a wrong password, so the answer never tells
-//! which user names exist. Nothing here ever logs a proof, nonce or verifier.
+//! against verifiers from the configuration, `trust` from explicit CIDRs only,
+//! or a client certificate that TLS verified and that names the user (`cert`,
+//! or `cert+scram` for both). An unknown user walks the very same SCRAM path
+//! against a mock verifier and fails with the very same error as a wrong
+//! password, so the answer never tells which user names exist. (A certificate
+//! user without a matching certificate is told 28000, as PostgreSQL's
+//! `clientcert=verify-full` tells it: that reveals the method, no secret.)
+//! Nothing here ever logs a proof, nonce or verifier.
 
 pub mod scram;
 pub mod verifier;
@@ -27,6 +31,15 @@ pub enum UserAuth {
     Trust {
         from: Vec<IpNet>,
     },
+    /// A verified client certificate one of whose names is in `names`.
+    Cert {
+        names: Vec<String>,
+    },
+    /// Both: such a certificate, then SCRAM.
+    CertAndScram {
+        names: Vec<String>,
+        verifier: ScramVerifier,
+    },
 }
 
 /// How a client was authenticated, for the session record.
@@ -35,6 +48,9 @@ pub enum AuthMethod {
     Trust,
     ScramSha256,
     ScramSha256Plus,
+    Cert,
+    CertScramSha256,
+    CertScramSha256Plus,
 }
 
 impl AuthMethod {
@@ -43,6 +59,17 @@ impl AuthMethod {
             AuthMethod::Trust => "trust",
             AuthMethod::ScramSha256 => "SCRAM-SHA-256",
             AuthMethod::ScramSha256Plus => "SCRAM-SHA-256-PLUS",
+            AuthMethod::Cert => "cert",
+            AuthMethod::CertScramSha256 => "cert+SCRAM-SHA-256",
+            AuthMethod::CertScramSha256Plus => "cert+SCRAM-SHA-256-PLUS",
+        }
+    }
+
+    /// This SCRAM method after a certificate.
+    fn after_cert(self) -> AuthMethod {
+        match self {
+            AuthMethod::ScramSha256Plus => AuthMethod::CertScramSha256Plus,
+            _ => AuthMethod::CertScramSha256,
         }
     }
 }
@@ -57,8 +84,30 @@ pub enum AuthError {
     /// The client broke the SASL exchange.
     #[error("malformed SASL exchange: {0}")]
     Protocol(&'static str),
+    /// A certificate user came without a verified client certificate.
+    #[error("no verified client certificate")]
+    CertificateRequired,
+    /// The verified certificate names someone else.
+    #[error("the client certificate does not name this user")]
+    CertificateMismatch { user: String },
     #[error("client went away during authentication")]
     Closed,
+}
+
+/// Whether the verified certificate's names (`cert`) include one of `allowed`.
+fn certificate_names(
+    user: &str,
+    allowed: &[String],
+    cert: Option<&[String]>,
+) -> Result<(), AuthError> {
+    let cert = cert.ok_or(AuthError::CertificateRequired)?;
+    if cert.iter().any(|name| allowed.contains(name)) {
+        Ok(())
+    } else {
+        Err(AuthError::CertificateMismatch {
+            user: user.to_owned(),
+        })
+    }
 }
 
 /// The users pgwarden knows and the SCRAM machinery to check them.
@@ -75,7 +124,7 @@ impl Authenticator {
         // use most, so the server-first-message does not give it away.
         let mut counts: HashMap<u32, usize> = HashMap::new();
         for auth in users.values() {
-            if let UserAuth::Scram(v) = auth {
+            if let UserAuth::Scram(v) | UserAuth::CertAndScram { verifier: v, .. } = auth {
                 *counts.entry(v.iterations).or_default() += 1;
             }
         }
@@ -85,16 +134,30 @@ impl Authenticator {
         Self { users, scram }
     }
 
-    /// Runs the authentication exchange for `user` on `stream`. On success the
-    /// caller still owes the client AuthenticationOk.
+    /// Runs the authentication exchange for `user` on `stream`. `cert` is
+    /// the names of the client certificate TLS verified, if there was one. On
+    /// success the caller still owes the client AuthenticationOk.
     pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         stream: &mut FramedStream<S>,
         user: &str,
         peer: IpAddr,
         tls: bool,
+        cert: Option<&[String]>,
     ) -> Result<AuthMethod, AuthError> {
         match self.users.get(user) {
+            Some(UserAuth::Cert { names }) => {
+                certificate_names(user, names, cert)?;
+                Ok(AuthMethod::Cert)
+            }
+            Some(UserAuth::CertAndScram { names, verifier }) => {
+                certificate_names(user, names, cert)?;
+                let method = self
+                    .scram
+                    .exchange(stream, user, Some(verifier), tls)
+                    .await?;
+                Ok(method.after_cert())
+            }
             Some(UserAuth::Trust { from }) if from.iter().any(|net| net.contains(&peer)) => {
                 Ok(AuthMethod::Trust)
             }

@@ -4,25 +4,32 @@
 //! The map takes (pid, pgwarden key) to the upstream and the backend's real key,
 //! and forwards the cancel over the same kind of channel the session uses.
 //! Keys are compared in constant time; an unknown pair does nothing and says
-//! nothing (as PostgreSQL does). Cancels are rate-limited per source address.
+//! nothing (as PostgreSQL does). Cancels are rate-limited per source address
+//! where they arrive first.
+//!
+//! Several replicas behind one address: each puts its id in the keys it
+//! issues (`key`), and a cancel whose key is not in the local map but names
+//! another replica is forwarded to it over mutual TLS (`peer`), where it is
+//! looked up in that replica's map and never forwarded again
+//! (`peer_listener`).
+
+pub(crate) mod key;
+mod limiter;
+pub(crate) mod peer;
+pub(crate) mod peer_listener;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::time::Instant;
-
 use crate::metrics::{self, Label};
 use crate::upstream::UpstreamTarget;
+use limiter::RateLimiter;
+use peer::Peering;
 
 /// `pgwarden_cancel_requests_total`, by outcome.
 pub(crate) static CANCELS: metrics::Counter<CancelOutcome> =
     metrics::Counter::new(metrics::name::CANCEL_REQUESTS, "outcome");
-
-/// Cancel requests one address may send per second, sustained.
-const CANCELS_PER_SECOND: f64 = 10.0;
-/// Short bursts allowed on top.
-const CANCEL_BURST: f64 = 50.0;
 
 /// Where a cancel for one session goes.
 pub struct CancelTarget {
@@ -37,6 +44,20 @@ struct Entry {
     id: u64,
     client_key: Vec<u8>,
     target: Arc<CancelTarget>,
+}
+
+async fn cancel_upstream(target: &CancelTarget) -> CancelOutcome {
+    match target
+        .upstream
+        .cancel(target.addr, target.pid, &target.key)
+        .await
+    {
+        Ok(()) => CancelOutcome::Forwarded,
+        Err(e) => {
+            tracing::warn!(upstream = %target.upstream.endpoint(), error = %e, "could not forward cancel request");
+            CancelOutcome::UpstreamFailed
+        }
+    }
 }
 
 /// Live sessions' cancel keys.
@@ -70,10 +91,15 @@ impl Drop for Registration {
 /// What became of a cancel request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CancelOutcome {
+    /// Sent to the backend.
     Forwarded,
     UnknownKey,
     RateLimited,
     UpstreamFailed,
+    /// Handed to the replica whose key it is (which counts what it did).
+    ForwardedToPeer,
+    /// That replica could not be reached.
+    PeerFailed,
 }
 
 impl Label for CancelOutcome {
@@ -82,6 +108,8 @@ impl Label for CancelOutcome {
         CancelOutcome::UnknownKey,
         CancelOutcome::RateLimited,
         CancelOutcome::UpstreamFailed,
+        CancelOutcome::ForwardedToPeer,
+        CancelOutcome::PeerFailed,
     ];
 
     fn as_str(self) -> &'static str {
@@ -90,6 +118,8 @@ impl Label for CancelOutcome {
             CancelOutcome::UnknownKey => "unknown_key",
             CancelOutcome::RateLimited => "rate_limited",
             CancelOutcome::UpstreamFailed => "upstream_failed",
+            CancelOutcome::ForwardedToPeer => "forwarded_to_peer",
+            CancelOutcome::PeerFailed => "peer_failed",
         }
     }
 }
@@ -126,24 +156,40 @@ impl CancelMap {
         found
     }
 
-    /// Handles one CancelRequest from `peer`.
-    pub async fn cancel(&self, peer: IpAddr, pid: i32, key: &[u8]) -> CancelOutcome {
-        if !self.limiter.allow(peer) {
+    /// Handles one CancelRequest from the client at `from`: within its
+    /// budget, the local session with that key, else the replica the key
+    /// names (when `peering` is configured).
+    pub async fn cancel(
+        &self,
+        from: IpAddr,
+        pid: i32,
+        key: &[u8],
+        peering: Option<&Peering>,
+    ) -> CancelOutcome {
+        if !self.limiter.allow(from) {
             return CancelOutcome::RateLimited;
         }
-        let Some(target) = self.lookup(pid, key) else {
+        if let Some(target) = self.lookup(pid, key) {
+            return cancel_upstream(&target).await;
+        }
+        let Some((peering, owner)) = peering.and_then(|p| Some((p, p.owner(key)?))) else {
             return CancelOutcome::UnknownKey;
         };
-        match target
-            .upstream
-            .cancel(target.addr, target.pid, &target.key)
-            .await
-        {
-            Ok(()) => CancelOutcome::Forwarded,
+        match peering.forward(owner, pid, key).await {
+            Ok(()) => CancelOutcome::ForwardedToPeer,
             Err(e) => {
-                tracing::warn!(upstream = %target.upstream.endpoint(), error = %e, "could not forward cancel request");
-                CancelOutcome::UpstreamFailed
+                tracing::warn!(peer_id = owner.id, error = %e, "could not forward cancel request to its replica");
+                CancelOutcome::PeerFailed
             }
+        }
+    }
+
+    /// A cancel another replica forwarded: it applied the budget; this map
+    /// alone is looked in, and nothing is forwarded again.
+    pub async fn cancel_forwarded(&self, pid: i32, key: &[u8]) -> CancelOutcome {
+        match self.lookup(pid, key) {
+            Some(target) => cancel_upstream(&target).await,
+            None => CancelOutcome::UnknownKey,
         }
     }
 
@@ -160,78 +206,6 @@ impl CancelMap {
     #[cfg(test)]
     fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// Buckets in the cancel rate limiter's table.
-const LIMITER_BUCKETS: usize = 4096;
-
-/// Cancel budgets per source address, in a fixed table: O(1) work and no
-/// allocation per request, whatever the number of addresses.
-///
-/// An address picks its token bucket by a keyed hash (SipHash with a random
-/// key per process, std's `RandomState`), so that no one outside the process
-/// can choose addresses that land in someone else's bucket. IPv6 addresses
-/// count by their /64, which one host may hold whole. Two addresses that do
-/// share a bucket share one budget: a collision errs on the strict side, never
-/// letting more through.
-struct RateLimiter {
-    key: std::collections::hash_map::RandomState,
-    buckets: Mutex<Box<[Bucket]>>,
-}
-
-/// Tokens, and when they were last counted.
-#[derive(Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Option<Instant>,
-}
-
-impl Default for RateLimiter {
-    fn default() -> Self {
-        Self::with_buckets(LIMITER_BUCKETS)
-    }
-}
-
-impl RateLimiter {
-    fn with_buckets(n: usize) -> Self {
-        let empty = Bucket {
-            tokens: CANCEL_BURST,
-            at: None,
-        };
-        RateLimiter {
-            key: std::collections::hash_map::RandomState::new(),
-            buckets: Mutex::new(vec![empty; n.max(1)].into_boxed_slice()),
-        }
-    }
-
-    /// Which bucket `peer` draws from.
-    fn index(&self, peer: IpAddr, buckets: usize) -> usize {
-        use std::hash::BuildHasher;
-        let source: u128 = match peer.to_canonical() {
-            IpAddr::V4(v4) => u32::from(v4).into(),
-            // The /64, marked so that it never equals an IPv4 address.
-            IpAddr::V6(v6) => (u128::from(v6) >> 64) | (1 << 127),
-        };
-        (self.key.hash_one(source) % buckets as u64) as usize
-    }
-
-    fn allow(&self, peer: IpAddr) -> bool {
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let i = self.index(peer, buckets.len());
-        let b = &mut buckets[i];
-        if let Some(at) = b.at {
-            let refill = now.duration_since(at).as_secs_f64() * CANCELS_PER_SECOND;
-            b.tokens = (b.tokens + refill).min(CANCEL_BURST);
-        }
-        b.at = Some(now);
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
     }
 }
 
@@ -279,84 +253,5 @@ mod tests {
         assert_eq!(map.len(), 1);
         drop(b);
         assert!(map.is_empty());
-    }
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    /// How many of `n` cancels at one instant from `peer` get through.
-    fn allowed(l: &RateLimiter, peer: IpAddr, n: usize) -> usize {
-        (0..n).filter(|_| l.allow(peer)).count()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_address_gets_a_burst_then_its_rate() {
-        let l = RateLimiter::default();
-        let a = ip("10.0.0.1");
-        assert_eq!(allowed(&l, a, 200), CANCEL_BURST as usize);
-        // Refill: CANCELS_PER_SECOND a second, never past the burst.
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(allowed(&l, a, 200), CANCELS_PER_SECOND as usize);
-        tokio::time::advance(Duration::from_millis(500)).await;
-        assert_eq!(allowed(&l, a, 200), CANCELS_PER_SECOND as usize / 2);
-        tokio::time::advance(Duration::from_secs(3600)).await;
-        assert_eq!(allowed(&l, a, 200), CANCEL_BURST as usize);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn addresses_have_budgets_of_their_own() {
-        let l = RateLimiter::default();
-        let a = ip("10.0.0.1");
-        assert_eq!(allowed(&l, a, 200), CANCEL_BURST as usize);
-        // Another address (in another bucket: the key is random, so find one).
-        let b = (2..=255)
-            .map(|n| ip(&format!("10.0.0.{n}")))
-            .find(|b| l.index(*b, LIMITER_BUCKETS) != l.index(a, LIMITER_BUCKETS))
-            .unwrap();
-        assert_eq!(allowed(&l, b, 200), CANCEL_BURST as usize);
-        assert!(!l.allow(a));
-    }
-
-    /// An address in IPv6 can be one of 2^64 of the same host: they share a budget.
-    #[tokio::test(start_paused = true)]
-    async fn addresses_of_one_ipv6_slash_64_share_a_budget() {
-        let l = RateLimiter::default();
-        let through = (0..200)
-            .filter(|n| l.allow(ip(&format!("2001:db8:1:2::{n:x}"))))
-            .count();
-        assert_eq!(through, CANCEL_BURST as usize);
-    }
-
-    /// Addresses that land in one bucket share its budget: stricter, never looser.
-    #[tokio::test(start_paused = true)]
-    async fn a_collision_shares_a_budget() {
-        let l = RateLimiter::with_buckets(1);
-        assert_eq!(allowed(&l, ip("10.0.0.1"), 30), 30);
-        assert_eq!(allowed(&l, ip("10.0.0.2"), 200), CANCEL_BURST as usize - 30);
-    }
-
-    /// The table never grows: a flood of new addresses touches the same
-    /// buckets, and an address's bucket does not move.
-    #[tokio::test(start_paused = true)]
-    async fn a_flood_of_addresses_keeps_the_table_fixed() {
-        let l = RateLimiter::default();
-        let a = ip("10.0.0.1");
-        let before = l.index(a, LIMITER_BUCKETS);
-        for n in 0..100_000u32 {
-            l.allow(IpAddr::V4(std::net::Ipv4Addr::from(0x0b00_0000 + n)));
-        }
-        assert_eq!(l.buckets.lock().unwrap().len(), LIMITER_BUCKETS);
-        assert_eq!(l.index(a, LIMITER_BUCKETS), before);
-    }
-
-    /// The key is the process's secret: two limiters place addresses differently.
-    #[test]
-    fn the_hash_is_keyed() {
-        let (l1, l2) = (RateLimiter::default(), RateLimiter::default());
-        let differ = (1..=64)
-            .map(|n| ip(&format!("10.0.1.{n}")))
-            .any(|a| l1.index(a, LIMITER_BUCKETS) != l2.index(a, LIMITER_BUCKETS));
-        assert!(differ);
     }
 }

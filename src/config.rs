@@ -40,6 +40,36 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
     /// `[backup.<target>]`, for `pgwarden backup` (the proxy does not use them).
     pub backup: BTreeMap<String, BackupConfig>,
+    /// `[peering]` and `[[peers]]`: cancel requests across replicas.
+    pub peering: Option<PeeringConfig>,
+}
+
+/// `[peering]` with its `[[peers]]`, validated.
+#[derive(Debug, Clone)]
+pub struct PeeringConfig {
+    /// This replica's id, below [`raw::MAX_REPLICAS`]; it is in every cancel key issued.
+    pub id: u8,
+    /// Where other replicas forward cancel requests.
+    pub address: SocketAddr,
+    /// Who may connect there (before a byte is read).
+    pub allow: Vec<IpNet>,
+    /// This replica's peer certificate and key (server and client).
+    pub tls: TlsFiles,
+    /// The CA every replica's peer certificate chains to.
+    pub ca_file: PathBuf,
+    /// The other replicas.
+    pub peers: Vec<PeerConfig>,
+}
+
+/// One `[[peers]]` entry.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub id: u8,
+    /// `host:port`, resolved at each forward (a DNS name may move).
+    pub host: String,
+    pub port: u16,
+    /// The name its certificate must carry.
+    pub server_name: String,
 }
 
 /// `[audit]`, validated.
@@ -105,6 +135,30 @@ pub struct ListenConfig {
     pub handshake_timeout: Duration,
     pub tcp_keepalive: Duration,
     pub idle_timeout: Option<Duration>,
+    /// Handshakes (accept → authenticated) in progress at once, all addresses.
+    pub max_handshakes: usize,
+    /// Handshakes in progress at once from one client address.
+    pub max_handshakes_per_address: usize,
+    /// Client certificates: the CA that signs them and optional CRLs.
+    pub client_certs: Option<ClientCertFiles>,
+    /// PROXY protocol from trusted load balancers.
+    pub proxy_protocol: Option<ProxyProtocolConfig>,
+}
+
+/// `[listen] client_ca_file` and `client_crl_file`.
+#[derive(Debug, Clone)]
+pub struct ClientCertFiles {
+    pub ca_file: PathBuf,
+    pub crl_file: Option<PathBuf>,
+}
+
+/// `[listen] proxy_protocol`, validated.
+#[derive(Debug, Clone)]
+pub struct ProxyProtocolConfig {
+    /// Peers whose PROXY header is read and believed.
+    pub trusted: Vec<IpNet>,
+    /// A trusted peer without a header is refused.
+    pub required: bool,
 }
 
 /// `[admin]`, validated.

@@ -7,7 +7,9 @@
 //! read exactly, never buffered ahead; after answering `S`, exactly one byte is
 //! read and must open a TLS record, or the client is refused with 08P01 —
 //! plaintext smuggled after an SSLRequest never reaches a parser
-//! (CVE-2021-23214). Each request may come once. Negotiation answers nothing
+//! (CVE-2021-23214). A first byte that opens a PROXY header (`\r`, `P`) is
+//! refused here: a header is read only from trusted peers, by the listener,
+//! before negotiation begins. Each request may come once. Negotiation answers nothing
 //! itself when it fails: it returns the error with the stream, when the stream
 //! can still carry an answer, for `session::refuse` to send.
 
@@ -47,6 +49,8 @@ pub struct TlsInfo {
     pub version: &'static str,
     pub cipher: &'static str,
     pub alpn: Option<String>,
+    /// The names in the client certificate rustls verified, if one was given.
+    pub client_cert: Option<Vec<String>>,
 }
 
 /// Negotiation failed: why, and the stream when it can still carry the answer.
@@ -88,6 +92,8 @@ pub enum NegotiateError {
     Io(io::Error),
     #[error("no startup message before the handshake deadline")]
     Timeout,
+    #[error("PROXY header from a peer not in [listen] proxy_protocol.trusted")]
+    UntrustedProxyHeader,
 }
 
 impl NegotiateError {
@@ -102,6 +108,7 @@ impl NegotiateError {
             | AlpnRequired
             | UnexpectedAlpn => RejectReason::TlsHandshake,
             Timeout => RejectReason::HandshakeTimeout,
+            UntrustedProxyHeader => RejectReason::ProxyProtocol,
             ClosedEarly
             | Closed
             | Packet(_)
@@ -142,7 +149,8 @@ impl NegotiateError {
             | TlsHandshake(_)
             | UnexpectedAlpn
             | Io(_)
-            | Timeout => None,
+            | Timeout
+            | UntrustedProxyHeader => None,
         }
     }
 }
@@ -161,23 +169,38 @@ fn refused<S>(stream: Option<ClientStream<S>>, error: NegotiateError) -> Refused
 
 impl Negotiator {
     /// Negotiates on `io` until the client asks for a session or a cancel, or
-    /// `deadline` passes.
-    pub async fn negotiate<S>(&self, mut io: S, deadline: Instant) -> Step<S, Negotiated<S>>
+    /// `deadline` passes. `first` is the stream's first byte when the listener
+    /// already read it (looking for a PROXY header).
+    pub async fn negotiate<S>(
+        &self,
+        mut io: S,
+        first: Option<u8>,
+        deadline: Instant,
+    ) -> Step<S, Negotiated<S>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut first = [0u8; 1];
-        let n = match tokio::time::timeout_at(deadline, io.read(&mut first)).await {
-            Err(_) => return Err(refused(None, NegotiateError::Timeout)),
-            Ok(Err(e)) => return Err(refused(None, NegotiateError::Io(e))),
-            Ok(Ok(n)) => n,
+        let first = match first {
+            Some(b) => b,
+            None => {
+                let mut first = [0u8; 1];
+                let n = match tokio::time::timeout_at(deadline, io.read(&mut first)).await {
+                    Err(_) => return Err(refused(None, NegotiateError::Timeout)),
+                    Ok(Err(e)) => return Err(refused(None, NegotiateError::Io(e))),
+                    Ok(Ok(n)) => n,
+                };
+                if n == 0 {
+                    return Err(refused(None, NegotiateError::ClosedEarly));
+                }
+                if crate::listener::proxy::starts_header(first[0]) {
+                    return Err(refused(None, NegotiateError::UntrustedProxyHeader));
+                }
+                first[0]
+            }
         };
-        if n == 0 {
-            return Err(refused(None, NegotiateError::ClosedEarly));
-        }
-        let mut stream = ClientStream::Plain(Prefixed::new(Some(first[0]), io));
+        let mut stream = ClientStream::Plain(Prefixed::new(Some(first), io));
         let mut tls_info = None;
-        if first[0] == TLS_HANDSHAKE_RECORD {
+        if first == TLS_HANDSHAKE_RECORD {
             let (s, info) = self.direct_tls(stream, deadline).await?;
             stream = s;
             tls_info = Some(info);
@@ -335,6 +358,10 @@ impl Negotiator {
             alpn: conn
                 .alpn_protocol()
                 .map(|a| String::from_utf8_lossy(a).into_owned()),
+            client_cert: conn
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(crate::tls::mtls::certificate_names),
         };
         Ok((MaybeTls::Tls(Box::new(tls)), info))
     }
@@ -366,5 +393,7 @@ pub fn acceptor(config: Option<Arc<rustls::ServerConfig>>) -> Option<TlsAcceptor
     config.map(TlsAcceptor::from)
 }
 
+#[cfg(test)]
+mod edge_tests;
 #[cfg(test)]
 mod tests;

@@ -1,36 +1,67 @@
-//! The accept loop: allowlist first, then a connection slot, then a session task.
+//! The accept loop and what happens before a session: a handshake slot, the
+//! allowlist, the PROXY header, the per-address handshake cap.
 //!
-//! A peer outside `[listen] allow` is closed before pgwarden reads a single
-//! byte from it. The permit for `max_connections` is taken here and moved into
-//! the session; a connection over the limit still gets a task, so that it can
-//! be told 53300 (or deliver a cancel request), within a small bound.
+//! ```text
+//! handshake slot (else wait: the backlog holds the connection)
+//!   ─▶ accept ─▶ TCP peer in allow ∪ proxy_protocol.trusted? (before any byte)
+//!   ─▶ trusted: PROXY header (exact lengths, handshake deadline)
+//!   ─▶ the client's address (the header's, else the TCP peer's) in allow?
+//!   ─▶ under max_handshakes_per_address? ─▶ session
+//! ```
+//! Refusals here are closed without an answer (a load balancer or a flood
+//! cannot use one), counted and logged at a bounded rate. The session slot
+//! (`max_connections`) is taken later, once the client authenticated.
+
+mod budget;
+pub(crate) mod proxy;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+pub(crate) use budget::{HandshakeBudget, HandshakeSlot};
 
 use crate::metrics;
 use crate::session::RejectReason;
-use crate::state::State;
+use crate::state::{Snapshot, State};
+use proxy::{Proxied, Start};
 
-/// Whether `peer` may talk to pgwarden at all.
+/// Whether `peer` is in `allow`.
 pub fn allowed(allow: &[IpNet], peer: IpAddr) -> bool {
     // An IPv4 peer on a dual-stack socket shows up as ::ffff:a.b.c.d.
     let peer = peer.to_canonical();
     allow.iter().any(|net| net.contains(&peer))
 }
 
+/// A connection let through to its session.
+pub(crate) struct Admitted {
+    /// The client: the PROXY header's source, or the TCP peer.
+    pub peer: SocketAddr,
+    /// The load balancer that sent a PROXY header, if one did.
+    pub proxied_by: Option<SocketAddr>,
+    /// When it was accepted: the handshake deadline counts from here.
+    pub accepted: Instant,
+    /// The first byte of the PostgreSQL stream, when reading for a PROXY
+    /// header took it.
+    pub first: Option<u8>,
+    /// Its place in the handshake budget, until it authenticates.
+    pub slot: HandshakeSlot,
+    /// The configuration it is served under, to its end.
+    pub snapshot: Arc<Snapshot>,
+}
+
 /// Accepts connections until shutdown asks to stop.
 pub async fn serve(state: Arc<State>, listener: TcpListener) {
     loop {
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            a = accept(&state, &listener) => a,
             _ = state.shutdown.stop_accepting.cancelled() => break,
         };
-        let (tcp, peer) = match accepted {
+        let (tcp, peer, slot) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -39,7 +70,8 @@ pub async fn serve(state: Arc<State>, listener: TcpListener) {
                 continue;
             }
         };
-        if !allowed(&state.snapshot().config.listen.allow, peer.ip()) {
+        let snapshot = state.snapshot();
+        if !may_connect(&snapshot, peer.ip()) {
             drop(tcp);
             crate::session::reject(
                 &state,
@@ -50,34 +82,95 @@ pub async fn serve(state: Arc<State>, listener: TcpListener) {
             continue;
         }
         metrics::CONNECTIONS_ACCEPTED.increment();
-        spawn_session(&state, tcp, peer);
+        let s = state.clone();
+        state.sessions.spawn(async move {
+            if let Some((tcp, admitted)) = admit(&s, tcp, peer, slot, snapshot).await {
+                crate::session::run(s, tcp, admitted).await;
+            }
+        });
     }
 }
 
-fn spawn_session(state: &Arc<State>, tcp: tokio::net::TcpStream, peer: SocketAddr) {
-    let permit = state.permits.clone().try_acquire_owned().ok();
-    if permit.is_none() {
-        // Over the limit: keep a bounded number of such connections to answer.
-        let Ok(slot) = state.rejection_slots.clone().try_acquire_owned() else {
-            drop(tcp);
-            crate::session::reject(
-                state,
-                RejectReason::TooManyConnections,
-                peer,
-                "max_connections reached; closed without answer",
-            );
-            return;
-        };
-        let state2 = state.clone();
-        state.sessions.spawn(async move {
-            crate::session::run(state2, tcp, peer, None).await;
-            drop(slot);
-        });
-        return;
+/// A handshake slot, then the next connection.
+async fn accept(
+    state: &State,
+    listener: &TcpListener,
+) -> std::io::Result<(TcpStream, SocketAddr, HandshakeSlot)> {
+    let slot = state.handshakes.reserve().await;
+    let (tcp, peer) = listener.accept().await?;
+    Ok((tcp, peer, slot))
+}
+
+/// Before any byte is read: the TCP peer is allowed, or a load balancer
+/// trusted to say who its client is.
+fn may_connect(snapshot: &Snapshot, peer: IpAddr) -> bool {
+    let listen = &snapshot.config.listen;
+    allowed(&listen.allow, peer)
+        || listen
+            .proxy_protocol
+            .as_ref()
+            .is_some_and(|p| allowed(&p.trusted, peer))
+}
+
+/// The PROXY header from a trusted peer, the client's address against the
+/// allowlist, and the client's handshake cap. `None`: refused and closed.
+async fn admit(
+    state: &State,
+    mut tcp: TcpStream,
+    tcp_peer: SocketAddr,
+    slot: HandshakeSlot,
+    snapshot: Arc<Snapshot>,
+) -> Option<(TcpStream, Admitted)> {
+    let accepted = Instant::now();
+    let listen = &snapshot.config.listen;
+    let deadline = accepted + listen.handshake_timeout;
+    let (mut peer, mut proxied_by, mut first) = (tcp_peer, None, None);
+    if let Some(pp) = listen.proxy_protocol.as_ref()
+        && allowed(&pp.trusted, tcp_peer.ip())
+    {
+        match proxy::read_trusted(&mut tcp, pp.required, deadline).await {
+            Err(e) => {
+                let detail = e.to_string();
+                crate::session::reject(state, RejectReason::ProxyProtocol, tcp_peer, &detail);
+                return None;
+            }
+            Ok(Start::Stream(byte)) => first = Some(byte),
+            Ok(Start::Header(Proxied::Balancer)) => proxied_by = Some(tcp_peer),
+            Ok(Start::Header(Proxied::Client(client))) => {
+                peer = client;
+                proxied_by = Some(tcp_peer);
+            }
+        }
     }
-    state
-        .sessions
-        .spawn(crate::session::run(state.clone(), tcp, peer, permit));
+    if !allowed(&listen.allow, peer.ip()) {
+        let detail = match proxied_by {
+            Some(_) if peer != tcp_peer => {
+                "client address (from the PROXY header) not in [listen] allow"
+            }
+            _ => "address not in [listen] allow (a trusted load balancer's own connection)",
+        };
+        crate::session::reject(state, RejectReason::IpNotAllowed, peer, detail);
+        return None;
+    }
+    let cap = listen.max_handshakes_per_address;
+    let Ok(slot) = state.handshakes.count(slot, peer.ip(), cap) else {
+        crate::session::reject(
+            state,
+            RejectReason::TooManyHandshakes,
+            peer,
+            "max_handshakes_per_address handshakes in progress from this address; closed unread",
+        );
+        return None;
+    };
+    let admitted = Admitted {
+        peer,
+        proxied_by,
+        accepted,
+        first,
+        slot,
+        snapshot,
+    };
+    Some((tcp, admitted))
 }
 
 #[cfg(test)]

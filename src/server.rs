@@ -34,6 +34,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The admin listener's address, when `[admin]` is configured.
     pub admin_addr: Option<SocketAddr>,
+    /// The peer listener's address (forwarded cancels), with `[peering]`.
+    pub peer_addr: Option<SocketAddr>,
     pub(crate) state: Arc<State>,
     accept: JoinHandle<()>,
     /// Token upkeep and health probes; stopped at shutdown.
@@ -107,6 +109,16 @@ impl Server {
             }
             None => None,
         };
+        let peer_addr = match &state.snapshot().config.peering {
+            Some(peering) => {
+                let (bound, task) = start_peer_listener(peering.address, state.clone()).await?;
+                // Runs through the drain (sessions still live can be
+                // cancelled through other replicas); stopped with the rest.
+                background.push(task);
+                Some(bound)
+            }
+            None => None,
+        };
         let audit = crate::audit::continuous::spawn(state.clone());
         let accept = tokio::spawn(crate::listener::serve(state.clone(), listener));
         let snapshot = state.snapshot();
@@ -114,6 +126,7 @@ impl Server {
         Ok(Server {
             addr,
             admin_addr,
+            peer_addr,
             state,
             accept,
             background,
@@ -179,6 +192,22 @@ impl Server {
     }
 }
 
+/// Binds `[peering] address` and serves forwarded cancels there.
+async fn start_peer_listener(
+    addr: SocketAddr,
+    state: Arc<State>,
+) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    tracing::info!(event = "peer_listening", address = %bound);
+    let task = tokio::spawn(crate::cancel::peer_listener::serve(state, listener));
+    Ok((bound, task))
+}
+
 /// `pgwarden_tls_certificate_expiry_timestamp_seconds` for every certificate
 /// pgwarden serves or trusts: the listener's, each upstream CA, Vault's CA.
 pub(crate) fn record_certificate_expiry(config: &Config) {
@@ -193,6 +222,13 @@ pub(crate) fn record_certificate_expiry(config: &Config) {
     }
     if let Some(ca) = config.vault.as_ref().and_then(|v| v.ca_file.as_ref()) {
         certs.push(("vault_ca".into(), ca));
+    }
+    if let Some(c) = &config.listen.client_certs {
+        certs.push(("client_ca".into(), &c.ca_file));
+    }
+    if let Some(p) = &config.peering {
+        certs.push(("peer".into(), &p.tls.cert_file));
+        certs.push(("peer_ca".into(), &p.ca_file));
     }
     for (label, path) in certs {
         match crate::tls::certificate_not_after(path) {

@@ -21,15 +21,14 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Instant;
 use tracing::{Instrument, field::Empty};
 
 use crate::handshake::{Negotiated, Refused};
+use crate::listener::Admitted;
 use crate::metrics::{self, Label};
 use crate::net::ClientStream;
 use crate::protocol::startup::CancelRequest;
-use crate::state::State;
+use crate::state::{Snapshot, State};
 pub use close::{CloseReason, SESSIONS_ENDED};
 pub(crate) use error::REJECTIONS;
 pub use error::{Error, Kind, RejectReason, StartupRefusal};
@@ -37,19 +36,15 @@ pub(crate) use error::{GOODBYE_TIMEOUT, refuse};
 pub use establish::Established;
 pub use parameters::ParameterRefusal;
 
-/// Serves one accepted connection. `permit` is `None` when the connection is
-/// over `max_connections`: it is then walked through negotiation only to be
-/// told 53300 (or to deliver a cancel request, which needs no slot).
-pub async fn run(
-    state: Arc<State>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    permit: Option<OwnedSemaphorePermit>,
-) {
+/// Serves one admitted connection: its handshake slot is given back once the
+/// client authenticated and took one of `max_connections` session slots (or
+/// when it ends before that: a cancel request needs no session slot).
+pub(crate) async fn run(state: Arc<State>, tcp: TcpStream, admitted: Admitted) {
     let span = tracing::info_span!(
         "session",
         session_id = %new_session_id(),
-        client_addr = %peer,
+        client_addr = %admitted.peer,
+        proxied_by = Empty,
         tls_version = Empty,
         tls_cipher = Empty,
         alpn = Empty,
@@ -63,26 +58,31 @@ pub async fn run(
         credential_source = Empty,
         lease_id_hash = Empty,
     );
-    if let Err(e) = crate::net::tune(&tcp, state.snapshot().config.listen.tcp_keepalive) {
+    if let Some(balancer) = admitted.proxied_by {
+        span.record("proxied_by", balancer.to_string().as_str());
+    }
+    if let Err(e) = crate::net::tune(&tcp, admitted.snapshot.config.listen.tcp_keepalive) {
         tracing::debug!(parent: &span, error = %e, "could not tune client socket");
     }
-    serve(state, tcp, peer, permit).instrument(span).await
+    serve(state, tcp, admitted).instrument(span).await
 }
 
 /// A session over any transport (a TCP socket, or an in-memory pipe in tests).
-pub async fn serve<S>(
-    state: Arc<State>,
-    io: S,
-    peer: SocketAddr,
-    permit: Option<OwnedSemaphorePermit>,
-) where
+pub(crate) async fn serve<S>(state: Arc<State>, io: S, admitted: Admitted)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let accepted = Instant::now();
-    // The configuration this connection is served under, to its end.
-    let snapshot = state.snapshot();
+    let Admitted {
+        peer,
+        accepted,
+        first,
+        slot,
+        snapshot,
+        ..
+    } = admitted;
     let deadline = accepted + snapshot.config.listen.handshake_timeout;
-    let (stream, startup, tls) = match snapshot.negotiator.negotiate(io, deadline).await {
+    let negotiated = snapshot.negotiator.negotiate(io, first, deadline).await;
+    let (stream, startup, tls) = match negotiated {
         Err(Refused { stream, error }) => {
             return refuse(&state, peer, stream, &Error::Negotiate(error)).await;
         }
@@ -90,7 +90,7 @@ pub async fn serve<S>(
             stream,
             request,
             tls,
-        }) => return cancel(&state, peer, stream, request, tls).await,
+        }) => return cancel(&state, &snapshot, peer, stream, request, tls).await,
         Ok(Negotiated::Startup {
             stream,
             startup,
@@ -110,19 +110,13 @@ pub async fn serve<S>(
             span.record("tls_version", "none");
         }
     }
-    let Some(_permit) = permit else {
-        return refuse(&state, peer, Some(stream), &Error::TooManyConnections).await;
-    };
-    let established = establish::establish(
-        &state,
-        &snapshot,
-        stream,
-        &startup,
+    let client = establish::Client {
         peer,
-        tls.is_some(),
-        deadline,
-    )
-    .await;
+        tls: tls.as_ref(),
+        handshake_slot: slot,
+    };
+    let established =
+        establish::establish(&state, &snapshot, stream, &startup, client, deadline).await;
     match established {
         Ok(est) => {
             let handshake = accepted.elapsed();
@@ -137,6 +131,7 @@ pub async fn serve<S>(
 /// cleanly (libpq 17+ waits for the close, and over TLS for a close_notify).
 async fn cancel<S>(
     state: &State,
+    snapshot: &Snapshot,
     peer: SocketAddr,
     mut stream: ClientStream<S>,
     request: CancelRequest,
@@ -146,7 +141,12 @@ async fn cancel<S>(
 {
     let outcome = state
         .cancel
-        .cancel(peer.ip(), request.pid, &request.key)
+        .cancel(
+            peer.ip(),
+            request.pid,
+            &request.key,
+            snapshot.peering.as_ref(),
+        )
         .await;
     crate::cancel::CANCELS.increment(outcome);
     tracing::info!(

@@ -2,12 +2,13 @@
 //! in pgwarden is global.
 //!
 //! Two lifetimes live here. A [`Snapshot`] is what one configuration builds —
-//! the listener's TLS, the users, the routes, the credential sources — and a
+//! the listener's TLS (with the client CA and CRLs), the users, the routes,
+//! the credential sources, the peer link to other replicas — and a
 //! connection keeps the snapshot it was accepted under for its whole life.
 //! The rest lives as long as the process: the cancel map, the revoker,
-//! pgwarden's Vault connection, the connection limit, shutdown, the session
-//! tracker. Replacing the current snapshot changes what new connections get
-//! and nothing of the live ones.
+//! pgwarden's Vault connection, the session and handshake budgets (sized at
+//! start-up), shutdown, the session tracker. Replacing the current snapshot
+//! changes what new connections get and nothing of the live ones.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,19 +23,17 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Authenticator, ScramServer, UserAuth};
 use crate::cancel::CancelMap;
+use crate::cancel::peer::Peering;
 use crate::config::{Config, CredentialsConfig, RouteConfig, UpstreamTls};
 use crate::credentials::CredentialSource;
 use crate::credentials::revoker::Revoker;
 use crate::credentials::vault::{SetupError, Vault};
 use crate::handshake::Negotiator;
+use crate::listener::HandshakeBudget;
 use crate::route::{Route, Routes};
 use crate::tls::{TlsError, Verification};
 use crate::upstream::{TargetError, UpstreamTarget};
 use rustls::ServerConfig;
-
-/// Most refused connections handled at once beyond `max_connections` (they
-/// are walked through TLS so they can be told 53300).
-const REJECTION_SLOTS: usize = 64;
 
 pub struct State {
     /// What new connections are served with; see the module documentation.
@@ -43,10 +42,10 @@ pub struct State {
     pub(crate) revoker: Revoker,
     /// pgwarden's Vault connection, when `[vault]` is configured.
     pub(crate) vault: Option<Arc<Vault>>,
-    /// One permit per session, `max_connections` in all.
+    /// One permit per authenticated session, `max_connections` in all.
     pub(crate) permits: Arc<Semaphore>,
-    /// Connections over the limit being told so.
-    pub(crate) rejection_slots: Arc<Semaphore>,
+    /// Handshakes in progress: `max_handshakes`, and a cap per address.
+    pub(crate) handshakes: Arc<HandshakeBudget>,
     pub(crate) shutdown: Shutdown,
     /// Every session task, so shutdown can wait for them.
     pub(crate) sessions: TaskTracker,
@@ -61,6 +60,8 @@ pub struct Snapshot {
     pub(crate) routes: Routes,
     /// Every credential source by name (for start-up work and readiness).
     pub(crate) sources: HashMap<String, Arc<CredentialSource>>,
+    /// The other replicas and the peer link's TLS, with `[peering]`.
+    pub(crate) peering: Option<Peering>,
 }
 
 /// The two stages of shutdown.
@@ -80,6 +81,8 @@ pub enum BuildError {
     ListenerTls(TlsError),
     #[error("listener certificate: {0}")]
     ListenerCertificate(std::io::Error),
+    #[error("[peering]: {0}")]
+    Peering(TlsError),
     #[error("{0}")]
     Vault(#[from] SetupError),
     #[error("[credentials.{name}]: {error}")]
@@ -105,6 +108,7 @@ impl State {
         };
         let revoker = Revoker::new();
         let max_connections = config.listen.max_connections;
+        let max_handshakes = config.listen.max_handshakes;
         let snapshot = Snapshot::build(config, vault.as_ref(), &revoker)?;
         Ok(Arc::new(State {
             current: RwLock::new(Arc::new(snapshot)),
@@ -112,7 +116,7 @@ impl State {
             revoker,
             vault,
             permits: Arc::new(Semaphore::new(max_connections)),
-            rejection_slots: Arc::new(Semaphore::new(REJECTION_SLOTS)),
+            handshakes: HandshakeBudget::new(max_handshakes),
             shutdown: Shutdown::default(),
             sessions: TaskTracker::new(),
             reject_log: RateLimitedLog::new(20),
@@ -167,7 +171,12 @@ impl Snapshot {
         for r in &config.routes {
             routes.add(route(&config, r, &sources)?);
         }
+        let peering = match &config.peering {
+            Some(p) => Some(Peering::build(p).map_err(BuildError::Peering)?),
+            None => None,
+        };
         Ok(Snapshot {
+            peering,
             negotiator: Negotiator {
                 tls: crate::handshake::acceptor(server_tls),
                 require_tls: config.listen.require_tls,
@@ -208,7 +217,19 @@ fn listener_tls(config: &Config) -> Result<ListenerTls, BuildError> {
     let Some(files) = &config.listen.tls else {
         return Ok((None, None));
     };
-    let server = crate::tls::server_config(&files.cert_file, &files.key_file)
+    // Client certificates (and their CRLs) are read anew with every snapshot.
+    let clients = match &config.listen.client_certs {
+        Some(c) => Some(
+            crate::tls::mtls::client_verifier(
+                &c.ca_file,
+                c.crl_file.as_deref(),
+                crate::tls::mtls::ClientCerts::Optional,
+            )
+            .map_err(BuildError::ListenerTls)?,
+        ),
+        None => None,
+    };
+    let server = crate::tls::server_config_verifying(&files.cert_file, &files.key_file, clients)
         .map_err(BuildError::ListenerTls)?;
     let pem = std::fs::read(&files.cert_file).map_err(BuildError::ListenerCertificate)?;
     Ok((Some(server), Some(pem)))

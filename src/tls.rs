@@ -12,6 +12,7 @@
 //! the rest of a larger record inside OpenSSL and waits on an empty socket, forever.
 
 pub mod channel_binding;
+pub mod mtls;
 pub mod pg_connector;
 mod verify_ca;
 
@@ -78,7 +79,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.display().to_string(),
         source,
@@ -104,9 +105,19 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
 /// The listener's TLS configuration: TLS ≥ 1.2, ALPN `postgresql`, records of
 /// at most [`CLIENT_RECORD_PLAINTEXT`] bytes of plaintext.
 pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_verifying(cert_file, key_file, None)
+}
+
+/// [`server_config`] that asks clients for a certificate and checks it with
+/// `clients` (see [`mtls::client_verifier`]).
+pub fn server_config_verifying(
+    cert_file: &Path,
+    key_file: &Path,
+    clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = load_certs(cert_file)?;
     let key = load_key(key_file)?;
-    server_config_from(certs, key)
+    server_config_with(certs, key, clients)
 }
 
 /// [`server_config`] for a chain and key already read.
@@ -114,10 +125,21 @@ pub fn server_config_from(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    server_config_with(certs, key, None)
+}
+
+pub(crate) fn server_config_with(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match clients {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(certs, key)?;
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     config.max_fragment_size = Some(CLIENT_RECORD_PLAINTEXT + RECORD_HEADER);
     Ok(Arc::new(config))

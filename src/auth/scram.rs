@@ -180,6 +180,7 @@ mod tests {
     use postgres_protocol::message::frontend;
     use secrecy::ExposeSecret;
     use std::collections::HashMap;
+    use std::net::IpAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     /// Reads one backend message: (tag, body).
@@ -245,7 +246,7 @@ mod tests {
             async move { client(client_end, &password).await }
         });
         let result = auth
-            .authenticate(&mut framed, user, peer.parse().unwrap(), false)
+            .authenticate(&mut framed, user, peer.parse().unwrap(), false, None)
             .await;
         drop(framed);
         (result, client_task.await.unwrap())
@@ -277,13 +278,98 @@ mod tests {
         let (server_end, _client_end) = tokio::io::duplex(64);
         let mut framed = FramedStream::new(server_end);
         let ok = auth
-            .authenticate(&mut framed, "sidecar", "127.0.0.1".parse().unwrap(), false)
+            .authenticate(
+                &mut framed,
+                "sidecar",
+                "127.0.0.1".parse().unwrap(),
+                false,
+                None,
+            )
             .await;
         assert_eq!(ok.unwrap(), AuthMethod::Trust);
         // From elsewhere: a full SCRAM exchange that cannot succeed.
         let (result, got_final) = run(&auth, "sidecar", "", "10.9.9.9").await;
         assert!(matches!(result, Err(AuthError::Failed { .. })));
         assert!(!got_final);
+    }
+
+    /// A cert user: the verified certificate must name it; nothing is read
+    /// from the client. A cert+scram user needs the certificate and then SCRAM.
+    #[tokio::test]
+    async fn cert_users_need_a_certificate_that_names_them() {
+        let pw = generate_password(GENERATED_PASSWORD_LEN);
+        let verifier = ScramVerifier::from_password(&pw);
+        let mut users = HashMap::new();
+        let names = vec!["kc".to_owned(), "spiffe://cluster/ns/kc".to_owned()];
+        users.insert(
+            "kc".to_owned(),
+            UserAuth::Cert {
+                names: names.clone(),
+            },
+        );
+        users.insert(
+            "both".to_owned(),
+            UserAuth::CertAndScram { names, verifier },
+        );
+        let auth = Authenticator::new(users, ScramServer::new(None));
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        async fn cert(
+            auth: &Authenticator,
+            user: &str,
+            names: Option<&[&str]>,
+        ) -> Result<AuthMethod, AuthError> {
+            let (server_end, _client_end) = tokio::io::duplex(64);
+            let mut framed = FramedStream::new(server_end);
+            let names: Option<Vec<String>> =
+                names.map(|n| n.iter().map(|s| s.to_string()).collect());
+            let peer = "10.0.0.1".parse().unwrap();
+            auth.authenticate(&mut framed, user, peer, true, names.as_deref())
+                .await
+        }
+        assert_eq!(
+            cert(&auth, "kc", Some(&["kc"])).await.unwrap(),
+            AuthMethod::Cert
+        );
+        // A SAN named in cert_names will do as well.
+        assert_eq!(
+            cert(&auth, "kc", Some(&["other", "spiffe://cluster/ns/kc"]))
+                .await
+                .unwrap(),
+            AuthMethod::Cert
+        );
+        assert!(matches!(
+            cert(&auth, "kc", None).await,
+            Err(AuthError::CertificateRequired)
+        ));
+        assert!(matches!(
+            cert(&auth, "kc", Some(&["KC", "kc2"])).await,
+            Err(AuthError::CertificateMismatch { .. })
+        ));
+        // cert+scram: no SCRAM without the certificate (the client's end is
+        // never read from: the refusal comes first).
+        assert!(matches!(
+            cert(&auth, "both", Some(&["mallory"])).await,
+            Err(AuthError::CertificateMismatch { .. })
+        ));
+        assert!(matches!(
+            cert(&auth, "both", None).await,
+            Err(AuthError::CertificateRequired)
+        ));
+
+        // With the certificate, SCRAM decides.
+        let (server_end, client_end) = tokio::io::duplex(4096);
+        let mut framed = FramedStream::new(server_end);
+        let client_task = tokio::spawn({
+            let password = pw.expose_secret().to_owned();
+            async move { client(client_end, &password).await }
+        });
+        let names = vec!["kc".to_owned()];
+        let result = auth
+            .authenticate(&mut framed, "both", peer, false, Some(&names))
+            .await;
+        drop(framed);
+        assert_eq!(result.unwrap(), AuthMethod::CertScramSha256);
+        assert!(client_task.await.unwrap());
     }
 
     #[tokio::test]

@@ -10,7 +10,9 @@ use super::report::Override;
 
 /// Sections that can be overridden; arrays of tables (users, routes) and the
 /// credential sources are configured in the file only.
-const SECTIONS: &[&str] = &["listen", "admin", "log", "shutdown", "vault", "audit"];
+const SECTIONS: &[&str] = &[
+    "listen", "admin", "log", "shutdown", "vault", "audit", "peering",
+];
 
 /// Variables with the prefix that are not configuration overrides.
 const NOT_OVERRIDES: &[&str] = &["PGWARDEN_CONFIG"];

@@ -11,6 +11,13 @@ use serde::{Deserialize, Deserializer};
 
 pub const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:6432";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 500;
+/// Handshakes (accept → authenticated) in progress at once, from all addresses.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
+/// Handshakes in progress at once from one client address (an IPv6 /64).
+pub const DEFAULT_MAX_HANDSHAKES_PER_ADDRESS: usize = 32;
+/// Most replicas that can forward cancel requests to one another: the
+/// replica id takes 4 bits of every cancel key.
+pub const MAX_REPLICAS: u8 = 16;
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -105,6 +112,59 @@ pub struct Listen {
     pub tcp_keepalive: Duration,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub idle_timeout: Option<Duration>,
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+    #[serde(default = "default_max_handshakes_per_address")]
+    pub max_handshakes_per_address: usize,
+    /// CA certificates that sign client certificates (mTLS; users with
+    /// `auth = "cert"` or `"cert+scram"`).
+    pub client_ca_file: Option<PathBuf>,
+    /// Certificate revocation lists (PEM) for client certificates.
+    pub client_crl_file: Option<PathBuf>,
+    /// PROXY protocol from load balancers.
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// `[listen] proxy_protocol = { trusted = [...], required = ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProtocol {
+    /// Peers (CIDRs or addresses) whose PROXY header is read and believed.
+    pub trusted: Vec<String>,
+    /// A trusted peer must send a header.
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// `[peering]`: this replica's id, and the listener other replicas forward
+/// cancel requests to (mutual TLS).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peering {
+    /// 0 to [`MAX_REPLICAS`] - 1, unique among the replicas.
+    pub id: u8,
+    /// Where forwarded cancel requests arrive.
+    pub address: String,
+    /// Who may connect to it; default: `[listen] allow`.
+    pub allow: Option<Vec<String>>,
+    /// This replica's peer certificate (chain) and key: presented as a server
+    /// to replicas that forward, and as a client when forwarding. It needs
+    /// both the serverAuth and clientAuth extended key usages.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The CA that signs every replica's peer certificate, and nothing else.
+    pub ca_file: PathBuf,
+}
+
+/// `[[peers]]`: another replica.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub id: u8,
+    /// `host:port` of its `[peering] address`.
+    pub address: String,
+    /// The name its certificate must carry; default: the host of `address`.
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +229,11 @@ pub enum UserAuthMethod {
     #[default]
     Scram,
     Trust,
+    /// A verified client certificate that names the user.
+    Cert,
+    /// Both a client certificate and SCRAM.
+    #[serde(rename = "cert+scram")]
+    CertScram,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,6 +245,9 @@ pub struct User {
     pub scram_verifier: Option<SecretString>,
     pub scram_verifier_file: Option<PathBuf>,
     pub trust_from: Option<Vec<String>>,
+    /// Certificate names (subject CN, DNS, email or URI SAN) that stand for
+    /// this user; default: the user's name.
+    pub cert_names: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
@@ -427,6 +495,12 @@ fn default_admin_request_timeout() -> Duration {
 }
 fn default_max_connections() -> usize {
     DEFAULT_MAX_CONNECTIONS
+}
+fn default_max_handshakes() -> usize {
+    DEFAULT_MAX_HANDSHAKES
+}
+fn default_max_handshakes_per_address() -> usize {
+    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS
 }
 fn default_handshake_timeout() -> Duration {
     DEFAULT_HANDSHAKE_TIMEOUT

@@ -6,11 +6,13 @@
 //! and never the value. The credential sources and `[vault]` are in `sources`,
 //! the checks between sections in `cross`, `[backup.*]` (and the reading of a
 //! file for `pgwarden backup` alone) in `backup`, `[admin]` and a route's
-//! `allowed_parameters` in `access`.
+//! `allowed_parameters` in `access`, the network edge (PROXY protocol, client
+//! certificates, handshake budgets, `[peering]` and `[[peers]]`) in `edge`.
 
 mod access;
 mod backup;
 mod cross;
+mod edge;
 mod sources;
 
 pub(super) use backup::validate_backup;
@@ -39,6 +41,8 @@ const KNOWN_SECTIONS: &[&str] = &[
     "vault",
     "audit",
     "backup",
+    "peering",
+    "peers",
 ];
 
 pub(super) fn validate(
@@ -98,6 +102,8 @@ impl Validator<'_> {
         let routes = self.array::<raw::Route>(table, "routes");
         let credentials = self.credentials(table);
         let audit = self.optional::<raw::Audit>(table, "audit");
+        let peering = self.optional::<raw::Peering>(table, "peering");
+        let peers = self.array::<raw::Peer>(table, "peers");
 
         let listen = listen.and_then(|l| self.listen(l));
         let admin = admin.flatten().and_then(|a| self.admin(a));
@@ -118,6 +124,10 @@ impl Validator<'_> {
             .filter_map(|(i, r)| self.route(i, r))
             .collect();
         self.cross_checks(&declared, &users, &routes, &credentials, vault.is_some());
+        if let Some(l) = &listen {
+            self.cert_users(l, &users);
+        }
+        let peering = self.peering(peering, peers, listen.as_ref());
         let audit = audit.flatten().map(|a| self.audit(a, &declared));
         let backup = self.backups(
             table,
@@ -143,6 +153,7 @@ impl Validator<'_> {
             vault,
             audit,
             backup,
+            peering,
         })
     }
 
@@ -330,6 +341,13 @@ impl Validator<'_> {
         if l.handshake_timeout.is_zero() {
             self.err("[listen] handshake_timeout must be more than 0s".into());
         }
+        self.handshake_budget(l.max_handshakes, l.max_handshakes_per_address);
+        let client_certs = self.client_certs(
+            l.client_ca_file.as_deref(),
+            l.client_crl_file.as_deref(),
+            l.tls_cert_file.is_some() && l.tls_key_file.is_some(),
+        );
+        let proxy_protocol = l.proxy_protocol.map(|p| self.proxy_protocol(p));
         Some(ListenConfig {
             address: address?,
             tls,
@@ -339,6 +357,10 @@ impl Validator<'_> {
             handshake_timeout: l.handshake_timeout,
             tcp_keepalive: l.tcp_keepalive,
             idle_timeout: l.idle_timeout.filter(|d| !d.is_zero()),
+            max_handshakes: l.max_handshakes,
+            max_handshakes_per_address: l.max_handshakes_per_address,
+            client_certs,
+            proxy_protocol,
         })
     }
 
@@ -348,32 +370,24 @@ impl Validator<'_> {
             self.err(format!("{what}: name must not be empty"));
             return None;
         }
-        let auth = match u.auth {
-            raw::UserAuthMethod::Scram => {
-                if u.trust_from.is_some() {
-                    self.err(format!("{what}: trust_from is only for auth = \"trust\""));
+        let method = u.auth;
+        if u.trust_from.is_some() && method != raw::UserAuthMethod::Trust {
+            self.err(format!("{what}: trust_from is only for auth = \"trust\""));
+        }
+        let cert_names = self.cert_names(&what, &u.name, method, u.cert_names.as_deref());
+        let auth = match method {
+            raw::UserAuthMethod::Scram => UserAuth::Scram(self.verifier(&what, &u)?),
+            raw::UserAuthMethod::CertScram => UserAuth::CertAndScram {
+                names: cert_names,
+                verifier: self.verifier(&what, &u)?,
+            },
+            raw::UserAuthMethod::Cert => {
+                if u.scram_verifier.is_some() || u.scram_verifier_file.is_some() {
+                    self.err(format!(
+                        "{what}: a cert user has no verifier (auth = \"cert+scram\" asks for both)"
+                    ));
                 }
-                let text = match (u.scram_verifier, &u.scram_verifier_file) {
-                    (Some(v), None) => Some(v),
-                    (None, Some(f)) => self.secret_file(&format!("{what} scram_verifier_file"), f),
-                    (Some(_), Some(_)) => {
-                        self.err(format!(
-                            "{what}: give scram_verifier or scram_verifier_file, not both"
-                        ));
-                        None
-                    }
-                    (None, None) => {
-                        self.err(format!("{what}: needs scram_verifier or scram_verifier_file (make one with `pgwarden scram-verifier`), or auth = \"trust\""));
-                        None
-                    }
-                }?;
-                match text.expose_secret().parse::<ScramVerifier>() {
-                    Ok(v) => UserAuth::Scram(v),
-                    Err(e) => {
-                        self.err(format!("{what}: {e}"));
-                        return None;
-                    }
-                }
+                UserAuth::Cert { names: cert_names }
             }
             raw::UserAuthMethod::Trust => {
                 if u.scram_verifier.is_some() || u.scram_verifier_file.is_some() {
@@ -393,6 +407,31 @@ impl Validator<'_> {
             }
         };
         Some(UserConfig { name: u.name, auth })
+    }
+
+    /// A SCRAM user's verifier, inline or from its file.
+    fn verifier(&mut self, what: &str, u: &raw::User) -> Option<ScramVerifier> {
+        let text = match (&u.scram_verifier, &u.scram_verifier_file) {
+            (Some(v), None) => Some(v.clone()),
+            (None, Some(f)) => self.secret_file(&format!("{what} scram_verifier_file"), f),
+            (Some(_), Some(_)) => {
+                self.err(format!(
+                    "{what}: give scram_verifier or scram_verifier_file, not both"
+                ));
+                None
+            }
+            (None, None) => {
+                self.err(format!("{what}: needs scram_verifier or scram_verifier_file (make one with `pgwarden scram-verifier`), or auth = \"trust\" or \"cert\""));
+                None
+            }
+        }?;
+        match text.expose_secret().parse::<ScramVerifier>() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.err(format!("{what}: {e}"));
+                None
+            }
+        }
     }
 
     fn route(&mut self, i: usize, r: raw::Route) -> Option<RouteConfig> {

@@ -12,8 +12,9 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
 use secrecy::SecretString;
 
@@ -34,6 +35,16 @@ pub enum PkiError {
     InvalidValidity,
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("not a PEM certificate")]
+    NotACertificate,
+}
+
+/// The serial number of a PEM certificate.
+fn serial(pem: &str) -> Result<Vec<u8>, PkiError> {
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|_| PkiError::NotACertificate)?;
+    let cert = pem.parse_x509().map_err(|_| PkiError::NotACertificate)?;
+    Ok(cert.raw_serial().to_vec())
 }
 
 /// A certificate and its private key, both PEM-encoded.
@@ -125,6 +136,48 @@ impl Pki {
         let mut params = leaf_params(common_name, now - BACKDATE, now + VALIDITY)?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.sign(params)
+    }
+
+    /// A certificate for the link between pgwarden replicas: a server for
+    /// `names` and a client too (both extended key usages), valid from an hour
+    /// ago for a year.
+    pub fn issue_peer(&self, names: &[&str]) -> Result<IssuedCert, PkiError> {
+        let now = SystemTime::now();
+        let first = names.first().ok_or(PkiError::NoNames)?;
+        let mut params = leaf_params(first, now - BACKDATE, now + VALIDITY)?;
+        params.subject_alt_names = names.iter().map(|n| san(n)).collect::<Result<_, _>>()?;
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.sign(params)
+    }
+
+    /// A certificate revocation list, PEM-encoded, that revokes the
+    /// certificates in `revoked` (PEM; each one this CA issued). Valid from an
+    /// hour ago for a year.
+    pub fn crl(&self, revoked: &[&str]) -> Result<String, PkiError> {
+        let now = SystemTime::now();
+        let revoked_certs = revoked
+            .iter()
+            .map(|pem| {
+                Ok(RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&serial(pem)?),
+                    revocation_time: (now - BACKDATE).into(),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>, PkiError>>()?;
+        let params = CertificateRevocationListParams {
+            this_update: (now - BACKDATE).into(),
+            next_update: (now + VALIDITY).into(),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 
     fn sign(&self, params: CertificateParams) -> Result<IssuedCert, PkiError> {

@@ -47,7 +47,7 @@ fn start(negotiator: &Arc<Negotiator>) -> (DuplexStream, JoinHandle<Outcome>) {
     let (client, server) = tokio::io::duplex(64 * 1024);
     let negotiator = negotiator.clone();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let task = tokio::spawn(async move { negotiator.negotiate(server, deadline).await });
+    let task = tokio::spawn(async move { negotiator.negotiate(server, None, deadline).await });
     (client, task)
 }
 

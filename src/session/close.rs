@@ -129,6 +129,7 @@ pub(super) async fn relay_and_close<S>(
         mut lease,
         cancel_registration,
         route,
+        session_slot: _session_slot,
     } = est;
     let stop = Arc::new(StopSignal::default());
     lease.start_renewal(stop.clone(), STOP_GRACE);

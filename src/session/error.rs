@@ -41,6 +41,10 @@ pub enum RejectReason {
     AuthFailed,
     UnknownDatabase,
     ParameterNotAllowed,
+    /// A PROXY header missing, malformed, or from a peer not trusted to send one.
+    ProxyProtocol,
+    /// The client's address had `max_handshakes_per_address` handshakes in progress.
+    TooManyHandshakes,
 }
 
 impl Label for RejectReason {
@@ -54,6 +58,8 @@ impl Label for RejectReason {
         RejectReason::AuthFailed,
         RejectReason::UnknownDatabase,
         RejectReason::ParameterNotAllowed,
+        RejectReason::ProxyProtocol,
+        RejectReason::TooManyHandshakes,
     ];
 
     fn as_str(self) -> &'static str {
@@ -67,6 +73,8 @@ impl Label for RejectReason {
             RejectReason::AuthFailed => "auth_failed",
             RejectReason::UnknownDatabase => "unknown_database",
             RejectReason::ParameterNotAllowed => "parameter_not_allowed",
+            RejectReason::ProxyProtocol => "proxy_protocol",
+            RejectReason::TooManyHandshakes => "too_many_handshakes",
         }
     }
 }
@@ -89,7 +97,7 @@ pub enum Error {
     /// TLS or the startup packet.
     #[error(transparent)]
     Negotiate(#[from] NegotiateError),
-    /// `max_connections` sessions are live.
+    /// `max_connections` sessions are live (checked once the client authenticated).
     #[error("max_connections reached")]
     TooManyConnections,
     /// The handshake deadline passed after the startup message.
@@ -146,9 +154,11 @@ impl Error {
             Error::TooManyConnections => Kind::Rejected(RejectReason::TooManyConnections),
             Error::Timeout => Kind::Rejected(RejectReason::HandshakeTimeout),
             Error::Startup(_) | Error::ClientWrite(_) => Kind::Rejected(RejectReason::Protocol),
-            Error::Authenticate(AuthError::Failed { .. }) => {
-                Kind::Rejected(RejectReason::AuthFailed)
-            }
+            Error::Authenticate(
+                AuthError::Failed { .. }
+                | AuthError::CertificateRequired
+                | AuthError::CertificateMismatch { .. },
+            ) => Kind::Rejected(RejectReason::AuthFailed),
             Error::Authenticate(_) => Kind::Rejected(RejectReason::Protocol),
             Error::Route {
                 error: RouteError::UnknownDatabase,
@@ -173,6 +183,10 @@ impl Error {
             Error::Startup(StartupRefusal::NoUser) => sqlstate::INVALID_AUTHORIZATION,
             Error::Startup(StartupRefusal::Replication) => sqlstate::FEATURE_NOT_SUPPORTED,
             Error::Authenticate(AuthError::Failed { .. }) => sqlstate::INVALID_PASSWORD,
+            // PostgreSQL's clientcert=verify-full and `cert` answer 28000.
+            Error::Authenticate(
+                AuthError::CertificateRequired | AuthError::CertificateMismatch { .. },
+            ) => sqlstate::INVALID_AUTHORIZATION,
             Error::Authenticate(_) | Error::ClientWrite(_) => sqlstate::PROTOCOL_VIOLATION,
             Error::Route {
                 error: RouteError::UnknownDatabase,
@@ -210,6 +224,12 @@ impl Error {
                 format!("password authentication failed for user \"{user}\"")
             }
             Error::Authenticate(AuthError::Protocol(what)) => (*what).into(),
+            Error::Authenticate(AuthError::CertificateRequired) => {
+                "connection requires a valid client certificate".into()
+            }
+            Error::Authenticate(AuthError::CertificateMismatch { user }) => {
+                format!("certificate authentication failed for user \"{user}\"")
+            }
             Error::Authenticate(AuthError::Closed) | Error::ClientWrite(_) => return None,
             Error::Route {
                 error: RouteError::UnknownDatabase,

@@ -1,6 +1,7 @@
 //! From a startup message to a welcomed client with a live upstream backend:
-//! identify → authenticate → route → issue a credential → log in upstream →
-//! register the cancel key → welcome. Each step fails with a [`super::Error`];
+//! identify → authenticate → take a session slot (giving the handshake slot
+//! back) → route → issue a credential → log in upstream → register the
+//! cancel key → welcome. Each step fails with a [`super::Error`];
 //! none of them answers the client itself.
 
 use std::net::SocketAddr;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::error::{Error, StartupRefusal};
@@ -15,12 +17,15 @@ use super::parameters;
 use crate::cancel::{CancelTarget, Registration};
 use crate::credentials::Issued;
 use crate::credentials::lease::LeaseGuard;
+use crate::handshake::TlsInfo;
+use crate::listener::HandshakeSlot;
 use crate::metrics;
 use crate::net::ClientStream;
+use crate::protocol::ProtocolMinor;
 use crate::protocol::backend;
+use crate::protocol::backend::negotiate_protocol_version;
 use crate::protocol::frame::FramedStream;
 use crate::protocol::startup::StartupMessage;
-use crate::protocol::{ProtocolMinor, backend::negotiate_protocol_version};
 use crate::route::Route;
 use crate::state::{Snapshot, State};
 use crate::upstream::UpstreamSession;
@@ -36,6 +41,8 @@ pub struct Established<S> {
     /// Removes the cancel key when dropped.
     pub cancel_registration: Registration,
     pub route: Arc<Route>,
+    /// One of `max_connections`, for as long as the session lives.
+    pub session_slot: OwnedSemaphorePermit,
 }
 
 /// A refused session: the client's stream, to be told why, and the error.
@@ -48,8 +55,7 @@ pub async fn establish<S>(
     snapshot: &Snapshot,
     stream: ClientStream<S>,
     startup: &StartupMessage,
-    peer: SocketAddr,
-    tls: bool,
+    client: Client<'_>,
     deadline: Instant,
 ) -> Result<Established<S>, Refused<S>>
 where
@@ -58,7 +64,7 @@ where
     let mut framed = FramedStream::new(stream);
     let result = tokio::time::timeout_at(
         deadline,
-        login(state, snapshot, &mut framed, startup, peer, tls),
+        login(state, snapshot, &mut framed, startup, client),
     )
     .await;
     let (client, client_leftover) = framed.into_parts();
@@ -68,6 +74,7 @@ where
             lease,
             cancel_registration,
             route,
+            session_slot,
         })) => Ok(Established {
             client,
             client_leftover,
@@ -75,6 +82,7 @@ where
             lease,
             cancel_registration,
             route,
+            session_slot,
         }),
         Ok(Err(error)) => Err((client, error)),
         Err(_) => Err((client, Error::Timeout)),
@@ -86,6 +94,14 @@ struct Login {
     lease: LeaseGuard,
     cancel_registration: Registration,
     route: Arc<Route>,
+    session_slot: OwnedSemaphorePermit,
+}
+
+/// Who is logging in: the client's address, its TLS, and its handshake slot.
+pub struct Client<'a> {
+    pub peer: SocketAddr,
+    pub tls: Option<&'a TlsInfo>,
+    pub handshake_slot: HandshakeSlot,
 }
 
 async fn login<S>(
@@ -93,8 +109,7 @@ async fn login<S>(
     snapshot: &Snapshot,
     framed: &mut FramedStream<ClientStream<S>>,
     startup: &StartupMessage,
-    peer: SocketAddr,
-    tls: bool,
+    client: Client<'_>,
 ) -> Result<Login, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -105,11 +120,26 @@ where
     if let Some(npv) = npv {
         write(framed, &npv).await?;
     }
+    let cert = client.tls.and_then(|t| t.client_cert.as_deref());
     let method = snapshot
         .authenticator
-        .authenticate(framed, user, peer.ip().to_canonical(), tls)
+        .authenticate(
+            framed,
+            user,
+            client.peer.ip().to_canonical(),
+            client.tls.is_some(),
+            cert,
+        )
         .await?;
     span.record("auth_method", method.as_str());
+    // Authenticated: from here on the client holds a session slot, not a
+    // handshake slot.
+    let session_slot = state
+        .permits
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Error::TooManyConnections)?;
+    drop(client.handshake_slot);
 
     let route = snapshot
         .routes
@@ -152,7 +182,7 @@ where
     span.record("upstream_addr", upstream.addr.to_string().as_str());
     span.record("upstream_pid", upstream.pid);
 
-    let client_key = new_cancel_key(minor);
+    let client_key = crate::cancel::key::issue(minor, snapshot.peering.as_ref().map(|p| p.id));
     let cancel_registration = state.cancel.register(
         client_key.clone(),
         CancelTarget {
@@ -168,6 +198,7 @@ where
         lease,
         cancel_registration,
         route,
+        session_slot,
     })
 }
 
@@ -191,14 +222,6 @@ fn identify(startup: &StartupMessage) -> Result<(&str, &str), Error> {
         return Err(StartupRefusal::Replication.into());
     }
     Ok((user, database))
-}
-
-/// A cancel key of pgwarden's own, as long as the client's protocol has them.
-fn new_cancel_key(minor: ProtocolMinor) -> Vec<u8> {
-    match minor {
-        ProtocolMinor::V0 => crate::auth::verifier::random_bytes::<4>().to_vec(),
-        ProtocolMinor::V2 => crate::auth::verifier::random_bytes::<32>().to_vec(),
-    }
 }
 
 /// AuthenticationOk, the upstream's ParameterStatus verbatim, BackendKeyData

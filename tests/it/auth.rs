@@ -264,16 +264,26 @@ async fn over_max_connections_clients_are_told_53300() {
     .await;
     let first = h.connect().await;
     let second = h.connect().await;
-    // Told after TLS and the StartupMessage, before any authentication.
+    // Told once authenticated: handshakes in progress do not hold session
+    // slots, and an unauthenticated client learns nothing of how full it is.
+    let startup = wire::startup(0, &[("user", "keycloak"), ("database", "keycloak")]);
     let mut tls = wire::ssl(h.proxy_addr, &h.ca_pem).await;
-    wire::send(
-        &mut tls,
-        &wire::startup(0, &[("user", "keycloak"), ("database", "keycloak")]),
-    )
-    .await;
-    let all = wire::read_until_closed(&mut tls).await;
-    assert_eq!(all.len(), 1, "{all:?}");
-    all[0].assert_fatal("53300", "sorry, too many clients already");
+    let binding = wire::channel_binding(&tls);
+    wire::send(&mut tls, &startup).await;
+    let refused = wire::login(&mut tls, h.client_password.expose_secret(), Some(binding))
+        .await
+        .expect_err("no slot");
+    refused.assert_fatal("53300", "sorry, too many clients already");
+    let mut tls = wire::ssl(h.proxy_addr, &h.ca_pem).await;
+    let binding = wire::channel_binding(&tls);
+    wire::send(&mut tls, &startup).await;
+    let wrong = wire::login(&mut tls, "not the password", Some(binding))
+        .await
+        .expect_err("wrong password");
+    wrong.assert_fatal(
+        "28P01",
+        "password authentication failed for user \"keycloak\"",
+    );
     let err = h.try_connect(&h.pg_config()).await.expect_err("refused");
     let db = err.as_db_error().expect("an ErrorResponse");
     assert_eq!(

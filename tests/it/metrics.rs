@@ -115,6 +115,8 @@ const ZEROED_AT_START: &[&str] = &[
     "pgwarden_connections_rejected_total{reason=\"auth_failed\"}",
     "pgwarden_connections_rejected_total{reason=\"unknown_database\"}",
     "pgwarden_connections_rejected_total{reason=\"parameter_not_allowed\"}",
+    "pgwarden_connections_rejected_total{reason=\"proxy_protocol\"}",
+    "pgwarden_connections_rejected_total{reason=\"too_many_handshakes\"}",
     "pgwarden_sessions_active",
     "pgwarden_sessions_total{close_reason=\"client_terminated\"}",
     "pgwarden_sessions_total{close_reason=\"client_closed\"}",
@@ -146,6 +148,8 @@ const ZEROED_AT_START: &[&str] = &[
     "pgwarden_cancel_requests_total{outcome=\"unknown_key\"}",
     "pgwarden_cancel_requests_total{outcome=\"rate_limited\"}",
     "pgwarden_cancel_requests_total{outcome=\"upstream_failed\"}",
+    "pgwarden_cancel_requests_total{outcome=\"forwarded_to_peer\"}",
+    "pgwarden_cancel_requests_total{outcome=\"peer_failed\"}",
 ];
 
 /// The sum of a field over every `session_end` record so far.
@@ -463,6 +467,8 @@ async fn the_catalogue_moves_by_what_a_vault_scenario_did() {
         "auth_failed",
         "unknown_database",
         "parameter_not_allowed",
+        "proxy_protocol",
+        "too_many_handshakes",
     ] {
         let series = format!("pgwarden_connections_rejected_total{{reason=\"{reason}\"}}");
         assert_eq!(after.get(&series), 0.0, "{series}");

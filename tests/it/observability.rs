@@ -19,7 +19,7 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-const REASONS: [&str; 9] = [
+const REASONS: [&str; 11] = [
     "ip_not_allowed",
     "too_many_connections",
     "tls_required",
@@ -29,6 +29,8 @@ const REASONS: [&str; 9] = [
     "auth_failed",
     "unknown_database",
     "parameter_not_allowed",
+    "proxy_protocol",
+    "too_many_handshakes",
 ];
 
 /// A stream that counts what the client writes and reads, as the client sees it.
@@ -361,9 +363,12 @@ async fn each_rejection_reason_is_recorded_and_counted_once() {
     rejects_once(&h, "too_many_connections", async || {
         let mut tls = wire::ssl(h.proxy_addr, &h.ca_pem).await;
         let addr = tls.get_ref().0.local_addr().unwrap().to_string();
+        let binding = wire::channel_binding(&tls);
         wire::send(&mut tls, &wire::startup(0, &[("user", "keycloak")])).await;
-        let all = wire::read_until_closed(&mut tls).await;
-        all[0].assert_fatal("53300", "sorry, too many clients already");
+        let refused = wire::login(&mut tls, h.client_password.expose_secret(), Some(binding))
+            .await
+            .expect_err("no session slot");
+        refused.assert_fatal("53300", "sorry, too many clients already");
         addr
     })
     .await;
@@ -428,10 +433,13 @@ async fn each_rejection_reason_is_recorded_and_counted_once() {
     })
     .await;
 
-    // Nothing counted twice or late: every reason but the timeout is at exactly one.
+    // Nothing counted twice or late: every reason tried is at exactly one
+    // (the timeout, the PROXY header and the handshake cap have tests of
+    // their own).
     let end = rejections(&h).await;
     for r in REASONS {
-        let want = if r == "handshake_timeout" { 0.0 } else { 1.0 };
+        let untried = ["handshake_timeout", "proxy_protocol", "too_many_handshakes"];
+        let want = if untried.contains(&r) { 0.0 } else { 1.0 };
         assert_eq!(end[r], want, "{r}");
     }
     h.assert_no_secrets_logged();

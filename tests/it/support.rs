@@ -3,6 +3,7 @@
 //! the shipped files and log capture.
 
 pub mod backup;
+pub mod forwarder;
 pub mod harness;
 pub mod hcl;
 pub mod java;

@@ -157,9 +157,16 @@ async fn too_many_connections_ends_with_close_notify() {
     })
     .await;
     let (mut first, _) = session(&h).await;
+    // Told once authenticated (a session slot is taken then).
     let mut s = wire::ssl(h.proxy_addr, &h.ca_pem).await;
+    let binding = wire::channel_binding(&s);
     wire::send(&mut s, &wire::startup(0, PARAMS)).await;
-    assert_only_fatal(&wire::expect_close_notify(&mut s, "53300").await, "53300");
+    let refused = wire::login(&mut s, h.client_password.expose_secret(), Some(binding))
+        .await
+        .expect_err("no session slot");
+    assert_only_fatal(&[refused], "53300");
+    let rest = wire::expect_close_notify(&mut s, "53300").await;
+    assert!(rest.is_empty(), "{rest:?}");
     wire::terminate(&mut first).await;
 }
 

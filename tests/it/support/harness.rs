@@ -65,6 +65,10 @@ pub enum UserAuth {
     Password(String),
     /// `auth = "trust"` from these CIDRs.
     Trust(Vec<String>),
+    /// `auth = "cert"` with these `cert_names` (empty: left out, the user's own name).
+    Cert(Vec<String>),
+    /// `auth = "cert+scram"` with a verifier made from this password.
+    CertAndPassword(String),
 }
 
 /// A route besides the `keycloak` one, to the same cluster database and credential source.
@@ -125,6 +129,16 @@ pub struct Options {
     pub audit: bool,
     /// The format the logs are captured in (`h.logs`): JSON unless a test reads the text.
     pub log_format: pgwarden::config::LogFormat,
+    /// `[listen] proxy_protocol`: the trusted networks and `required`.
+    pub proxy_protocol: Option<(Vec<String>, bool)>,
+    /// `[listen] max_handshakes_per_address`; `None`: the default.
+    pub max_handshakes_per_address: Option<usize>,
+    /// `[listen] client_ca_file`: this CA's certificate.
+    pub client_ca: Option<Arc<Pki>>,
+    /// `[listen] client_crl_file`: this CRL (PEM).
+    pub client_crl: Option<String>,
+    /// Appended to the configuration as it is (`[peering]`, `[[peers]]`, …).
+    pub extra_config: String,
 }
 
 impl Options {
@@ -191,6 +205,11 @@ impl Default for Options {
             allow_insecure_auth: false,
             audit: false,
             log_format: pgwarden::config::LogFormat::Json,
+            proxy_protocol: None,
+            max_handshakes_per_address: None,
+            client_ca: None,
+            client_crl: None,
+            extra_config: String::new(),
         }
     }
 }
@@ -210,8 +229,10 @@ pub struct Harness {
     server: Option<Server>,
     vault: Option<VaultSetup>,
     openbao: Option<OpenBaoSetup>,
+    /// The configuration, without `Options::extra_config`, for replicas.
+    base_config: String,
     /// Certificates, secrets, configuration; removed on drop.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// What a `psql` run gave.
@@ -295,16 +316,21 @@ impl Harness {
             Some(o) => Some(OpenBaoSetup::start(o, &cluster, &admin_password, dir.path()).await),
             None => None,
         };
-        let mut config_text = config_text(&opts, cluster.port());
+        if let Some(ca) = &opts.client_ca {
+            write("client-ca.crt", ca.ca_cert_pem());
+        }
+        if let Some(crl) = &opts.client_crl {
+            write("client-ca.crl", crl);
+        }
+        let mut base_config = config_text(&opts, cluster.port());
         if let (Some(setup), Some(v)) = (&vault, &opts.vault) {
-            config_text += &setup.config(v);
+            base_config += &setup.config(v);
         }
         if let Some(setup) = &openbao {
-            config_text += &setup.config(cluster.port());
+            base_config += &setup.config(cluster.port());
         }
-        let config = pgwarden::config::from_str(&config_text, dir.path(), std::iter::empty())
-            .unwrap_or_else(|e| panic!("test configuration is invalid:\n{e}\n---\n{config_text}"));
-        let server = Server::start(config).await.expect("start pgwarden");
+        let server =
+            start_server(&format!("{base_config}\n{}", opts.extra_config), dir.path()).await;
         Harness {
             proxy_addr: server.addr,
             ca_path: dir.path().join("ca.crt"),
@@ -323,8 +349,20 @@ impl Harness {
             server: Some(server),
             vault,
             openbao,
-            _dir: dir,
+            base_config,
+            dir,
         }
+    }
+
+    /// The directory of the configuration, its certificates and secrets.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Another pgwarden on a random port, with this harness's configuration
+    /// plus `extra` (in place of `Options::extra_config`): a replica.
+    pub async fn start_replica(&self, extra: &str) -> Server {
+        start_server(&format!("{}\n{extra}", self.base_config), self.dir.path()).await
     }
 
     pub fn port(&self) -> u16 {
@@ -567,6 +605,12 @@ pub async fn wait_until(deadline: Duration, what: &str, mut check: impl AsyncFnM
     }
 }
 
+async fn start_server(config_text: &str, dir: &std::path::Path) -> Server {
+    let config = pgwarden::config::from_str(config_text, dir, std::iter::empty())
+        .unwrap_or_else(|e| panic!("test configuration is invalid:\n{e}\n---\n{config_text}"));
+    Server::start(config).await.expect("start pgwarden")
+}
+
 fn verifier(password: &SecretString) -> String {
     ScramVerifier::from_password(password)
         .to_text()
@@ -591,6 +635,21 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
     if let Some(idle) = &opts.idle_timeout {
         t += &format!("idle_timeout = {}\n", q(idle));
     }
+    if let Some(n) = opts.max_handshakes_per_address {
+        t += &format!("max_handshakes_per_address = {n}\n");
+    }
+    if opts.client_ca.is_some() {
+        t += "client_ca_file = \"client-ca.crt\"\n";
+    }
+    if opts.client_crl.is_some() {
+        t += "client_crl_file = \"client-ca.crl\"\n";
+    }
+    if let Some((trusted, required)) = &opts.proxy_protocol {
+        t += &format!(
+            "proxy_protocol = {{ trusted = [{}], required = {required} }}\n",
+            list(trusted)
+        );
+    }
     t += "\n";
     t += "[shutdown]\ngrace = \"2s\"\nrevoke_timeout = \"30s\"\n\n";
     t += &format!(
@@ -606,6 +665,14 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
             }
             UserAuth::Trust(from) => {
                 t += &format!("auth = \"trust\"\ntrust_from = [{}]\n\n", list(from));
+            }
+            UserAuth::Cert(names) if names.is_empty() => t += "auth = \"cert\"\n\n",
+            UserAuth::Cert(names) => {
+                t += &format!("auth = \"cert\"\ncert_names = [{}]\n\n", list(names));
+            }
+            UserAuth::CertAndPassword(p) => {
+                let v = verifier(&SecretString::from(p.clone()));
+                t += &format!("auth = \"cert+scram\"\nscram_verifier = {}\n\n", q(&v));
             }
         }
     }
