@@ -175,7 +175,7 @@ impl Destination for LocalDir {
 /// Writes `bytes` to `path` through a temporary file in the same directory:
 /// fsynced, renamed over `path`, the directory fsynced. Readers see the old
 /// content or the new, never a part.
-pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

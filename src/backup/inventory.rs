@@ -11,20 +11,20 @@ use super::manifest::{self, DUMP_SUFFIX, MANIFEST_SUFFIX, Manifest};
 use super::retention::Found;
 
 #[derive(Debug, Default)]
-pub struct Inventory {
-    pub found: Vec<Found>,
+pub(crate) struct Inventory {
+    pub(crate) found: Vec<Found>,
     /// The manifest of the newest complete backup.
-    pub newest: Option<Manifest>,
+    pub(crate) newest: Option<Manifest>,
 }
 
 impl Inventory {
     /// How many complete backups there are.
-    pub fn complete(&self) -> usize {
+    pub(crate) fn complete(&self) -> usize {
         self.found.iter().filter(|f| f.complete).count()
     }
 }
 
-pub fn take(dest: &dyn Destination, target: &str) -> io::Result<Inventory> {
+pub(crate) fn take(dest: &dyn Destination, target: &str) -> io::Result<Inventory> {
     // stem → (has dump, manifest if readable)
     let mut stems: BTreeMap<String, (bool, Option<Manifest>)> = BTreeMap::new();
     for name in dest.list()? {

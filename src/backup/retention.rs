@@ -16,23 +16,23 @@ use crate::config::Retention;
 
 /// One backup found in the destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
+pub(crate) struct Found {
     /// The name both its files share.
-    pub stem: String,
-    pub started: SystemTime,
+    pub(crate) stem: String,
+    pub(crate) started: SystemTime,
     /// Whether its manifest exists (the dump is complete and durable).
-    pub complete: bool,
+    pub(crate) complete: bool,
 }
 
 /// The decision: stems to keep and to delete, newest first.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Plan {
-    pub keep: Vec<String>,
-    pub delete: Vec<String>,
+pub(crate) struct Plan {
+    pub(crate) keep: Vec<String>,
+    pub(crate) delete: Vec<String>,
 }
 
 /// Applies `policy` to `found`.
-pub fn plan(found: &[Found], policy: &Retention) -> Plan {
+pub(crate) fn plan(found: &[Found], policy: &Retention) -> Plan {
     let mut complete: Vec<&Found> = found.iter().filter(|f| f.complete).collect();
     complete.sort_by(|a, b| b.started.cmp(&a.started).then(b.stem.cmp(&a.stem)));
     let mut keep: BTreeSet<&str> = BTreeSet::new();
@@ -102,7 +102,7 @@ fn month(t: SystemTime) -> i64 {
 }
 
 /// (year, month 1–12, day 1–31) of a day count since 1970-01-01.
-pub fn civil(days: i64) -> (i64, u32, u32) {
+fn civil(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -1,0 +1,64 @@
+//! Reading a backup back, in memory and in a temporary directory: the bytes
+//! checked against the manifest are the bytes decrypted.
+
+use std::time::SystemTime;
+
+use secrecy::ExposeSecret;
+
+use super::*;
+use crate::backup::manifest::{self, Tools};
+use crate::backup::pipeline;
+
+fn encrypted(plain: &[u8], to: &age::x25519::Identity) -> (Vec<u8>, String) {
+    let mut cipher = Vec::new();
+    let w = pipeline::encrypt(&mut &plain[..], &[to.to_public()], &mut cipher).unwrap();
+    (cipher, w.sha256)
+}
+
+fn manifest_for(file: &str, sha256: String) -> Manifest {
+    let now = manifest::rfc3339(SystemTime::now());
+    Manifest {
+        format: manifest::MANIFEST_FORMAT,
+        target: "t".into(),
+        file: file.into(),
+        started_at: now.clone(),
+        finished_at: now,
+        duration_ms: 1,
+        database: "k".into(),
+        server: "db:5432".into(),
+        server_version: None,
+        archive_format: None,
+        dump_bytes: 0,
+        encrypted_bytes: 0,
+        sha256,
+        recipients: Vec::new(),
+        credential_source: "b".into(),
+        tools: Tools {
+            pgwarden: "0".into(),
+            pg_dump: "pg_dump".into(),
+            age: manifest::AGE_CRATE.into(),
+        },
+    }
+}
+
+#[test]
+fn a_regular_file_is_checked_then_decrypted_from_the_same_open_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = age::x25519::Identity::generate();
+    let identity_path = dir.path().join("identity.txt");
+    std::fs::write(&identity_path, identity.to_string().expose_secret()).unwrap();
+    let (cipher, sha) = encrypted(b"the genuine dump", &identity);
+    let stem = "t-20260512T215318.123Z";
+    let name = format!("{stem}{DUMP_SUFFIX}");
+    std::fs::write(dir.path().join(&name), &cipher).unwrap();
+    let manifest_path = dir.path().join(format!("{stem}{MANIFEST_SUFFIX}"));
+    let mut manifest = manifest_for(&name, sha);
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let mut out = Vec::new();
+    to_writer(&dir.path().join(&name), &identity_path, &mut out).unwrap();
+    assert_eq!(out, b"the genuine dump");
+    manifest.sha256 = "00".repeat(32);
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let e = to_writer(&dir.path().join(&name), &identity_path, &mut Vec::new()).unwrap_err();
+    assert!(e.to_string().contains("differs from its manifest's"), "{e}");
+}
