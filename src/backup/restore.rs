@@ -74,6 +74,11 @@ pub(crate) enum RestoreError {
          line; give it through PGPASSWORD, PGPASSFILE or the prompt"
     )]
     PasswordInDbname,
+    #[error(
+        "pg_restore argument #{0} holds a password, which would appear on pg_restore's command \
+         line; give it through PGPASSWORD, PGPASSFILE or the prompt"
+    )]
+    PasswordInArgument(usize),
     #[error("writing the dump: {0}")]
     Output(#[source] io::Error),
     #[error("pg_restore: cannot run {}: {source}", program.display())]
@@ -238,7 +243,7 @@ pub(crate) fn verify(
 }
 
 /// Decrypts `backup` into `pg_restore --dbname=<dbname> <extra…>`, once
-/// `dbname` holds no password.
+/// neither `dbname` nor `extra` holds a password.
 pub(crate) fn to_database(
     backup: &Path,
     identity: &Path,
@@ -248,6 +253,9 @@ pub(crate) fn to_database(
 ) -> Result<u64, RestoreError> {
     if conninfo::holds_password(dbname) {
         return Err(RestoreError::PasswordInDbname);
+    }
+    if let Some(i) = extra.iter().position(|a| conninfo::holds_password(a)) {
+        return Err(RestoreError::PasswordInArgument(i + 1));
     }
     let (mut reader, _) = open(backup, identity)?;
     let mut args = vec![format!("--dbname={dbname}")];

@@ -62,3 +62,24 @@ fn a_regular_file_is_checked_then_decrypted_from_the_same_open_file() {
     let e = to_writer(&dir.path().join(&name), &identity_path, &mut Vec::new()).unwrap_err();
     assert!(e.to_string().contains("differs from its manifest's"), "{e}");
 }
+
+#[test]
+fn a_password_in_pg_restores_own_arguments_is_refused_before_anything_is_read() {
+    let missing = Path::new("/nonexistent/pgwarden-test");
+    let extra = [
+        "--no-owner".to_owned(),
+        "--dbname=postgresql://u:secret@db/k".to_owned(),
+    ];
+    let e = to_database(missing, missing, missing, "host=db dbname=k", &extra).unwrap_err();
+    assert!(matches!(e, RestoreError::PasswordInArgument(2)), "{e}");
+    assert!(!e.to_string().contains("secret"), "{e}");
+    let e = to_database(
+        missing,
+        missing,
+        missing,
+        "postgresql://db/k?pass%77ord=secret",
+        &[],
+    )
+    .unwrap_err();
+    assert!(matches!(e, RestoreError::PasswordInDbname), "{e}");
+}
