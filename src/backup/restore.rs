@@ -2,9 +2,11 @@
 //! `pg_restore` (into a database the operator names), standard output, or
 //! `pg_restore --list` (verification, restoring nothing).
 //!
-//! Before decrypting, the encrypted file is checked against the SHA-256 of
-//! its manifest when the manifest lies beside it. Decryption authenticates
-//! every chunk, so a changed or truncated file fails. The identity file is a secret: its
+//! The backup is opened once and must be a regular file; when its manifest
+//! lies beside it, the SHA-256 of that open file is checked against the
+//! manifest's before the same file, rewound, is decrypted, so the bytes
+//! checked are the bytes decrypted. Decryption authenticates every chunk, so
+//! a changed or truncated file fails. The identity file is a secret: its
 //! content is never printed or logged, and the decrypted dump goes only to a
 //! pipe or to standard output, never to a file of pgwarden's.
 //!
@@ -15,7 +17,7 @@ mod conninfo;
 mod pg_restore;
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
@@ -49,6 +51,8 @@ pub(crate) enum RestoreError {
         #[source]
         source: io::Error,
     },
+    #[error("backup {}: not a regular file", path.display())]
+    NotAFile { path: PathBuf },
     #[error("backup {}: unreadable manifest: {source}", path.display())]
     ManifestParse {
         path: PathBuf,
@@ -144,8 +148,9 @@ fn manifest_of(backup: &Path) -> Result<Option<Manifest>, RestoreError> {
     }
 }
 
-/// Checks `backup` against its manifest's hash (when it has a manifest) and
-/// opens it for decryption with the identities of `identity_path`.
+/// Opens `backup` once, checks it against its manifest's hash (when it has a
+/// manifest), and hands the same open file, rewound, to decryption with the
+/// identities of `identity_path`.
 fn open(
     backup: &Path,
     identity_path: &Path,
@@ -156,16 +161,21 @@ fn open(
         source,
     };
     let manifest = manifest_of(backup)?;
+    let mut file = File::open(backup).map_err(berr)?;
+    if !file.metadata().map_err(berr)?.is_file() {
+        return Err(RestoreError::NotAFile {
+            path: backup.to_owned(),
+        });
+    }
     if let Some(m) = &manifest {
-        let mut f = File::open(backup).map_err(berr)?;
-        let sum = sha256_of(&mut f).map_err(berr)?;
+        let sum = sha256_of(&mut file).map_err(berr)?;
         if sum != m.sha256 {
             return Err(RestoreError::Changed {
                 path: backup.to_owned(),
             });
         }
+        file.rewind().map_err(berr)?;
     }
-    let file = File::open(backup).map_err(berr)?;
     let decryptor = age::Decryptor::new_buffered(BufReader::new(file)).map_err(|source| {
         RestoreError::NotAge {
             path: backup.to_owned(),

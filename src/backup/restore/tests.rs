@@ -1,6 +1,7 @@
 //! Reading a backup back, in memory and in a temporary directory: the bytes
 //! checked against the manifest are the bytes decrypted.
 
+use std::io::Write as _;
 use std::time::SystemTime;
 
 use secrecy::ExposeSecret;
@@ -39,6 +40,64 @@ fn manifest_for(file: &str, sha256: String) -> Manifest {
             age: manifest::AGE_CRATE.into(),
         },
     }
+}
+
+/// Whether this process has `path` open.
+fn open_here(path: &Path) -> bool {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|p| p == path))
+}
+
+#[test]
+fn the_bytes_checked_against_the_manifest_are_the_bytes_decrypted() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = age::x25519::Identity::generate();
+    let identity_path = dir.path().join("identity.txt");
+    std::fs::write(&identity_path, identity.to_string().expose_secret()).unwrap();
+    let (genuine, sha) = encrypted(b"the genuine dump", &identity);
+    let (forged, _) = encrypted(b"a forged dump", &identity);
+    let stem = "t-20260512T215318.123Z";
+    let name = format!("{stem}{DUMP_SUFFIX}");
+    let manifest = manifest_for(&name, sha);
+    std::fs::write(
+        dir.path().join(format!("{stem}{MANIFEST_SUFFIX}")),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    // A backup "file" that gives the genuine bytes to the first reader that
+    // opens it and forged ones to the next: a FIFO.
+    let fifo = dir.path().join(&name);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let writer_path = fifo.clone();
+    // Not joined: with the check in place, its second open waits for a reader
+    // that never comes, until the test process exits.
+    std::thread::spawn(move || {
+        for bytes in [genuine, forged] {
+            // The next open is another reader's only once the last one closed
+            // (a reader blocked in open() holds no descriptor yet).
+            while open_here(&writer_path) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&writer_path) {
+                let _ = f.write_all(&bytes);
+            }
+        }
+    });
+    let mut out = Vec::new();
+    let result = to_writer(&fifo, &identity_path, &mut out);
+    assert!(
+        !out.windows(6).any(|w| w == b"forged"),
+        "decrypted other bytes than those checked: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    let e = result.expect_err("a backup that is not a regular file is refused");
+    assert!(matches!(e, RestoreError::NotAFile { .. }), "{e}");
 }
 
 #[test]
