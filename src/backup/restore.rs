@@ -26,7 +26,9 @@ use super::pipeline::sha256_of;
 use pg_restore::{PumpError, feed, pump};
 
 /// Why a backup could not be read back. Never quotes an identity (age's
-/// parse errors name a line number, not the line).
+/// parse errors name a line number, not the line) nor a byte of the dump:
+/// pg_restore's messages, which may quote rows, are never captured when it
+/// restores.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RestoreError {
     #[error("identity file {}: {source}", path.display())]
@@ -93,9 +95,12 @@ pub(crate) enum RestoreError {
     },
     #[error("pg_restore: {0}")]
     PgRestoreWait(#[source] io::Error),
-    /// `stderr`: what pg_restore said.
-    #[error("pg_restore exited with {status}: {stderr}")]
-    PgRestoreFailed { status: ExitStatus, stderr: String },
+    /// `said`: pg_restore's standard error when it was captured (`--list`).
+    #[error("pg_restore exited with {status}{}", said.as_deref().map(|s| format!(": {s}")).unwrap_or_else(|| " (its messages are above)".into()))]
+    PgRestoreFailed {
+        status: ExitStatus,
+        said: Option<String>,
+    },
     #[error("pg_restore: the archive lists no entry")]
     EmptyArchive,
 }

@@ -2,7 +2,10 @@
 //! copy that feeds it.
 //!
 //! The decrypted stream goes only into pg_restore's pipe (or the caller's
-//! writer); the copy's buffer is zeroed when it ends.
+//! writer); the copy's buffer is zeroed when it ends. pg_restore's standard
+//! error is captured only for `--list`, which prints no row; when it
+//! restores, its messages (which may quote a row that failed) go straight to
+//! the operator's terminal and never into pgwarden's error text.
 
 use std::io::{self, Read, Write};
 use std::path::Path;
@@ -45,8 +48,8 @@ pub(super) struct Fed {
 }
 
 /// Runs `pg_restore <args>` with the decrypted stream on its standard input.
-/// `list`: capture its standard output (`--list`); else it is the
-/// operator's. Reads the stream to its end even if pg_restore stops
+/// `list`: capture its standard output and error (`--list`); else they are
+/// the operator's. Reads the stream to its end even if pg_restore stops
 /// early, so every chunk is authenticated.
 pub(super) fn feed(
     program: &Path,
@@ -54,15 +57,18 @@ pub(super) fn feed(
     reader: &mut dyn Read,
     list: bool,
 ) -> Result<Fed, RestoreError> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(if list {
+    let captured = || {
+        if list {
             Stdio::piped()
         } else {
             Stdio::inherit()
-        })
-        .stderr(Stdio::piped())
+        }
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(captured())
+        .stderr(captured())
         .spawn()
         .map_err(|source| RestoreError::PgRestoreSpawn {
             program: program.to_owned(),
@@ -82,12 +88,12 @@ pub(super) fn feed(
         .map(|mut input| authenticate_all(reader, &mut input));
     let status = child.wait().map_err(RestoreError::PgRestoreWait)?;
     let out = stdout.and_then(|t| t.join().ok()).unwrap_or_default();
-    let said = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
+    let said = stderr.and_then(|t| t.join().ok());
     let fed = fed.transpose().map_err(RestoreError::Damaged)?.unwrap_or(0);
     if !status.success() {
         return Err(RestoreError::PgRestoreFailed {
             status,
-            stderr: said.trim().to_owned(),
+            said: said.map(|s| s.trim().to_owned()),
         });
     }
     Ok(Fed { fed, stdout: out })

@@ -142,3 +142,26 @@ fn a_password_in_pg_restores_own_arguments_is_refused_before_anything_is_read() 
     .unwrap_err();
     assert!(matches!(e, RestoreError::PasswordInDbname), "{e}");
 }
+
+#[test]
+fn what_pg_restore_says_while_restoring_stays_out_of_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = age::x25519::Identity::generate();
+    let identity_path = dir.path().join("identity.txt");
+    std::fs::write(&identity_path, identity.to_string().expose_secret()).unwrap();
+    let (cipher, _) = encrypted(b"a dump", &identity);
+    let backup = dir.path().join("t.dump.age");
+    std::fs::write(&backup, &cipher).unwrap();
+    // pg_restore quotes the row a COPY failed on in its CONTEXT line.
+    let fake = dir.path().join("pg_restore");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\ncat >/dev/null\necho 'CONTEXT:  COPY realm_secret, line 1: \"row-plaintext\"' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let e = to_database(&backup, &identity_path, &fake, "host=db dbname=k", &[]).unwrap_err();
+    assert!(matches!(e, RestoreError::PgRestoreFailed { .. }), "{e}");
+    assert!(!e.to_string().contains("row-plaintext"), "{e}");
+    assert!(e.to_string().contains("its messages are above"), "{e}");
+}
