@@ -115,7 +115,7 @@ async fn attempt(run: &Run<'_>, progress: &mut Progress) -> Result<Success, RunE
     })?;
     let manifest = describe(run, file, finished, written, pg_dump);
     write_manifest(&*run.dest, &stem, &manifest)?;
-    progress.removed = apply_retention(&*run.dest, run.target, run.cfg);
+    progress.removed = apply_retention(&*run.dest, run.target, run.cfg, &stem);
     Ok(Success { manifest })
 }
 
@@ -308,9 +308,15 @@ fn write_manifest(dest: &dyn Destination, stem: &str, m: &Manifest) -> Result<()
     written.map_err(|source| RunError::ManifestWrite { file, source })
 }
 
-/// Deletes what the retention policy does not keep; returns the stems removed.
-/// A failure to delete is logged, not a failed backup.
-fn apply_retention(dest: &dyn Destination, target: &str, cfg: &BackupConfig) -> Vec<String> {
+/// Deletes what the retention policy does not keep (never `written`, the
+/// backup this run made); returns the stems removed. A failure to delete is
+/// logged, not a failed backup.
+fn apply_retention(
+    dest: &dyn Destination,
+    target: &str,
+    cfg: &BackupConfig,
+    written: &str,
+) -> Vec<String> {
     let found = match inventory::take(dest, target) {
         Ok(i) => i.found,
         Err(e) => {
@@ -318,7 +324,7 @@ fn apply_retention(dest: &dyn Destination, target: &str, cfg: &BackupConfig) -> 
             return Vec::new();
         }
     };
-    let plan = retention::plan(&found, &cfg.retention);
+    let plan = retention::plan(&found, &cfg.retention, written);
     let mut removed = Vec::new();
     for stem in plan.delete {
         // The manifest first: a half-deleted backup is then incomplete, never
