@@ -12,10 +12,10 @@
 //! [`Reason`], a [`Label`]: every reason is written at every run, from the
 //! enum, and a count the state object holds for any other text is dropped.
 //! Nothing secret is exported, and a Pushgateway URL's user and password
-//! (basic auth) appear in no error or log line.
+//! (basic auth) appear in no error, log line or `Debug`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -72,13 +72,22 @@ pub enum PushError {
 }
 
 /// A target's `pushgateway` URL, which may carry a user and password for
-/// basic auth: every error shows it without them.
-#[derive(Clone, Debug)]
+/// basic auth: its `Debug` and every error show it without them.
+#[derive(Clone)]
 pub(crate) struct Pushgateway(String);
 
 impl Pushgateway {
     pub(crate) fn new(url: &str) -> Self {
         Pushgateway(url.to_owned())
+    }
+}
+
+impl fmt::Debug for Pushgateway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match reqwest::Url::parse(&self.0) {
+            Ok(u) => f.write_str(&shown(&u)),
+            Err(_) => f.write_str("<not a URL>"),
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! The text a run publishes: every reason from the enum, labels escaped.
+//! The text a run publishes: every reason from the enum, labels escaped, and
+//! no Pushgateway password anywhere.
 
 use super::*;
 use crate::backup::Failure;
@@ -61,4 +62,17 @@ fn counts_under_labels_no_reason_has_are_not_exported() {
     stats.save(&dest, "t").unwrap();
     let saved = String::from_utf8(dest.state(&Stats::state_name("t")).unwrap().unwrap()).unwrap();
     assert_eq!(saved, r#"{"failures":{"dump":3}}"#);
+}
+
+#[test]
+fn a_pushgateway_password_is_never_shown() {
+    let r = report(Some(
+        "https://metrics:push-secret@pushgateway.internal:9091/base",
+    ));
+    let debug = format!("{r:?}");
+    assert!(!debug.contains("push-secret"), "{debug}");
+    assert!(
+        debug.contains("https://pushgateway.internal:9091/base"),
+        "{debug}"
+    );
 }
