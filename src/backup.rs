@@ -16,7 +16,7 @@
 //! header), [`manifest`], `inventory`, `retention`, `source` (the run's
 //! credential source), [`run`], [`report`], `restore` (decrypt, verify,
 //! restore), [`command`] (the commands' output and exit codes), `error` (why a
-//! run failed, and its metric label).
+//! run failed, and its metric label), `hardening` (no core dumps).
 //!
 //! Nothing here logs, prints or stores a password, an identity or a byte of a
 //! dump's plaintext.
@@ -26,6 +26,7 @@ pub mod command;
 pub mod destination;
 mod dump;
 mod error;
+mod hardening;
 mod inventory;
 pub mod manifest;
 pub mod pipeline;

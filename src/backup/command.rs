@@ -3,14 +3,15 @@
 //!
 //! They print paths, sizes, hashes and versions; never a password, an
 //! identity or a byte of a dump (except `restore --stdout`, whose point is to
-//! write the dump to standard output, and which refuses a terminal).
+//! write the dump to standard output, and which refuses a terminal). Each
+//! first turns core dumps off ([`hardening`](super::hardening)).
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Report, report, restore, run};
+use super::{Report, hardening, report, restore, run};
 use crate::config::BackupFile;
 use crate::metrics::Label;
 
@@ -21,6 +22,7 @@ pub async fn backup(
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> i32 {
+    hardening::no_core_dumps();
     let Some(file) = load(config, err) else {
         return 1;
     };
@@ -103,6 +105,7 @@ pub fn verify(
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> i32 {
+    hardening::no_core_dumps();
     match restore::verify(backup, identity, pg_restore) {
         Ok(v) => {
             let _ = writeln!(
@@ -147,6 +150,7 @@ pub fn restore(
     to: RestoreTo<'_>,
     err: &mut impl Write,
 ) -> i32 {
+    hardening::no_core_dumps();
     let result = match to {
         RestoreTo::Database { dbname, extra } => {
             restore::to_database(backup, identity, pg_restore, dbname, extra)
