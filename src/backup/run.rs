@@ -3,7 +3,11 @@
 //! the credential, commit the backup and its manifest, apply retention.
 //!
 //! Whatever happens the run ends with the lease handed to the revoker and the
-//! revoker drained, and a failed dump leaves nothing under a final name.
+//! revoker drained, and a failed dump leaves nothing under a final name. A
+//! dump that is stopped (timeout, interrupt, the lease's end) gives its lease
+//! up as soon as pg_dump is killed, before anything else is waited for; a
+//! dump whose output never ends even then (something it started holds the
+//! pipe) is left behind after [`STOPPED_GRACE`] rather than waited for.
 
 use std::io::{self, Write as _};
 use std::str::FromStr;
@@ -33,6 +37,8 @@ const REVOKE_WITHIN: Duration = Duration::from_secs(30);
 const LEASE_GRACE: Duration = Duration::from_secs(5);
 /// How often the run looks at the lease's stop signal.
 const LEASE_POLL: Duration = Duration::from_millis(500);
+/// How long a killed dump's pipeline may take to see its output end.
+const STOPPED_GRACE: Duration = Duration::from_secs(10);
 
 /// A target that the configuration does not have.
 #[derive(Debug, thiserror::Error)]
@@ -193,8 +199,15 @@ async fn dump_once(
         }
         Err(why) => {
             killer.kill();
-            let _ = task.await;
+            // pg_dump is dead: its login can go now, whatever the pipeline does.
             drop(lease);
+            if tokio::time::timeout(STOPPED_GRACE, task).await.is_err() {
+                tracing::warn!(
+                    event = "backup_pipeline_abandoned",
+                    target = run.target,
+                    "the killed dump's output did not end; not waiting for it"
+                );
+            }
             Err(RunError::Stopped(why))
         }
     }
