@@ -251,13 +251,22 @@ fn main() -> ExitCode {
     ExitCode::from(code as u8)
 }
 
+/// How long the runtime waits, once `main` has returned, for blocking work
+/// still running (dropping it would wait forever: a killed pg_dump whose
+/// output something else holds open never lets its reader return).
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs `main` on a multi-threaded runtime.
 fn in_runtime(main: impl std::future::Future<Output = i32>) -> i32 {
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(main),
+        Ok(rt) => {
+            let code = rt.block_on(main);
+            rt.shutdown_timeout(RUNTIME_SHUTDOWN);
+            code
+        }
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
             exit::SOFTWARE

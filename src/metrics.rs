@@ -45,6 +45,16 @@ pub mod name {
     pub const AUDIT_CHECK: &str = "pgwarden_audit_check";
     pub const AUDIT_LAST_RUN: &str = "pgwarden_audit_last_run_timestamp_seconds";
     pub const AUDIT_INTERVAL: &str = "pgwarden_audit_interval_seconds";
+    // Written by the one-shot `pgwarden backup` to its textfile and its
+    // Pushgateway, never served at /metrics.
+    pub const BACKUP_LAST_SUCCESS_TIMESTAMP: &str =
+        "pgwarden_backup_last_success_timestamp_seconds";
+    pub const BACKUP_LAST_SUCCESS_SIZE: &str = "pgwarden_backup_last_success_size_bytes";
+    pub const BACKUP_LAST_SUCCESS_DURATION: &str = "pgwarden_backup_last_success_duration_seconds";
+    pub const BACKUP_LAST_RUN_TIMESTAMP: &str = "pgwarden_backup_last_run_timestamp_seconds";
+    pub const BACKUP_LAST_RUN_SUCCESS: &str = "pgwarden_backup_last_run_success";
+    pub const BACKUP_FAILURES: &str = "pgwarden_backup_failures_total";
+    pub const BACKUPS_STORED: &str = "pgwarden_backups_stored";
 }
 
 /// The values a label can take: a fixed set, each with its text.

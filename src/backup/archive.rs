@@ -7,23 +7,23 @@
 //! bytes examined are the plaintext of the dump, kept in memory only.
 
 /// How many leading bytes of the dump are kept to read the header from.
-pub const HEADER_WINDOW: usize = 4096;
+pub(crate) const HEADER_WINDOW: usize = 4096;
 
 /// What the header says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArchiveHeader {
+pub(crate) struct ArchiveHeader {
     /// The archive format version, e.g. `1.14.0`.
-    pub format_version: String,
-    pub database: String,
+    pub(crate) format_version: String,
+    pub(crate) database: String,
     /// The server's `server_version` at dump time.
-    pub server_version: String,
+    pub(crate) server_version: String,
     /// The version of the pg_dump that wrote it.
-    pub pg_dump_version: String,
+    pub(crate) pg_dump_version: String,
 }
 
 /// Reads the header at the start of `bytes`; `None` when they do not start
 /// with a complete custom-format header.
-pub fn parse(bytes: &[u8]) -> Option<ArchiveHeader> {
+pub(crate) fn parse(bytes: &[u8]) -> Option<ArchiveHeader> {
     let mut r = Reader { bytes, at: 0 };
     if r.take(5)? != b"PGDMP" {
         return None;

@@ -3,14 +3,17 @@
 //!
 //! They print paths, sizes, hashes and versions; never a password, an
 //! identity or a byte of a dump (except `restore --stdout`, whose point is to
-//! write the dump to standard output, and which refuses a terminal).
+//! write the dump to standard output, and which refuses a terminal). Each
+//! first turns core dumps off ([`hardening`](super::hardening)).
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{report, restore, run};
+use super::{Report, hardening, report, restore, run};
+use crate::config::BackupFile;
+use crate::metrics::Label;
 
 /// `pgwarden backup --config FILE --target NAME`.
 pub async fn backup(
@@ -19,15 +22,9 @@ pub async fn backup(
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> i32 {
-    let file = match crate::config::load_backup(config, std::env::vars()) {
-        Ok(f) => f,
-        Err(errors) => {
-            let _ = writeln!(err, "{}: {} problem(s):", config.display(), errors.0.len());
-            for e in &errors.0 {
-                let _ = writeln!(err, "  - {e}");
-            }
-            return 1;
-        }
+    hardening::no_core_dumps();
+    let Some(file) = load(config, err) else {
+        return 1;
     };
     crate::logging::init(file.log.format, &file.log.level);
     let interrupt = CancellationToken::new();
@@ -45,10 +42,27 @@ pub async fn backup(
             return 1;
         }
     };
-    let problems = report::publish(&report).await;
-    for p in problems {
+    for p in report::publish(&report).await {
         let _ = writeln!(err, "warning: {p}");
     }
+    print_outcome(&report, out, err)
+}
+
+/// The configuration's backup sections, or every problem with them (printed).
+fn load(config: &Path, err: &mut impl Write) -> Option<BackupFile> {
+    match crate::config::load_backup(config, std::env::vars()) {
+        Ok(f) => Some(f),
+        Err(errors) => {
+            let _ = writeln!(err, "{}: {} problem(s):", config.display(), errors.0.len());
+            for e in &errors.0 {
+                let _ = writeln!(err, "  - {e}");
+            }
+            None
+        }
+    }
+}
+
+fn print_outcome(report: &Report, out: &mut impl Write, err: &mut impl Write) -> i32 {
     match &report.outcome {
         Ok(s) => {
             let m = &s.manifest;
@@ -74,10 +88,9 @@ pub async fn backup(
         Err(f) => {
             let _ = writeln!(
                 err,
-                "backup of {} failed ({}): {}",
+                "backup of {} failed ({}): {f}",
                 report.target,
-                f.reason.as_str(),
-                f.detail
+                f.reason().as_str(),
             );
             1
         }
@@ -92,6 +105,7 @@ pub fn verify(
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> i32 {
+    hardening::no_core_dumps();
     match restore::verify(backup, identity, pg_restore) {
         Ok(v) => {
             let _ = writeln!(
@@ -136,6 +150,7 @@ pub fn restore(
     to: RestoreTo<'_>,
     err: &mut impl Write,
 ) -> i32 {
+    hardening::no_core_dumps();
     let result = match to {
         RestoreTo::Database { dbname, extra } => {
             restore::to_database(backup, identity, pg_restore, dbname, extra)

@@ -9,11 +9,19 @@
 //! a final name; one whose process was killed leaves a temporary file that
 //! the next run removes under the destination's lock. Only encrypted bytes
 //! and manifests are ever given to a destination.
+//!
+//! Whoever else can write to the directory cannot redirect a write or a read
+//! with a symbolic link: new files are created exclusively (`O_EXCL`, which
+//! follows no link), committed with `link()` (which replaces nothing), and
+//! the lock, state and manifest files are opened with `O_NOFOLLOW`. Files are
+//! created 0600 whatever the umask (a umask only takes permissions away).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::OFlags;
 
 /// The marker in temporary names: `.<final name>.tmp-<random>`.
 const TMP_MARKER: &str = ".tmp-";
@@ -51,6 +59,22 @@ pub trait PendingObject: Write + Send {
 /// A local directory (created 0700 if missing); files are 0600.
 pub struct LocalDir {
     dir: PathBuf,
+}
+
+/// `open()` flags that refuse a symbolic link as the last component.
+fn no_follow() -> i32 {
+    OFlags::NOFOLLOW.bits() as i32
+}
+
+/// The whole content of `path`, which may not be a symbolic link.
+fn read_no_follow(path: &Path) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(no_follow())
+        .open(path)?
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 impl LocalDir {
@@ -93,6 +117,7 @@ impl Destination for LocalDir {
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(no_follow())
             .open(self.dir.join(LOCK_FILE))?;
         match file.try_lock() {
             Ok(()) => Ok(Some(Box::new(file))),
@@ -149,7 +174,7 @@ impl Destination for LocalDir {
     }
 
     fn read(&self, name: &str) -> io::Result<Vec<u8>> {
-        std::fs::read(self.dir.join(plain(name)?))
+        read_no_follow(&self.dir.join(plain(name)?))
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
@@ -158,7 +183,7 @@ impl Destination for LocalDir {
     }
 
     fn state(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
-        match std::fs::read(self.dir.join(format!(".{}", plain(name)?))) {
+        match read_no_follow(&self.dir.join(format!(".{}", plain(name)?))) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -175,7 +200,7 @@ impl Destination for LocalDir {
 /// Writes `bytes` to `path` through a temporary file in the same directory:
 /// fsynced, renamed over `path`, the directory fsynced. Readers see the old
 /// content or the new, never a part.
-pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -323,6 +348,41 @@ mod tests {
         assert!(d.lock().unwrap().is_none(), "a second run is refused");
         drop(held);
         assert!(d.lock().unwrap().is_some());
+    }
+
+    #[test]
+    fn a_planted_link_redirects_no_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("backups");
+        std::fs::create_dir(&dest).unwrap();
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("secret.json"), b"{}").unwrap();
+        let link = |name: &str, to: &str| {
+            std::os::unix::fs::symlink(elsewhere.join(to), dest.join(name)).unwrap()
+        };
+        link(LOCK_FILE, "created-through-the-lock");
+        link(".pgwarden-state.json", "secret.json");
+        link("t.manifest.json", "secret.json");
+        let d = LocalDir::new(&dest);
+        assert!(d.lock().is_err(), "a linked lock file is refused");
+        assert!(
+            !elsewhere.join("created-through-the-lock").exists(),
+            "the lock created a file where its link pointed"
+        );
+        assert!(d.state("pgwarden-state.json").is_err());
+        assert!(d.read("t.manifest.json").is_err());
+        // Objects are created beside links, never through them.
+        let mut o = d.create("t.dump.age").unwrap();
+        o.write_all(b"ciphertext").unwrap();
+        o.commit().unwrap();
+        link("u.dump.age", "u.dump.age");
+        let o = d.create("u.dump.age").unwrap();
+        assert!(
+            o.commit().is_err(),
+            "a link under the final name is not replaced"
+        );
+        assert!(!elsewhere.join("u.dump.age").exists());
     }
 
     #[test]

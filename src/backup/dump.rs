@@ -8,10 +8,10 @@
 //! `ps` would show it. pg_dump's standard error is kept (bounded) for the log.
 
 use std::ffi::OsString;
-use std::io::Read;
+use std::io::{self, Read};
 use std::net::{IpAddr, ToSocketAddrs};
-use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -22,14 +22,47 @@ use crate::config::{UpstreamConfig, UpstreamTls};
 /// How much of pg_dump's standard error is kept.
 const STDERR_LIMIT: usize = 8 * 1024;
 /// `application_name` of the dump's session, for pg_stat_activity and the server log.
-pub const APPLICATION_NAME: &str = "pgwarden-backup";
+const APPLICATION_NAME: &str = "pgwarden-backup";
+
+/// Why pg_dump could not run, or failed. Its text names the program, the
+/// server's host and pg_dump's own message, never the password (pg_dump
+/// never has it on its command line, and does not print it).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DumpError {
+    #[error("a backup needs TLS to the server")]
+    NoTls,
+    #[error("cannot resolve {host}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: Option<io::Error>,
+    },
+    #[error("cannot run {}: {source}", program.display())]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} --version failed ({status})", program.display())]
+    Version {
+        program: PathBuf,
+        status: ExitStatus,
+    },
+    #[error("waiting for pg_dump: {0}")]
+    Wait(#[source] io::Error),
+    #[error("pg_dump was already reaped")]
+    Reaped,
+    /// `stderr`: what pg_dump said (at most [`STDERR_LIMIT`] bytes).
+    #[error("pg_dump exited with {status}: {stderr}")]
+    Exited { status: ExitStatus, stderr: String },
+}
 
 /// The libpq connection string for `upstream` as `user`, without a password.
-pub fn conninfo(upstream: &UpstreamConfig, user: &str) -> Result<String, String> {
+fn conninfo(upstream: &UpstreamConfig, user: &str) -> Result<String, DumpError> {
     let sslmode = match upstream.tls {
         UpstreamTls::VerifyFull => "verify-full",
         UpstreamTls::VerifyCa => "verify-ca",
-        UpstreamTls::Disable => return Err("a backup needs TLS to the server".into()),
+        UpstreamTls::Disable => return Err(DumpError::NoTls),
     };
     let mut parts = vec![];
     match &upstream.server_name {
@@ -61,20 +94,24 @@ pub fn conninfo(upstream: &UpstreamConfig, user: &str) -> Result<String, String>
 }
 
 /// A conninfo value, quoted: `'…'` with `\` and `'` escaped.
-pub fn quote(v: &str) -> String {
+fn quote(v: &str) -> String {
     format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-fn address_of(host: &str, port: u16) -> Result<String, String> {
+fn address_of(host: &str, port: u16) -> Result<String, DumpError> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(ip.to_string());
     }
+    let unresolved = |source| DumpError::Resolve {
+        host: host.to_owned(),
+        source,
+    };
     (host, port)
         .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
+        .map_err(|e| unresolved(Some(e)))?
+        .next()
         .map(|a| a.ip().to_string())
-        .ok_or_else(|| format!("cannot resolve {host}"))
+        .ok_or_else(|| unresolved(None))
 }
 
 /// An environment with nothing of the caller's but `PATH` and the locale
@@ -88,36 +125,42 @@ fn clean_env(cmd: &mut Command) {
 }
 
 /// `pg_dump --version`, e.g. `pg_dump (PostgreSQL) 15.14`.
-pub fn version(program: &Path) -> Result<String, String> {
+pub(crate) fn version(program: &Path) -> Result<String, DumpError> {
     let mut cmd = Command::new(program);
     clean_env(&mut cmd);
     let out = cmd
         .arg("--version")
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+        .map_err(|source| DumpError::Spawn {
+            program: program.to_owned(),
+            source,
+        })?;
     if !out.status.success() {
-        return Err(format!("{} --version failed", program.display()));
+        return Err(DumpError::Version {
+            program: program.to_owned(),
+            status: out.status,
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// A running pg_dump.
-pub struct Running {
+pub(crate) struct Running {
     /// Taken by whoever reads the dump.
-    pub stdout: Option<ChildStdout>,
+    pub(crate) stdout: Option<ChildStdout>,
     child: Arc<Mutex<Option<Child>>>,
     stderr: Option<JoinHandle<String>>,
 }
 
 /// Stops a running pg_dump from another task; cheap to clone.
 #[derive(Clone)]
-pub struct Killer(Arc<Mutex<Option<Child>>>);
+pub(crate) struct Killer(Arc<Mutex<Option<Child>>>);
 
 impl Killer {
     /// Kills pg_dump, and whatever it started (its process group), if it
     /// still runs; its output then ends.
-    pub fn kill(&self) {
+    pub(crate) fn kill(&self) {
         if let Some(child) = self.0.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             let group = i32::try_from(child.id())
                 .ok()
@@ -135,13 +178,13 @@ impl Killer {
 }
 
 /// Starts pg_dump for `upstream` as `user` with `password`.
-pub fn start(
+pub(crate) fn start(
     program: &Path,
     upstream: &UpstreamConfig,
     user: &str,
     password: &SecretString,
     compression: Option<u8>,
-) -> Result<Running, String> {
+) -> Result<Running, DumpError> {
     let dbname = conninfo(upstream, user)?;
     let mut cmd = Command::new(program);
     clean_env(&mut cmd);
@@ -161,24 +204,15 @@ pub fn start(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+    let mut child = cmd.spawn().map_err(|source| DumpError::Spawn {
+        program: program.to_owned(),
+        source,
+    })?;
     let stdout = child.stdout.take();
-    let stderr = child.stderr.take().map(|mut err| {
-        std::thread::spawn(move || {
-            let mut kept = Vec::new();
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let room = STDERR_LIMIT.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-            String::from_utf8_lossy(&kept).trim().to_owned()
-        })
-    });
+    let stderr = child
+        .stderr
+        .take()
+        .map(|err| std::thread::spawn(|| keep_stderr(err)));
     Ok(Running {
         stdout,
         child: Arc::new(Mutex::new(Some(child))),
@@ -186,19 +220,34 @@ pub fn start(
     })
 }
 
+/// pg_dump's standard error, read to its end, its first [`STDERR_LIMIT`]
+/// bytes kept.
+fn keep_stderr(mut err: impl Read) -> String {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = err.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        let room = STDERR_LIMIT.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
+    String::from_utf8_lossy(&kept).trim().to_owned()
+}
+
 impl Running {
-    pub fn killer(&self) -> Killer {
+    pub(crate) fn killer(&self) -> Killer {
         Killer(self.child.clone())
     }
 
     /// Waits for pg_dump to exit (call once its output has ended): `Ok` when
     /// it succeeded, else what it said.
-    pub fn finish(mut self) -> Result<(), String> {
+    pub(crate) fn finish(mut self) -> Result<(), DumpError> {
         drop(self.stdout.take());
         let child = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
         let status = match child {
-            Some(mut c) => c.wait().map_err(|e| format!("waiting for pg_dump: {e}"))?,
-            None => return Err("pg_dump was already reaped".into()),
+            Some(mut c) => c.wait().map_err(DumpError::Wait)?,
+            None => return Err(DumpError::Reaped),
         };
         let said = self
             .stderr
@@ -211,7 +260,10 @@ impl Running {
             }
             Ok(())
         } else {
-            Err(format!("pg_dump exited with {status}: {said}"))
+            Err(DumpError::Exited {
+                status,
+                stderr: said,
+            })
         }
     }
 }

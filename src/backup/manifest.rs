@@ -16,7 +16,7 @@ pub const DUMP_SUFFIX: &str = ".dump.age";
 /// The file name suffix of a manifest.
 pub const MANIFEST_SUFFIX: &str = ".manifest.json";
 /// Version of the manifest's layout.
-pub const MANIFEST_FORMAT: u32 = 1;
+pub(crate) const MANIFEST_FORMAT: u32 = 1;
 
 /// The age crate pgwarden encrypts with (kept true by a test against Cargo.lock).
 pub const AGE_CRATE: &str = "age 0.12 (Rust crate)";
@@ -61,18 +61,18 @@ pub struct Tools {
 
 impl Manifest {
     /// When the backup started, from `started_at`.
-    pub fn started(&self) -> Option<SystemTime> {
+    pub(crate) fn started(&self) -> Option<SystemTime> {
         humantime::parse_rfc3339(&self.started_at).ok()
     }
 }
 
 /// RFC 3339 in UTC with milliseconds, as manifests hold times.
-pub fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// The name both files of a backup share: `<target>-20260512T215318.123Z`.
-pub fn stem(target: &str, started: SystemTime) -> String {
+pub(crate) fn stem(target: &str, started: SystemTime) -> String {
     let compact: String = rfc3339(started)
         .chars()
         .filter(|c| *c != '-' && *c != ':')
@@ -81,7 +81,7 @@ pub fn stem(target: &str, started: SystemTime) -> String {
 }
 
 /// The stem of a dump or manifest file name of `target`, if it is one.
-pub fn stem_of<'a>(target: &str, file: &'a str) -> Option<&'a str> {
+pub(crate) fn stem_of<'a>(target: &str, file: &'a str) -> Option<&'a str> {
     let stem = file
         .strip_suffix(DUMP_SUFFIX)
         .or_else(|| file.strip_suffix(MANIFEST_SUFFIX))?;
@@ -95,7 +95,7 @@ pub fn stem_of<'a>(target: &str, file: &'a str) -> Option<&'a str> {
 }
 
 /// The time a stem names (to order backups whose manifest is missing).
-pub fn stem_time(stem: &str) -> Option<SystemTime> {
+pub(crate) fn stem_time(stem: &str) -> Option<SystemTime> {
     let time = stem.rsplit('-').next()?;
     if time.len() != 20 {
         return None;
@@ -113,7 +113,7 @@ pub fn stem_time(stem: &str) -> Option<SystemTime> {
 }
 
 /// Milliseconds, for durations in manifests and log records.
-pub fn millis(d: Duration) -> u64 {
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 

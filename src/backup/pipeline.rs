@@ -18,39 +18,42 @@ const BUFFER: usize = 64 * 1024;
 
 /// What went through.
 #[derive(Debug, Clone)]
-pub struct Written {
+pub(crate) struct Written {
     /// Plaintext bytes read from pg_dump.
-    pub dump_bytes: u64,
+    pub(crate) dump_bytes: u64,
     /// Encrypted bytes written to the destination.
-    pub encrypted_bytes: u64,
+    pub(crate) encrypted_bytes: u64,
     /// SHA-256 of the encrypted bytes, lowercase hex.
-    pub sha256: String,
+    pub(crate) sha256: String,
     /// The archive header, if the dump began with one.
-    pub header: Option<ArchiveHeader>,
+    pub(crate) header: Option<ArchiveHeader>,
 }
 
+/// Which side of the pipeline failed. The I/O errors are the pipe's and the
+/// destination's own (age's wrapping of the sink's error is undone); none
+/// carries a byte of what went through.
 #[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
+pub(crate) enum PipelineError {
     /// Reading pg_dump's output failed.
     #[error("reading the dump: {0}")]
-    Source(io::Error),
+    Source(#[source] io::Error),
     /// The encryption could not start (e.g. no usable recipient).
     #[error("encrypting: {0}")]
-    Encrypt(String),
+    Encrypt(#[source] age::EncryptError),
     /// Writing to the destination failed.
     #[error("writing to the destination: {0}")]
-    Sink(io::Error),
+    Sink(#[source] io::Error),
 }
 
 /// Encrypts everything `source` yields to `recipients`, into `sink`.
-pub fn encrypt(
+pub(crate) fn encrypt(
     source: &mut dyn Read,
     recipients: &[age::x25519::Recipient],
     sink: &mut dyn Write,
 ) -> Result<Written, PipelineError> {
     let encryptor =
         age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
-            .map_err(|e| PipelineError::Encrypt(e.to_string()))?;
+            .map_err(PipelineError::Encrypt)?;
     let mut counted = Counted::new(sink);
     let mut buffer = vec![0u8; BUFFER];
     let mut head = Vec::with_capacity(HEADER_WINDOW);
@@ -148,7 +151,7 @@ impl Write for Counted<'_> {
 }
 
 /// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
+fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

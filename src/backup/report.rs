@@ -6,78 +6,176 @@
 //! PUT to a Pushgateway. Gauges that say when the newest good backup was
 //! taken are recomputed from the destination's manifests at every run, so
 //! they are right even after a metrics file was lost; the failure counters
-//! are kept in a small state object in the destination. Label values are the
-//! configured target name and fixed reasons; nothing secret is exported.
+//! are kept in a small state object in the destination.
+//!
+//! Label values are the configured target name and the values of
+//! [`Reason`], a [`Label`]: every reason is written at every run, from the
+//! enum, and a count the state object holds for any other text is dropped.
+//! Nothing secret is exported, and a Pushgateway URL's user and password
+//! (basic auth) appear in no error, log line or `Debug`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
+use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use super::destination::{Destination, LocalDir, replace_file};
 use super::{Reason, Report};
-
-pub const LAST_SUCCESS_TIMESTAMP: &str = "pgwarden_backup_last_success_timestamp_seconds";
-pub const LAST_SUCCESS_SIZE: &str = "pgwarden_backup_last_success_size_bytes";
-pub const LAST_SUCCESS_DURATION: &str = "pgwarden_backup_last_success_duration_seconds";
-pub const LAST_RUN_TIMESTAMP: &str = "pgwarden_backup_last_run_timestamp_seconds";
-pub const LAST_RUN_SUCCESS: &str = "pgwarden_backup_last_run_success";
-pub const FAILURES: &str = "pgwarden_backup_failures_total";
-pub const STORED: &str = "pgwarden_backups_stored";
+use crate::metrics::{Label, name};
 
 /// The Pushgateway job the metrics are grouped under (with the target).
-pub const PUSH_JOB: &str = "pgwarden_backup";
+const PUSH_JOB: &str = "pgwarden_backup";
 /// How long a push may take.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What could not be published (the run itself is not failed for it).
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("failure counts not saved: {0}")]
+    StateEncode(#[source] serde_json::Error),
+    #[error("failure counts not saved: {0}")]
+    StateWrite(#[source] std::io::Error),
+    #[error("metrics file {}: {source}", path.display())]
+    MetricsFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Pushgateway: {0}")]
+    Push(#[source] PushError),
+}
+
+/// Why a push failed. `endpoint` is the URL without its user and password,
+/// and reqwest's error is kept without its URL.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("cannot build an HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    #[error("not a URL: {0}")]
+    Url(#[source] <reqwest::Url as FromStr>::Err),
+    #[error("{0} cannot take a path")]
+    NotBase(String),
+    #[error("{endpoint}: {}", crate::error_text::with_causes(source))]
+    Send {
+        endpoint: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{endpoint} answered {status}")]
+    Status {
+        endpoint: String,
+        status: reqwest::StatusCode,
+    },
+}
+
+/// A target's `pushgateway` URL, which may carry a user and password for
+/// basic auth: its `Debug` and every error show it without them.
+#[derive(Clone)]
+pub(crate) struct Pushgateway(String);
+
+impl Pushgateway {
+    pub(crate) fn new(url: &str) -> Self {
+        Pushgateway(url.to_owned())
+    }
+}
+
+impl fmt::Debug for Pushgateway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match reqwest::Url::parse(&self.0) {
+            Ok(u) => f.write_str(&shown(&u)),
+            Err(_) => f.write_str("<not a URL>"),
+        }
+    }
+}
+
+/// `url` without its user and password.
+fn shown(url: &reqwest::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.to_string()
+}
+
 /// Failure counts by reason, kept between runs in the destination.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default)]
 struct Stats {
+    failures: BTreeMap<Reason, u64>,
+}
+
+/// The state object as stored: counts by label text.
+#[derive(Default, Serialize, Deserialize)]
+struct Stored {
     failures: BTreeMap<String, u64>,
 }
 
-fn state_name(target: &str) -> String {
-    format!("pgwarden-backup-state-{target}.json")
+impl Stats {
+    fn state_name(target: &str) -> String {
+        format!("pgwarden-backup-state-{target}.json")
+    }
+
+    /// The counts in `dest` (none if absent or unreadable).
+    fn read(dest: &dyn Destination, target: &str) -> Stats {
+        let stored: Stored = dest
+            .state(&Self::state_name(target))
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let failures = stored
+            .failures
+            .iter()
+            .filter_map(|(k, n)| Reason::from_label(k).map(|r| (r, *n)))
+            .collect();
+        Stats { failures }
+    }
+
+    fn count(&self, reason: Reason) -> u64 {
+        self.failures.get(&reason).copied().unwrap_or(0)
+    }
+
+    fn save(&self, dest: &dyn Destination, target: &str) -> Result<(), PublishError> {
+        let stored = Stored {
+            failures: self
+                .failures
+                .iter()
+                .map(|(r, n)| (r.as_str().to_owned(), *n))
+                .collect(),
+        };
+        let bytes = serde_json::to_vec(&stored).map_err(PublishError::StateEncode)?;
+        dest.set_state(&Self::state_name(target), &bytes)
+            .map_err(PublishError::StateWrite)
+    }
 }
 
 /// Logs the run, updates the failure counts, and publishes the metrics.
 /// Returns what could not be published (also logged).
-pub async fn publish(report: &Report) -> Vec<String> {
+pub async fn publish(report: &Report) -> Vec<PublishError> {
     log(report);
     let dest = LocalDir::new(&report.destination);
-    let mut stats: Stats = dest
-        .state(&state_name(&report.target))
-        .ok()
-        .flatten()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
+    let mut stats = Stats::read(&dest, &report.target);
     let mut problems = Vec::new();
     if let Err(f) = &report.outcome {
-        *stats
-            .failures
-            .entry(f.reason.as_str().to_owned())
-            .or_default() += 1;
-        let saved = serde_json::to_vec(&stats)
-            .map_err(|e| e.to_string())
-            .and_then(|b| {
-                dest.set_state(&state_name(&report.target), &b)
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(e) = saved {
-            problems.push(format!("failure counts not saved: {e}"));
+        *stats.failures.entry(f.reason()).or_default() += 1;
+        if let Err(e) = stats.save(&dest, &report.target) {
+            problems.push(e);
         }
     }
-    let text = render(report, &stats.failures);
+    let text = render(report, &stats);
     if let Some(path) = &report.metrics_file
-        && let Err(e) = replace_file(path, text.as_bytes())
+        && let Err(source) = replace_file(path, text.as_bytes())
     {
-        problems.push(format!("metrics file {}: {e}", path.display()));
+        problems.push(PublishError::MetricsFile {
+            path: path.clone(),
+            source,
+        });
     }
-    if let Some(url) = &report.pushgateway
-        && let Err(e) = push(url, &report.target, &text).await
+    if let Some(gateway) = &report.pushgateway
+        && let Err(e) = push(gateway, &report.target, &text).await
     {
-        problems.push(format!("Pushgateway: {e}"));
+        problems.push(PublishError::Push(e));
     }
     for p in &problems {
         tracing::warn!(event = "backup_metrics_failed", target = %report.target, error = %p);
@@ -108,8 +206,8 @@ fn log(r: &Report) {
             event = "backup_finished",
             target = %r.target,
             outcome = "failure",
-            reason = f.reason.as_str(),
-            detail = %f.detail,
+            reason = f.reason().as_str(),
+            detail = %f,
             duration_ms,
             lease_revoked = lease_revoked.unwrap_or("none"),
         ),
@@ -122,145 +220,135 @@ fn seconds(t: SystemTime) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Metric families of one target in the text format.
+struct Text {
+    out: String,
+    /// The `target` label, escaped.
+    target: String,
+}
+
+impl Text {
+    fn new(target: &str) -> Text {
+        Text {
+            out: String::new(),
+            target: escaped(target),
+        }
+    }
+
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, value: f64) {
+        self.family(name, "gauge", help);
+        let _ = writeln!(self.out, "{name}{{target=\"{}\"}} {value}", self.target);
+    }
+
+    /// A counter with one series per value of `L` (all of them, at zero too).
+    fn counter<L: Label>(&mut self, name: &str, help: &str, key: &str, count: impl Fn(L) -> u64) {
+        self.family(name, "counter", help);
+        for value in L::ALL {
+            let _ = writeln!(
+                self.out,
+                "{name}{{target=\"{}\",{key}=\"{}\"}} {}",
+                self.target,
+                value.as_str(),
+                count(*value)
+            );
+        }
+    }
+}
+
 /// A label value, escaped as the text format requires.
-fn label(v: &str) -> String {
+fn escaped(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
 
 /// The metrics of `r`, in Prometheus' text format.
-fn render(r: &Report, failures: &BTreeMap<String, u64>) -> String {
-    let t = label(&r.target);
+fn render(r: &Report, stats: &Stats) -> String {
     let newest = r.inventory.as_ref().and_then(|i| i.newest.as_ref());
     let success_time = newest
         .and_then(|m| humantime::parse_rfc3339(&m.finished_at).ok())
         .map(seconds)
         .unwrap_or(0.0);
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, value: f64| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
-        let _ = writeln!(out, "{name}{{target=\"{t}\"}} {value}");
-    };
-    gauge(
-        LAST_SUCCESS_TIMESTAMP,
+    let stored = r.inventory.as_ref().map(|i| i.complete()).unwrap_or(0);
+    let mut text = Text::new(&r.target);
+    text.gauge(
+        name::BACKUP_LAST_SUCCESS_TIMESTAMP,
         "When the newest complete backup finished, Unix time (0: none)",
         success_time,
     );
-    gauge(
-        LAST_SUCCESS_SIZE,
+    text.gauge(
+        name::BACKUP_LAST_SUCCESS_SIZE,
         "Size of the newest complete backup, encrypted, in bytes",
         newest.map(|m| m.encrypted_bytes as f64).unwrap_or(0.0),
     );
-    gauge(
-        LAST_SUCCESS_DURATION,
+    text.gauge(
+        name::BACKUP_LAST_SUCCESS_DURATION,
         "How long the newest complete backup took, in seconds",
         newest.map(|m| m.duration_ms as f64 / 1000.0).unwrap_or(0.0),
     );
-    gauge(
-        LAST_RUN_TIMESTAMP,
+    text.gauge(
+        name::BACKUP_LAST_RUN_TIMESTAMP,
         "When the last backup run started, Unix time",
         seconds(r.started),
     );
-    gauge(
-        LAST_RUN_SUCCESS,
+    text.gauge(
+        name::BACKUP_LAST_RUN_SUCCESS,
         "1 if the last backup run succeeded, else 0",
         if r.outcome.is_ok() { 1.0 } else { 0.0 },
     );
-    gauge(
-        STORED,
+    text.gauge(
+        name::BACKUPS_STORED,
         "Complete backups in the destination after the last run",
-        r.inventory
-            .as_ref()
-            .map(|i| i.complete() as f64)
-            .unwrap_or(0.0),
+        stored as f64,
     );
-    let _ = writeln!(out, "# HELP {FAILURES} Failed backup runs, by reason");
-    let _ = writeln!(out, "# TYPE {FAILURES} counter");
-    for reason in Reason::ALL {
-        let n = failures.get(reason.as_str()).copied().unwrap_or(0);
-        let _ = writeln!(
-            out,
-            "{FAILURES}{{target=\"{t}\",reason=\"{}\"}} {n}",
-            reason.as_str()
-        );
-    }
-    out
+    text.counter(
+        name::BACKUP_FAILURES,
+        "Failed backup runs, by reason",
+        "reason",
+        |r: Reason| stats.count(r),
+    );
+    text.out
 }
 
 /// PUTs `text` as the group job=pgwarden_backup, target=`target`.
-async fn push(url: &str, target: &str, text: &str) -> Result<(), String> {
+async fn push(gateway: &Pushgateway, target: &str, text: &str) -> Result<(), PushError> {
     let client = reqwest::Client::builder()
         .timeout(PUSH_TIMEOUT)
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .map_err(|e| e.to_string())?;
-    let mut endpoint = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+        .map_err(|e| PushError::Client(e.without_url()))?;
+    let mut endpoint = reqwest::Url::parse(&gateway.0).map_err(PushError::Url)?;
+    let base = shown(&endpoint);
     endpoint
         .path_segments_mut()
-        .map_err(|_| "not a base URL".to_owned())?
+        .map_err(|_| PushError::NotBase(base))?
         .pop_if_empty()
         .extend(["metrics", "job", PUSH_JOB, "target", target]);
+    let described = shown(&endpoint);
     let response = client
         .put(endpoint)
         .header("content-type", "text/plain; version=0.0.4")
         .body(text.to_owned())
         .send()
         .await
-        .map_err(|e| crate::error_text::with_causes(&e))?;
-    if response.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!("answered {}", response.status()))
+        .map_err(|e| PushError::Send {
+            endpoint: described.clone(),
+            source: e.without_url(),
+        })?;
+    match response.status() {
+        s if s.is_success() => Ok(()),
+        status => Err(PushError::Status {
+            endpoint: described,
+            status,
+        }),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backup::Failure;
-
-    fn report(reason: Reason) -> Report {
-        Report {
-            target: "key\"cloak".into(),
-            started: UNIX_EPOCH + Duration::from_secs(1000),
-            duration: Duration::from_secs(3),
-            outcome: Err(Failure::new(reason, "x")),
-            lease_revoked: Some(true),
-            removed: Vec::new(),
-            inventory: None,
-            metrics_file: None,
-            pushgateway: None,
-            destination: "/nonexistent".into(),
-        }
-    }
-
-    #[test]
-    fn every_reason_is_exported_and_labels_are_escaped() {
-        let failures = BTreeMap::from([("dump".to_owned(), 2)]);
-        let text = render(&report(Reason::Dump), &failures);
-        assert!(
-            text.contains(r#"pgwarden_backup_failures_total{target="key\"cloak",reason="dump"} 2"#),
-            "{text}"
-        );
-        for r in Reason::ALL {
-            assert!(
-                text.contains(&format!("reason=\"{}\"", r.as_str())),
-                "{r:?}"
-            );
-        }
-        assert!(text.contains(r#"pgwarden_backup_last_run_success{target="key\"cloak"} 0"#));
-        assert!(
-            text.contains(
-                r#"pgwarden_backup_last_success_timestamp_seconds{target="key\"cloak"} 0"#
-            )
-        );
-        assert!(
-            text.contains(
-                r#"pgwarden_backup_last_run_timestamp_seconds{target="key\"cloak"} 1000"#
-            )
-        );
-    }
-}
+mod tests;

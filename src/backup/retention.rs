@@ -4,36 +4,52 @@
 //! Kept: the newest `keep_last`; the newest backup of each of the last
 //! `keep_daily` days that have one, of the last `keep_weekly` ISO weeks
 //! (Monday to Sunday) and of the last `keep_monthly` months. A backup without
-//! a manifest is incomplete: it is removed once a complete one exists, never
-//! counted as one. Whatever the policy says, the newest complete backup is
-//! never removed, so the only good backup always stays. Pure: it decides, the
-//! caller deletes.
+//! a manifest (or without its dump) is incomplete: it is removed once a
+//! complete one exists, never counted as one. Whatever the policy says, the
+//! newest complete backup and the backup the run just wrote are never
+//! removed, so the only good backup always stays, even when clocks disagree;
+//! nor is a backup whose manifest exists but cannot be read (a newer
+//! pgwarden's, a damaged one): what pgwarden cannot understand, it does not
+//! delete. Pure: it decides, the caller deletes.
 
 use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::Retention;
 
+/// What state a backup found in the destination is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Its dump and a readable manifest exist: complete and durable.
+    Complete,
+    /// One of its files is missing: a run died halfway, or a deletion did.
+    Incomplete,
+    /// Its manifest exists but cannot be read or parsed.
+    Unreadable,
+}
+
 /// One backup found in the destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
+pub(crate) struct Found {
     /// The name both its files share.
-    pub stem: String,
-    pub started: SystemTime,
-    /// Whether its manifest exists (the dump is complete and durable).
-    pub complete: bool,
+    pub(crate) stem: String,
+    pub(crate) started: SystemTime,
+    pub(crate) state: State,
 }
 
 /// The decision: stems to keep and to delete, newest first.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Plan {
-    pub keep: Vec<String>,
-    pub delete: Vec<String>,
+pub(crate) struct Plan {
+    pub(crate) keep: Vec<String>,
+    pub(crate) delete: Vec<String>,
 }
 
-/// Applies `policy` to `found`.
-pub fn plan(found: &[Found], policy: &Retention) -> Plan {
-    let mut complete: Vec<&Found> = found.iter().filter(|f| f.complete).collect();
+/// Applies `policy` to `found`; `written` (the backup just made) is kept.
+pub(crate) fn plan(found: &[Found], policy: &Retention, written: &str) -> Plan {
+    let mut complete: Vec<&Found> = found
+        .iter()
+        .filter(|f| f.state == State::Complete)
+        .collect();
     complete.sort_by(|a, b| b.started.cmp(&a.started).then(b.stem.cmp(&a.stem)));
     let mut keep: BTreeSet<&str> = BTreeSet::new();
     for f in complete.iter().take(policy.keep_last) {
@@ -50,7 +66,10 @@ pub fn plan(found: &[Found], policy: &Retention) -> Plan {
     let mut out = Plan::default();
     for f in all {
         // An incomplete backup stays only while nothing complete exists.
-        let stays = keep.contains(f.stem.as_str()) || (!f.complete && complete.is_empty());
+        let stays = keep.contains(f.stem.as_str())
+            || f.stem == written
+            || f.state == State::Unreadable
+            || (f.state == State::Incomplete && complete.is_empty());
         if stays {
             out.keep.push(f.stem.clone());
         } else {
@@ -102,7 +121,7 @@ fn month(t: SystemTime) -> i64 {
 }
 
 /// (year, month 1–12, day 1–31) of a day count since 1970-01-01.
-pub fn civil(days: i64) -> (i64, u32, u32) {
+fn civil(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -128,10 +147,15 @@ mod tests {
     }
 
     fn found(days_ago: u64, hour: u64, complete: bool) -> Found {
+        let state = if complete {
+            State::Complete
+        } else {
+            State::Incomplete
+        };
         Found {
             stem: format!("d{days_ago}h{hour}"),
             started: at(days_ago, hour),
-            complete,
+            state,
         }
     }
 
@@ -164,7 +188,7 @@ mod tests {
         let all: Vec<Found> = (0..10)
             .flat_map(|d| [0, 6, 12, 18].map(|h| found(d, h, true)))
             .collect();
-        let p = plan(&all, &policy(3, 5, 0, 0));
+        let p = plan(&all, &policy(3, 5, 0, 0), "");
         // The three newest (today 18, 12, 6), then the newest of each of the five newest days.
         let want = ["d0h18", "d0h12", "d0h6", "d1h18", "d2h18", "d3h18", "d4h18"];
         assert_eq!(p.keep, want);
@@ -181,7 +205,7 @@ mod tests {
             found(9, 1, true),
             found(20, 1, true),
         ];
-        let p = plan(&all, &policy(1, 3, 0, 0));
+        let p = plan(&all, &policy(1, 3, 0, 0), "");
         assert_eq!(p.keep, ["d0h1", "d3h1", "d9h1"]);
         assert_eq!(p.delete, ["d20h1"]);
     }
@@ -190,7 +214,7 @@ mod tests {
     fn keeps_one_a_week_and_one_a_month() {
         // One backup a day for 70 days.
         let all: Vec<Found> = (0..70).map(|d| found(d, 2, true)).collect();
-        let p = plan(&all, &policy(1, 0, 4, 3));
+        let p = plan(&all, &policy(1, 0, 4, 3), "");
         // Weeks: this one (newest: today), and the Sundays ending the three before.
         // Months: May (today), April (the 30th, 12 days ago), March (the 31st, 42 days ago).
         assert_eq!(p.keep, ["d0h2", "d2h2", "d9h2", "d12h2", "d16h2", "d42h2"]);
@@ -201,7 +225,7 @@ mod tests {
     fn never_deletes_the_only_good_backup() {
         // Old, and the policy keeps nothing by period: the newest complete one stays.
         let all = vec![found(400, 0, true), found(500, 0, true)];
-        let p = plan(&all, &policy(0, 0, 0, 0));
+        let p = plan(&all, &policy(0, 0, 0, 0), "");
         assert_eq!(p.keep, ["d400h0"]);
         assert_eq!(p.delete, ["d500h0"]);
     }
@@ -209,14 +233,38 @@ mod tests {
     #[test]
     fn incomplete_backups_go_once_a_complete_one_exists() {
         let all = vec![found(0, 5, false), found(0, 3, true), found(1, 3, false)];
-        let p = plan(&all, &policy(5, 0, 0, 0));
+        let p = plan(&all, &policy(5, 0, 0, 0), "");
         assert_eq!(p.keep, ["d0h3"]);
         assert_eq!(p.delete, ["d0h5", "d1h3"]);
         // With nothing complete, nothing is deleted.
         let only = vec![found(0, 5, false)];
         assert_eq!(
-            plan(&only, &policy(5, 0, 0, 0)).delete,
+            plan(&only, &policy(5, 0, 0, 0), "").delete,
             Vec::<String>::new()
         );
+    }
+
+    #[test]
+    fn the_backup_just_written_stays_even_when_it_looks_oldest() {
+        // The clock went back: the run's backup sorts before three others.
+        let all = vec![
+            found(0, 3, true),
+            found(0, 2, true),
+            found(0, 1, true),
+            found(9, 0, true),
+        ];
+        let p = plan(&all, &policy(1, 0, 0, 0), "d9h0");
+        assert_eq!(p.keep, ["d0h3", "d9h0"]);
+        assert_eq!(p.delete, ["d0h2", "d0h1"]);
+    }
+
+    #[test]
+    fn a_backup_whose_manifest_cannot_be_read_is_never_deleted() {
+        let mut unreadable = found(30, 0, false);
+        unreadable.state = State::Unreadable;
+        let all = vec![found(0, 0, true), unreadable, found(40, 0, false)];
+        let p = plan(&all, &policy(1, 0, 0, 0), "d0h0");
+        assert_eq!(p.keep, ["d0h0", "d30h0"]);
+        assert_eq!(p.delete, ["d40h0"]);
     }
 }

@@ -3,24 +3,32 @@
 //! the credential, commit the backup and its manifest, apply retention.
 //!
 //! Whatever happens the run ends with the lease handed to the revoker and the
-//! revoker drained, and a failed dump leaves nothing under a final name.
+//! revoker drained, and a failed dump leaves nothing under a final name. A
+//! dump that is stopped (timeout, interrupt, the lease's end) gives its lease
+//! up as soon as pg_dump is killed, before anything else is waited for; a
+//! dump whose output never ends even then (something it started holds the
+//! pipe) is left behind after [`STOPPED_GRACE`] rather than waited for.
 
-use std::io::Write as _;
+use std::io::{self, Write as _};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::destination::{Destination, LocalDir, PendingObject};
+use super::dump::{self, DumpError, Running};
+use super::error::{RunError, Stop};
 use super::manifest::{self, DUMP_SUFFIX, MANIFEST_SUFFIX, Manifest, Tools};
 use super::pipeline::{self, PipelineError, Written};
+use super::report::Pushgateway;
 use super::source::{self, RunSource};
-use super::{Failure, Reason, Report, Success, dump, inventory, retention};
+use super::{Failure, Report, Success, inventory, retention};
 use crate::config::{BackupConfig, BackupFile};
 use crate::credentials::Issued;
-use crate::relay::{Stop, StopSignal};
+use crate::relay::{Stop as LeaseStop, StopSignal};
 
 /// How long the run waits for its lease to be revoked before it exits.
 const REVOKE_WITHIN: Duration = Duration::from_secs(30);
@@ -29,6 +37,13 @@ const REVOKE_WITHIN: Duration = Duration::from_secs(30);
 const LEASE_GRACE: Duration = Duration::from_secs(5);
 /// How often the run looks at the lease's stop signal.
 const LEASE_POLL: Duration = Duration::from_millis(500);
+/// How long a killed dump's pipeline may take to see its output end.
+const STOPPED_GRACE: Duration = Duration::from_secs(10);
+
+/// A target that the configuration does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("no [backup.{0}] in the configuration")]
+pub struct UnknownTarget(String);
 
 /// Runs `[backup.<target>]`. `interrupt` is cancelled on SIGTERM/SIGINT: the
 /// dump is stopped and the run fails as `interrupted`.
@@ -36,116 +51,121 @@ pub async fn backup(
     file: &BackupFile,
     target: &str,
     interrupt: CancellationToken,
-) -> Result<Report, String> {
+) -> Result<Report, UnknownTarget> {
     let cfg = file
         .backup
         .get(target)
-        .ok_or_else(|| format!("no [backup.{target}] in the configuration"))?;
+        .ok_or_else(|| UnknownTarget(target.to_owned()))?;
     let started = SystemTime::now();
     let clock = Instant::now();
-    let dest: Arc<dyn Destination> = Arc::new(LocalDir::new(&cfg.directory));
-    let mut report = Report::new(target, cfg, started);
-    let outcome = attempt(file, cfg, target, &dest, started, &interrupt, &mut report).await;
-    report.duration = clock.elapsed();
-    report.outcome = outcome;
-    report.inventory = inventory::take(&*dest, target).ok();
-    Ok(report)
+    let run = Run {
+        file,
+        cfg,
+        target,
+        dest: Arc::new(LocalDir::new(&cfg.directory)),
+        started,
+        interrupt,
+    };
+    let mut progress = Progress::default();
+    let outcome = attempt(&run, &mut progress).await.map_err(Failure::from);
+    Ok(Report {
+        target: target.to_owned(),
+        started,
+        duration: clock.elapsed(),
+        outcome,
+        lease_revoked: progress.lease_revoked,
+        removed: progress.removed,
+        inventory: inventory::take(&*run.dest, target).ok(),
+        destination: cfg.directory.clone(),
+        metrics_file: cfg.metrics_file.clone(),
+        pushgateway: cfg.pushgateway.as_deref().map(Pushgateway::new),
+    })
 }
 
-async fn attempt(
-    file: &BackupFile,
-    cfg: &BackupConfig,
-    target: &str,
-    dest: &Arc<dyn Destination>,
+/// What a run works with.
+struct Run<'a> {
+    file: &'a BackupFile,
+    cfg: &'a BackupConfig,
+    target: &'a str,
+    dest: Arc<dyn Destination>,
     started: SystemTime,
-    interrupt: &CancellationToken,
-    report: &mut Report,
-) -> Result<Success, Failure> {
-    let _lock = match dest.lock() {
-        Ok(Some(lock)) => lock,
-        Ok(None) => {
-            return Err(Failure::new(
-                Reason::Busy,
-                "another backup is writing to this destination",
-            ));
-        }
-        Err(e) => return Err(Failure::new(Reason::Destination, format!("lock: {e}"))),
-    };
-    match dest.remove_leftovers() {
-        Ok(0) => {}
-        Ok(n) => {
-            tracing::info!(event = "backup_leftovers_removed", target, count = n, destination = %dest.describe())
-        }
-        Err(e) => return Err(Failure::new(Reason::Destination, e.to_string())),
-    }
-    let recipients = recipients(cfg)?;
-    let pg_dump = dump::version(&cfg.pg_dump).map_err(|e| Failure::new(Reason::Dump, e))?;
-    let source = source::build(file, &cfg.credentials, &cfg.upstream)
-        .await
-        .map_err(|e| Failure::new(Reason::Credentials, e))?;
-    let stem = manifest::stem(target, started);
-    let dumped = dump_once(&source, cfg, &recipients, dest, &stem, interrupt).await;
-    report.lease_revoked = Some(source.finish(REVOKE_WITHIN).await);
+    interrupt: CancellationToken,
+}
+
+/// What the report says besides the outcome.
+#[derive(Default)]
+struct Progress {
+    lease_revoked: Option<bool>,
+    removed: Vec<String>,
+}
+
+async fn attempt(run: &Run<'_>, progress: &mut Progress) -> Result<Success, RunError> {
+    let _lock = run
+        .dest
+        .lock()
+        .map_err(RunError::Lock)?
+        .ok_or(RunError::Busy)?;
+    remove_leftovers(run)?;
+    let recipients = recipients(run.cfg)?;
+    let pg_dump = dump::version(&run.cfg.pg_dump)?;
+    let source = source::build(run.file, &run.cfg.credentials, &run.cfg.upstream).await?;
+    let stem = manifest::stem(run.target, run.started);
+    let dumped = dump_once(&source, run, &recipients, &stem).await;
+    progress.lease_revoked = Some(source.finish(REVOKE_WITHIN).await);
     let (pending, written) = dumped?;
     let finished = SystemTime::now();
-    let dump_file = format!("{stem}{DUMP_SUFFIX}");
-    pending
-        .commit()
-        .map_err(|e| Failure::new(Reason::Destination, format!("{dump_file}: {e}")))?;
-    let manifest = Manifest {
-        format: manifest::MANIFEST_FORMAT,
-        target: target.to_owned(),
-        file: dump_file,
-        started_at: manifest::rfc3339(started),
-        finished_at: manifest::rfc3339(finished),
-        duration_ms: manifest::millis(finished.duration_since(started).unwrap_or_default()),
-        database: cfg.upstream.database.clone(),
-        server: cfg.upstream.endpoint(),
-        server_version: written.header.as_ref().map(|h| h.server_version.clone()),
-        archive_format: written.header.as_ref().map(|h| h.format_version.clone()),
-        dump_bytes: written.dump_bytes,
-        encrypted_bytes: written.encrypted_bytes,
-        sha256: written.sha256.clone(),
-        recipients: cfg.recipients.clone(),
-        credential_source: cfg.credentials.clone(),
-        tools: Tools {
-            pgwarden: env!("CARGO_PKG_VERSION").to_owned(),
-            pg_dump,
-            age: manifest::AGE_CRATE.to_owned(),
-        },
-    };
-    write_manifest(&**dest, &stem, &manifest)?;
-    report.removed = apply_retention(&**dest, target, cfg);
+    let file = format!("{stem}{DUMP_SUFFIX}");
+    pending.commit().map_err(|source| RunError::Commit {
+        file: file.clone(),
+        source,
+    })?;
+    let manifest = describe(run, file, finished, written, pg_dump);
+    write_manifest(&*run.dest, &stem, &manifest)?;
+    progress.removed = apply_retention(&*run.dest, run.target, run.cfg, &stem);
     Ok(Success { manifest })
 }
 
-fn recipients(cfg: &BackupConfig) -> Result<Vec<age::x25519::Recipient>, Failure> {
+fn remove_leftovers(run: &Run<'_>) -> Result<(), RunError> {
+    let n = run.dest.remove_leftovers().map_err(RunError::Leftovers)?;
+    if n > 0 {
+        tracing::info!(event = "backup_leftovers_removed", target = run.target, count = n, destination = %run.dest.describe());
+    }
+    Ok(())
+}
+
+fn recipients(cfg: &BackupConfig) -> Result<Vec<age::x25519::Recipient>, RunError> {
     cfg.recipients
         .iter()
-        .map(|r| age::x25519::Recipient::from_str(r))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| Failure::new(Reason::Encryption, "a recipient does not parse"))
+        .enumerate()
+        .map(|(i, r)| age::x25519::Recipient::from_str(r).map_err(|_| RunError::Recipient(i + 1)))
+        .collect()
 }
+
+/// What the pipeline's task hands back: the pending object, what went
+/// through, and how pg_dump ended.
+type Dumped = (
+    Box<dyn PendingObject>,
+    Result<Written, PipelineError>,
+    Result<(), DumpError>,
+);
 
 /// Issues the credential, runs pg_dump into the pipeline, and lets the lease
 /// go (to the revoker) as soon as pg_dump has ended, whatever the outcome.
 async fn dump_once(
     source: &RunSource,
-    cfg: &BackupConfig,
+    run: &Run<'_>,
     recipients: &[age::x25519::Recipient],
-    dest: &Arc<dyn Destination>,
     stem: &str,
-    interrupt: &CancellationToken,
-) -> Result<(Box<dyn PendingObject>, Written), Failure> {
-    let issued = source
-        .source
-        .issue(&cfg.upstream)
-        .await
-        .map_err(|e| Failure::new(Reason::Credentials, e.to_string()))?;
+) -> Result<(Box<dyn PendingObject>, Written), RunError> {
+    let cfg = run.cfg;
     let Issued {
         credential,
         mut lease,
-    } = issued;
+    } = source
+        .source
+        .issue(&cfg.upstream)
+        .await
+        .map_err(RunError::Issue)?;
     let stop = Arc::new(StopSignal::default());
     lease.start_renewal(stop.clone(), LEASE_GRACE);
     tracing::info!(
@@ -157,59 +177,87 @@ async fn dump_once(
         lease_id_hash = %lease.lease().id,
         credential_source = %cfg.credentials,
     );
-    let pending = dest
-        .create(&format!("{stem}{DUMP_SUFFIX}"))
-        .map_err(|e| Failure::new(Reason::Destination, e.to_string()))?;
-    let mut running = dump::start(
+    let name = format!("{stem}{DUMP_SUFFIX}");
+    let pending = run
+        .dest
+        .create(&name)
+        .map_err(|source| RunError::Create { name, source })?;
+    let running = dump::start(
         &cfg.pg_dump,
         &cfg.upstream,
         &credential.username,
         &credential.password,
         cfg.compression_level,
-    )
-    .map_err(|e| Failure::new(Reason::Dump, e))?;
+    )?;
     drop(credential);
     let killer = running.killer();
-    let recipients = recipients.to_vec();
-    let mut task = tokio::task::spawn_blocking(move || {
-        let mut pending = pending;
+    let mut task = spawn_pipeline(running, pending, recipients.to_vec());
+    match watch(&mut task, run, &stop).await {
+        Ok(joined) => {
+            drop(lease);
+            dumped(joined)
+        }
+        Err(why) => {
+            killer.kill();
+            // pg_dump is dead: its login can go now, whatever the pipeline does.
+            drop(lease);
+            if tokio::time::timeout(STOPPED_GRACE, task).await.is_err() {
+                tracing::warn!(
+                    event = "backup_pipeline_abandoned",
+                    target = run.target,
+                    "the killed dump's output did not end; not waiting for it"
+                );
+            }
+            Err(RunError::Stopped(why))
+        }
+    }
+}
+
+/// Reads pg_dump's output through age into `pending` on the blocking pool.
+fn spawn_pipeline(
+    mut running: Running,
+    mut pending: Box<dyn PendingObject>,
+    recipients: Vec<age::x25519::Recipient>,
+) -> JoinHandle<Dumped> {
+    tokio::task::spawn_blocking(move || {
         let written = match running.stdout.take() {
             Some(mut out) => pipeline::encrypt(&mut out, &recipients, &mut *pending),
-            None => Err(PipelineError::Source(std::io::Error::other("no output"))),
+            None => Err(PipelineError::Source(io::Error::other(
+                "pg_dump's output was not captured",
+            ))),
         };
         if written.is_err() {
             // Nobody reads pg_dump any more: stop it rather than wait on it.
             running.killer().kill();
         }
         (pending, written, running.finish())
-    });
-    let deadline = tokio::time::sleep(cfg.timeout);
-    tokio::pin!(deadline);
-    let stopped = tokio::select! {
-        joined = &mut task => Ok(joined),
-        _ = &mut deadline => Err(Reason::Timeout),
-        _ = interrupt.cancelled() => Err(Reason::Interrupted),
-        _ = lease_ending(&stop) => Err(Reason::LeaseEnded),
-    };
-    let joined = match stopped {
-        Ok(joined) => joined,
-        Err(reason) => {
-            killer.kill();
-            let _ = task.await;
-            drop(lease);
-            return Err(Failure::new(reason, "the dump was stopped before it ended"));
-        }
-    };
-    drop(lease);
-    let (pending, written, exit) =
-        joined.map_err(|e| Failure::new(Reason::Dump, format!("the dump task failed: {e}")))?;
-    exit.map_err(|e| Failure::new(Reason::Dump, e))?;
-    let written = written.map_err(|e| match e {
-        PipelineError::Source(_) => Failure::new(Reason::Dump, e.to_string()),
-        PipelineError::Encrypt(_) => Failure::new(Reason::Encryption, e.to_string()),
-        PipelineError::Sink(_) => Failure::new(Reason::Destination, e.to_string()),
-    })?;
-    Ok((pending, written))
+    })
+}
+
+/// Waits for the dump's task to end, unless the target's timeout passes, the
+/// run is interrupted or the lease nears its end first.
+async fn watch(
+    task: &mut JoinHandle<Dumped>,
+    run: &Run<'_>,
+    stop: &StopSignal,
+) -> Result<Result<Dumped, JoinError>, Stop> {
+    let timeout = run.cfg.timeout;
+    tokio::select! {
+        joined = task => Ok(joined),
+        () = tokio::time::sleep(timeout) => Err(Stop::Timeout(timeout)),
+        () = run.interrupt.cancelled() => Err(Stop::Interrupted),
+        () = lease_ending(stop) => Err(Stop::LeaseEnded),
+    }
+}
+
+/// The dump's result: pg_dump's exit first (its message says more than a
+/// broken pipe), then the pipeline's.
+fn dumped(
+    joined: Result<Dumped, JoinError>,
+) -> Result<(Box<dyn PendingObject>, Written), RunError> {
+    let (pending, written, exit) = joined.map_err(RunError::Task)?;
+    exit?;
+    Ok((pending, written?))
 }
 
 /// Resolves when the lease's end of life asks the dump to stop: the
@@ -219,26 +267,69 @@ async fn lease_ending(stop: &StopSignal) {
     let mut tick = tokio::time::interval(LEASE_POLL);
     loop {
         tick.tick().await;
-        if stop.requested() >= Some(Stop::Now) {
+        if stop.requested() >= Some(LeaseStop::Now) {
             return;
         }
     }
 }
 
-fn write_manifest(dest: &dyn Destination, stem: &str, m: &Manifest) -> Result<(), Failure> {
-    let name = format!("{stem}{MANIFEST_SUFFIX}");
-    let fail = |e: std::io::Error| Failure::new(Reason::Destination, format!("{name}: {e}"));
-    let text = serde_json::to_vec_pretty(m)
-        .map_err(|e| Failure::new(Reason::Destination, format!("{name}: {e}")))?;
-    let mut object = dest.create(&name).map_err(fail)?;
-    object.write_all(&text).map_err(fail)?;
-    object.write_all(b"\n").map_err(fail)?;
-    object.commit().map_err(fail)
+/// The manifest of the backup `file`, written by `run`.
+fn describe(
+    run: &Run<'_>,
+    file: String,
+    finished: SystemTime,
+    written: Written,
+    pg_dump: String,
+) -> Manifest {
+    let cfg = run.cfg;
+    let header = written.header.as_ref();
+    Manifest {
+        format: manifest::MANIFEST_FORMAT,
+        target: run.target.to_owned(),
+        file,
+        started_at: manifest::rfc3339(run.started),
+        finished_at: manifest::rfc3339(finished),
+        duration_ms: manifest::millis(finished.duration_since(run.started).unwrap_or_default()),
+        database: cfg.upstream.database.clone(),
+        server: cfg.upstream.endpoint(),
+        server_version: header.map(|h| h.server_version.clone()),
+        archive_format: header.map(|h| h.format_version.clone()),
+        dump_bytes: written.dump_bytes,
+        encrypted_bytes: written.encrypted_bytes,
+        sha256: written.sha256,
+        recipients: cfg.recipients.clone(),
+        credential_source: cfg.credentials.clone(),
+        tools: Tools {
+            pgwarden: env!("CARGO_PKG_VERSION").to_owned(),
+            pg_dump,
+            age: manifest::AGE_CRATE.to_owned(),
+        },
+    }
 }
 
-/// Deletes what the retention policy does not keep; returns the stems removed.
-/// A failure to delete is logged, not a failed backup.
-fn apply_retention(dest: &dyn Destination, target: &str, cfg: &BackupConfig) -> Vec<String> {
+fn write_manifest(dest: &dyn Destination, stem: &str, m: &Manifest) -> Result<(), RunError> {
+    let file = format!("{stem}{MANIFEST_SUFFIX}");
+    let text = serde_json::to_vec_pretty(m).map_err(|source| RunError::ManifestEncode {
+        file: file.clone(),
+        source,
+    })?;
+    let written = dest.create(&file).and_then(|mut object| {
+        object.write_all(&text)?;
+        object.write_all(b"\n")?;
+        object.commit()
+    });
+    written.map_err(|source| RunError::ManifestWrite { file, source })
+}
+
+/// Deletes what the retention policy does not keep (never `written`, the
+/// backup this run made); returns the stems removed. A failure to delete is
+/// logged, not a failed backup.
+fn apply_retention(
+    dest: &dyn Destination,
+    target: &str,
+    cfg: &BackupConfig,
+    written: &str,
+) -> Vec<String> {
     let found = match inventory::take(dest, target) {
         Ok(i) => i.found,
         Err(e) => {
@@ -246,7 +337,7 @@ fn apply_retention(dest: &dyn Destination, target: &str, cfg: &BackupConfig) -> 
             return Vec::new();
         }
     };
-    let plan = retention::plan(&found, &cfg.retention);
+    let plan = retention::plan(&found, &cfg.retention, written);
     let mut removed = Vec::new();
     for stem in plan.delete {
         // The manifest first: a half-deleted backup is then incomplete, never

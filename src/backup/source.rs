@@ -9,14 +9,32 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use crate::config::{BackupFile, UpstreamConfig};
-use crate::credentials::CredentialSource;
+use crate::config::{BackupFile, CredentialsConfig, UpstreamConfig};
 use crate::credentials::revoker::Revoker;
-use crate::credentials::vault::Vault;
+use crate::credentials::vault::{SetupError, Vault};
+use crate::credentials::{CredentialError, CredentialSource};
+
+/// Why the run has no credential source. No variant holds a secret: Vault's
+/// setup errors never quote a key, credential errors never a password.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SourceError {
+    #[error("no [credentials.{0}]")]
+    Unknown(String),
+    #[error(transparent)]
+    VaultSetup(#[from] SetupError),
+    #[error("Vault login: {0}")]
+    VaultLogin(#[source] CredentialError),
+    #[error("[credentials.{name}]: {source}")]
+    Build {
+        name: String,
+        #[source]
+        source: CredentialError,
+    },
+}
 
 /// A source ready to issue, and what keeps it working.
-pub struct RunSource {
-    pub source: Arc<CredentialSource>,
+pub(crate) struct RunSource {
+    pub(crate) source: Arc<CredentialSource>,
     revoker: Revoker,
     /// Vault token upkeep, for dumps that outlive the token's TTL.
     background: Vec<JoinHandle<()>>,
@@ -26,32 +44,38 @@ pub struct RunSource {
 /// Vault source). A built-in source first drops the expired roles under its
 /// prefix on `upstream`: those of runs that were killed before they could
 /// revoke.
-pub async fn build(
+pub(crate) async fn build(
     file: &BackupFile,
     name: &str,
     upstream: &UpstreamConfig,
-) -> Result<RunSource, String> {
+) -> Result<RunSource, SourceError> {
     let config = file
         .credentials
         .get(name)
-        .ok_or_else(|| format!("no [credentials.{name}]"))?;
+        .ok_or_else(|| SourceError::Unknown(name.to_owned()))?;
     let revoker = Revoker::new();
     let mut background = Vec::new();
     let vault = match (config, &file.vault) {
-        (crate::config::CredentialsConfig::Vault(_), Some(v)) => {
-            let vault = Arc::new(Vault::new(v).map_err(|e| e.to_string())?);
-            vault
-                .login()
-                .await
-                .map_err(|e| format!("Vault login: {e}"))?;
+        (CredentialsConfig::Vault(_), Some(v)) => {
+            let vault = Arc::new(Vault::new(v)?);
+            vault.login().await.map_err(SourceError::VaultLogin)?;
             let upkeep = vault.clone();
             background.push(tokio::spawn(async move { upkeep.maintain_token().await }));
             Some(vault)
         }
         _ => None,
     };
-    let source = CredentialSource::new(name, config, vault.as_ref(), revoker.clone())
-        .map_err(|e| format!("[credentials.{name}]: {e}"))?;
+    let built = CredentialSource::new(name, config, vault.as_ref(), revoker.clone());
+    let source = match built {
+        Ok(source) => source,
+        Err(source) => {
+            background.iter().for_each(JoinHandle::abort);
+            return Err(SourceError::Build {
+                name: name.to_owned(),
+                source,
+            });
+        }
+    };
     if source.kind() == crate::credentials::outcome::SourceType::Postgres {
         source.start(&[upstream]).await;
     }
@@ -65,7 +89,7 @@ pub async fn build(
 impl RunSource {
     /// Waits until every lease handed out is revoked, at most `within`.
     /// Returns whether none is left.
-    pub async fn finish(self, within: Duration) -> bool {
+    pub(crate) async fn finish(self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         self.revoker.hurry();
         self.source.stop(deadline).await;

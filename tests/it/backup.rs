@@ -380,12 +380,8 @@ async fn a_dump_killed_halfway_leaves_nothing_and_its_credential_is_revoked() {
     for attempt in 1..=2 {
         let report = env.run().await;
         let failure = report.outcome.expect_err("the dump fails");
-        assert_eq!(failure.reason, Reason::Dump, "{}", failure.detail);
-        assert!(
-            failure.detail.contains("pg_dump exited"),
-            "{}",
-            failure.detail
-        );
+        assert_eq!(failure.reason(), Reason::Dump, "{failure}");
+        assert!(failure.to_string().contains("pg_dump exited"), "{failure}");
         assert_eq!(report.lease_revoked, Some(true));
         assert!(env.backup_roles().await.is_empty(), "the login is dropped");
         // Nothing under a final name, and no temporary file either.
@@ -510,7 +506,7 @@ async fn an_interrupted_backup_stops_the_dump_and_revokes_its_credential() {
     };
     let (report, ()) = tokio::join!(env.run_until(interrupt.clone()), stopper);
     let failure = report.outcome.expect_err("interrupted");
-    assert_eq!(failure.reason, Reason::Interrupted);
+    assert_eq!(failure.reason(), Reason::Interrupted);
     assert_eq!(report.lease_revoked, Some(true));
     assert!(env.backup_roles().await.is_empty());
     assert!(
@@ -533,7 +529,7 @@ async fn a_second_run_on_a_busy_destination_is_refused() {
         .unwrap()
         .expect("free");
     let report = env.run().await;
-    assert_eq!(report.outcome.expect_err("busy").reason, Reason::Busy);
+    assert_eq!(report.outcome.expect_err("busy").reason(), Reason::Busy);
     assert_eq!(report.lease_revoked, None, "no credential was issued");
     drop(held);
     assert!(env.run().await.outcome.is_ok());

@@ -67,6 +67,7 @@ fn backup_units_pass_systemd_analyze_and_are_hardened() {
         ("MemoryDenyWriteExecute", "yes"),
         ("KillSignal", "SIGTERM"),
         ("UMask", "0077"),
+        ("LimitCORE", "0"),
     ] {
         assert_eq!(
             value(SERVICE, "Service", key).as_deref(),

@@ -46,7 +46,14 @@ credentials = "b"
 directory = "/var/backups"
 recipients = ["{}"]
 pushgateway = "ftp://x"
+
+[backup.".k.tmp-1"]
+upstream = {{ host = "db", database = "k", ca_file = "ca.crt" }}
+credentials = "b"
+directory = "/var/backups"
+recipients = ["{}"]
 "#,
+        identity.to_public(),
         identity.to_public()
     );
     let errors = pgwarden::config::backup_from_str(&text, dir.path(), None, std::iter::empty())
@@ -63,6 +70,7 @@ pushgateway = "ftp://x"
         "[backup.two]: `credentials`",
         "[backup.two]: needs `recipients` or `recipients_file`",
         "[backup.three]: pushgateway is not an http(s) URL",
+        "[backup.\".k.tmp-1\"]: a target's name is 1 to 64 letters",
     ] {
         assert!(all.contains(expected), "missing `{expected}` in:\n{all}");
     }

@@ -193,7 +193,7 @@ async fn a_failed_vault_backup_revokes_its_lease_too() {
     .await;
     seed(env.direct(), 20_000, "marker-vault-dying").await;
     let report = env.run().await;
-    assert_eq!(report.outcome.expect_err("fails").reason, Reason::Dump);
+    assert_eq!(report.outcome.expect_err("fails").reason(), Reason::Dump);
     assert_eq!(report.lease_revoked, Some(true));
     assert_eq!(vault(&env).count("/v1/database/creds/keycloak-backup"), 1);
     assert_eq!(vault(&env).revoked().len(), 1);

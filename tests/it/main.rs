@@ -17,6 +17,7 @@ mod backends;
 mod backup;
 mod backup_deploy;
 mod backup_reporting;
+mod backup_safety;
 mod backup_vault;
 mod cancel;
 mod cli;

@@ -134,6 +134,14 @@ impl Validator<'_> {
         };
         let mut out = BTreeMap::new();
         for (name, value) in entries {
+            if !target_name(&name) {
+                self.err(format!(
+                    "[backup.{name:?}]: a target's name is 1 to 64 letters, digits, `.`, `_` or \
+                     `-`, starting with a letter or a digit: it names the backup files (a \
+                     name starting with `.` would hide them from retention) and a metric label"
+                ));
+                continue;
+            }
             let what = format!("[backup.{name}]");
             let Some(raw) = self.section::<raw::Backup>(&what, value) else {
                 continue;
@@ -337,6 +345,19 @@ impl Validator<'_> {
             self.path(p)
         }
     }
+}
+
+/// Whether `name` can name a target's files: no separator, no leading dot
+/// (dot files are pgwarden's own: temporary files, the lock, the state).
+fn target_name(name: &str) -> bool {
+    let chars_ok = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let first_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    chars_ok && first_ok && name.len() <= 64
 }
 
 /// What a backup target may refer to.

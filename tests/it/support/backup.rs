@@ -36,6 +36,8 @@ pub struct BackupOptions {
     pub vault: bool,
     /// The built-in source's `ttl` (default 10m).
     pub ttl: Option<String>,
+    /// The target's `timeout` (pgwarden's default when absent).
+    pub timeout: Option<String>,
 }
 
 pub struct BackupEnv {
@@ -131,6 +133,9 @@ impl BackupEnv {
         );
         if let Some(level) = opts.compression_level {
             config += &format!("compression_level = {level}\n");
+        }
+        if let Some(timeout) = &opts.timeout {
+            config += &format!("timeout = {timeout:?}\n");
         }
         config += "\n";
         match &vault {
