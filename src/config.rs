@@ -11,6 +11,7 @@
 mod env;
 pub mod raw;
 mod report;
+mod same;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -43,7 +44,7 @@ pub struct Config {
 }
 
 /// `[audit]`, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuditConfig {
     /// Time between two runs (the first runs at start-up).
     pub interval: Duration,
@@ -92,7 +93,7 @@ pub struct Retention {
     pub keep_monthly: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenConfig {
     pub address: SocketAddr,
     /// Certificate chain and key files; required when `require_tls`.
@@ -108,7 +109,7 @@ pub struct ListenConfig {
 }
 
 /// `[admin]`, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     pub address: SocketAddr,
     /// Peers outside every network here are closed without an answer.
@@ -121,19 +122,19 @@ pub struct AdminConfig {
     pub request_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsFiles {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ShutdownConfig {
     /// How long live sessions may go on after SIGTERM before they are ended.
     pub grace: Duration,
@@ -141,13 +142,13 @@ pub struct ShutdownConfig {
     pub revoke_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UserConfig {
     pub name: String,
     pub auth: UserAuth,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
     /// The database name clients ask for.
     pub database: String,
@@ -163,7 +164,7 @@ pub struct RouteConfig {
     pub allowed_parameters: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub host: String,
     pub port: u16,
@@ -187,7 +188,7 @@ impl UpstreamConfig {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CredentialsConfig {
     Postgres(PostgresSourceConfig),
     Vault(VaultSourceConfig),
@@ -221,7 +222,7 @@ pub struct PostgresSourceConfig {
     pub on_lease_end: OnLeaseEnd,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct VaultSourceConfig {
     pub mount: String,
     pub role: String,
@@ -231,7 +232,7 @@ pub struct VaultSourceConfig {
     pub on_lease_end: OnLeaseEnd,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct VaultConfig {
     pub address: String,
     pub ca_file: Option<PathBuf>,

@@ -275,6 +275,13 @@ async fn run(path: PathBuf) -> i32 {
         }
     };
     pgwarden::logging::init(config.log.format, &config.log.level);
+    let signals = match pgwarden::daemon::Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for signals");
+            return exit::OS_ERROR;
+        }
+    };
     let server = match pgwarden::server::Server::start(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -285,7 +292,6 @@ async fn run(path: PathBuf) -> i32 {
             };
         }
     };
-    pgwarden::server::wait_for_signal().await;
-    server.shutdown().await;
+    pgwarden::daemon::supervise(server, pgwarden::daemon::ConfigSource { path }, signals).await;
     exit::OK
 }
