@@ -141,9 +141,7 @@ impl Server {
         path: &std::path::Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Reloaded, ReloadError> {
-        self.reloader
-            .reread(path, env.into_iter().collect())
-            .await
+        self.reloader.reread(path, env.into_iter().collect()).await
     }
 
     /// Reads the TLS files of the running configuration again and applies

@@ -37,6 +37,7 @@ mod openbao;
 mod pgjdbc;
 mod postgres_logging;
 mod psycopg;
+mod reload;
 mod roles;
 mod session;
 mod session_parameters;

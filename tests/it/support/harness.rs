@@ -206,6 +206,10 @@ pub struct Harness {
     pub role_prefix: String,
     pub logs: Logs,
     pub cluster: Cluster,
+    /// The CA of the listener's and the cluster's certificates, to issue more.
+    pub pki: Arc<Pki>,
+    /// The configuration pgwarden started with (paths relative to [`Harness::dir`]).
+    pub config_text: String,
     direct: Client,
     server: Option<Server>,
     vault: Option<VaultSetup>,
@@ -319,6 +323,8 @@ impl Harness {
             },
             logs,
             cluster,
+            pki,
+            config_text,
             direct,
             server: Some(server),
             vault,
@@ -329,6 +335,22 @@ impl Harness {
 
     pub fn port(&self) -> u16 {
         self.proxy_addr.port()
+    }
+
+    /// The directory holding the configuration's files.
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    /// Writes `text` as the configuration file and reloads pgwarden from it,
+    /// as SIGHUP does.
+    pub async fn reload(
+        &self,
+        text: &str,
+    ) -> Result<pgwarden::reload::Reloaded, pgwarden::reload::ReloadError> {
+        let path = self.dir().join("pgwarden.toml");
+        std::fs::write(&path, text).expect("write the configuration");
+        self.server().reload(&path, std::iter::empty()).await
     }
 
     /// tokio-postgres settings for `keycloak` through pgwarden: verify-full with the test CA
