@@ -197,3 +197,45 @@ mod tests {
         assert_eq!(out, b"x=\"1\\n2\"\n");
     }
 }
+
+#[cfg(test)]
+mod init_tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Buf {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn the_text_format_writes_and_its_level_can_change() {
+        let buf = Buf::default();
+        assert!(init_with_writer(LogFormat::Text, "info", buf.clone()));
+        tracing::info!(event = "one");
+        tracing::debug!(event = "hidden");
+        set_level("debug").unwrap();
+        tracing::debug!(event = "two");
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("event=\"one\""), "{text}");
+        assert!(!text.contains("hidden"), "{text}");
+        assert!(text.contains("event=\"two\""), "{text}");
+        assert!(set_level("no such=level=x").is_err());
+    }
+}

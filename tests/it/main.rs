@@ -41,6 +41,7 @@ mod reload;
 mod roles;
 mod session;
 mod session_parameters;
+mod systemd_notify;
 mod tls_close;
 mod tls_records;
 mod updates;
