@@ -98,6 +98,13 @@ enum Command {
         #[arg(last = true)]
         pg_restore_args: Vec<String>,
     },
+    /// Ask a running `pgwarden run` to reload its configuration (SIGHUP), for
+    /// containers without a `kill`: `kubectl exec <pod> -c pgwarden -- pgwarden reload --pid 1`.
+    Reload {
+        /// The process id of `pgwarden run` (1 in its own container).
+        #[arg(long)]
+        pid: i32,
+    },
     /// Run pgwarden against a throwaway local PostgreSQL with the built-in
     /// credential source: no Vault, nothing to configure.
     Dev {
@@ -182,6 +189,7 @@ fn main() -> ExitCode {
             &mut std::io::stderr(),
         )),
         Command::Run { config } => in_runtime(run(config)),
+        Command::Reload { pid } => pgwarden::cli::reload(pid, &mut std::io::stderr()),
         Command::Dev { port } => in_runtime(pgwarden::dev::run(port)),
         Command::Backup {
             action:

@@ -35,7 +35,7 @@ const POSTGRES_IMAGE_UID: u32 = 999;
 
 /// After `[shutdown] grace`, sessions get up to 5 s to end at a boundary and
 /// 2 s for their goodbye (src/session.rs) before leases are revoked.
-const SESSION_WIND_DOWN: Duration = Duration::from_secs(7);
+pub(crate) const SESSION_WIND_DOWN: Duration = Duration::from_secs(7);
 
 /// Runs check-jsonschema with a schema it carries (no network) on `files`; its output on failure.
 fn check_jsonschema(schema: &str, files: &[&Path]) -> Result<(), String> {

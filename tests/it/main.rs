@@ -28,6 +28,7 @@ mod embedded_cluster;
 mod firewall;
 mod handshake;
 mod healthcheck;
+mod kubernetes;
 mod lease_safety;
 mod logs;
 mod metrics;

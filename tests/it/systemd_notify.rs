@@ -161,8 +161,17 @@ async fn pgwarden_run_speaks_the_notify_protocol_through_a_reload_and_a_stop() {
     assert!(admitted("127.0.0.1").await);
 
     // A broken configuration: reloading, then ready again on the old one.
+    // This time through `pgwarden reload`, as in a container without `kill`.
     std::fs::write(&env.config_path, "[listen]\nallow = 7\n").unwrap();
-    signal(&child, Signal::HUP);
+    let asked = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .args(["reload", "--pid", &child.id().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        asked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&asked.stderr)
+    );
     systemd.until("RELOADING=1");
     let ready = systemd.until("READY=1");
     assert!(status_of(&ready).contains("FAILED"), "{ready:?}");
