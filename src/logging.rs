@@ -1,5 +1,8 @@
 //! Log output: text for people, JSON for collectors, both from `tracing`.
 //!
+//! The level is a reloadable filter ([`set_level`], used by a configuration
+//! reload); the format is fixed for the life of the process.
+//!
 //! Session fields live on the session span and are printed with every record
 //! of the session. Nothing that reaches a log line here may be a secret: the
 //! types that hold secrets do not print them, and no code logs message bodies.
