@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 
 use crate::metrics;
 use crate::session::RejectReason;
-use crate::state::State;
+use crate::state::{Snapshot, State};
 
 /// Whether `peer` may talk to pgwarden at all.
 pub fn allowed(allow: &[IpNet], peer: IpAddr) -> bool {
@@ -39,7 +39,9 @@ pub async fn serve(state: Arc<State>, listener: TcpListener) {
                 continue;
             }
         };
-        if !allowed(&state.snapshot().config.listen.allow, peer.ip()) {
+        // The configuration this connection is served under, to its end.
+        let snapshot = state.snapshot();
+        if !allowed(&snapshot.config.listen.allow, peer.ip()) {
             drop(tcp);
             crate::session::reject(
                 &state,
@@ -50,11 +52,16 @@ pub async fn serve(state: Arc<State>, listener: TcpListener) {
             continue;
         }
         metrics::CONNECTIONS_ACCEPTED.increment();
-        spawn_session(&state, tcp, peer);
+        spawn_session(&state, snapshot, tcp, peer);
     }
 }
 
-fn spawn_session(state: &Arc<State>, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+fn spawn_session(
+    state: &Arc<State>,
+    snapshot: Arc<Snapshot>,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
     let permit = state.permits.clone().try_acquire_owned().ok();
     if permit.is_none() {
         // Over the limit: keep a bounded number of such connections to answer.
@@ -70,14 +77,18 @@ fn spawn_session(state: &Arc<State>, tcp: tokio::net::TcpStream, peer: SocketAdd
         };
         let state2 = state.clone();
         state.sessions.spawn(async move {
-            crate::session::run(state2, tcp, peer, None).await;
+            crate::session::run(state2, snapshot, tcp, peer, None).await;
             drop(slot);
         });
         return;
     }
-    state
-        .sessions
-        .spawn(crate::session::run(state.clone(), tcp, peer, permit));
+    state.sessions.spawn(crate::session::run(
+        state.clone(),
+        snapshot,
+        tcp,
+        peer,
+        permit,
+    ));
 }
 
 #[cfg(test)]

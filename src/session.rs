@@ -29,7 +29,7 @@ use crate::handshake::{Negotiated, Refused};
 use crate::metrics::{self, Label};
 use crate::net::ClientStream;
 use crate::protocol::startup::CancelRequest;
-use crate::state::State;
+use crate::state::{Snapshot, State};
 pub use close::{CloseReason, SESSIONS_ENDED};
 pub(crate) use error::REJECTIONS;
 pub use error::{Error, Kind, RejectReason, StartupRefusal};
@@ -40,8 +40,9 @@ pub use parameters::ParameterRefusal;
 /// Serves one accepted connection. `permit` is `None` when the connection is
 /// over `max_connections`: it is then walked through negotiation only to be
 /// told 53300 (or to deliver a cancel request, which needs no slot).
-pub async fn run(
+pub(crate) async fn run(
     state: Arc<State>,
+    snapshot: Arc<Snapshot>,
     tcp: TcpStream,
     peer: SocketAddr,
     permit: Option<OwnedSemaphorePermit>,
@@ -63,15 +64,19 @@ pub async fn run(
         credential_source = Empty,
         lease_id_hash = Empty,
     );
-    if let Err(e) = crate::net::tune(&tcp, state.snapshot().config.listen.tcp_keepalive) {
+    if let Err(e) = crate::net::tune(&tcp, snapshot.config.listen.tcp_keepalive) {
         tracing::debug!(parent: &span, error = %e, "could not tune client socket");
     }
-    serve(state, tcp, peer, permit).instrument(span).await
+    serve(state, snapshot, tcp, peer, permit)
+        .instrument(span)
+        .await
 }
 
-/// A session over any transport (a TCP socket, or an in-memory pipe in tests).
-pub async fn serve<S>(
+/// A session over any transport (a TCP socket, or an in-memory pipe in
+/// tests), served under `snapshot` (taken at accept) to its end.
+pub(crate) async fn serve<S>(
     state: Arc<State>,
+    snapshot: Arc<Snapshot>,
     io: S,
     peer: SocketAddr,
     permit: Option<OwnedSemaphorePermit>,
@@ -79,8 +84,6 @@ pub async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let accepted = Instant::now();
-    // The configuration this connection is served under, to its end.
-    let snapshot = state.snapshot();
     let deadline = accepted + snapshot.config.listen.handshake_timeout;
     let (stream, startup, tls) = match snapshot.negotiator.negotiate(io, deadline).await {
         Err(Refused { stream, error }) => {
