@@ -98,13 +98,41 @@ pub(crate) fn not_expired(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+type Digests = Vec<Option<[u8; 32]>>;
+
 /// What the watcher has seen between two polls.
 #[derive(Default)]
 struct Seen {
     /// Contents seen changed at the last poll, not yet acted on.
-    settling: Option<Vec<Option<[u8; 32]>>>,
+    settling: Option<Digests>,
     /// Contents a reload was refused for; not tried again.
-    refused: Option<Vec<Option<[u8; 32]>>>,
+    refused: Option<Digests>,
+}
+
+impl Seen {
+    /// Whether to reload, given the digests the snapshot was built from and
+    /// those of the files now: only once a change has stayed for one more
+    /// look, and never again for contents already refused.
+    fn reload_now(&mut self, built: &Digests, now: &Digests) -> bool {
+        if now == built {
+            *self = Seen::default();
+            return false;
+        }
+        if self.refused.as_ref() == Some(now) {
+            return false;
+        }
+        if self.settling.as_ref() != Some(now) {
+            self.settling = Some(now.clone());
+            return false;
+        }
+        self.settling = None;
+        true
+    }
+
+    /// The outcome of the reload [`Seen::reload_now`] asked for.
+    fn reloaded(&mut self, now: Digests, applied: bool) {
+        self.refused = if applied { None } else { Some(now) };
+    }
 }
 
 /// Looks at the current snapshot's TLS files every [`POLL`] until `stop`,
@@ -116,29 +144,71 @@ pub(crate) async fn run(reloader: Arc<Reloader>, stop: CancellationToken) {
             _ = tokio::time::sleep(POLL) => {}
             _ = stop.cancelled() => return,
         }
-        look(&reloader, &mut seen).await;
+        let files = reloader.state.snapshot().files.clone();
+        let now: Digests = files.iter().map(|f| digest(&f.path)).collect();
+        let built: Digests = files.iter().map(|f| f.digest).collect();
+        if seen.reload_now(&built, &now) {
+            let applied = reloader.refresh(Trigger::Files).await.is_ok();
+            seen.reloaded(now, applied);
+        }
     }
 }
 
-async fn look(reloader: &Reloader, seen: &mut Seen) {
-    let files = reloader.state.snapshot().files.clone();
-    let now: Vec<_> = files.iter().map(|f| digest(&f.path)).collect();
-    let built: Vec<_> = files.iter().map(|f| f.digest).collect();
-    if now == built {
-        *seen = Seen::default();
-        return;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(n: u8) -> Digests {
+        vec![Some([n; 32]), Some([0; 32])]
     }
-    if seen.refused.as_ref() == Some(&now) {
-        return;
+
+    #[test]
+    fn a_change_is_reloaded_once_it_settles_and_a_refused_one_is_not_retried() {
+        let mut seen = Seen::default();
+        let built = d(1);
+        assert!(!seen.reload_now(&built, &d(1)), "nothing changed");
+        // The certificate is written, then the key: two different looks.
+        assert!(!seen.reload_now(&built, &d(2)), "just changed");
+        assert!(!seen.reload_now(&built, &d(3)), "changed again");
+        assert!(seen.reload_now(&built, &d(3)), "settled");
+        seen.reloaded(d(3), false);
+        for _ in 0..3 {
+            assert!(!seen.reload_now(&built, &d(3)), "refused: not retried");
+        }
+        // Fixed files are taken, after they settle.
+        assert!(!seen.reload_now(&built, &d(4)));
+        assert!(seen.reload_now(&built, &d(4)));
+        seen.reloaded(d(4), true);
+        // A file that cannot be read is a change too (and is refused by the build).
+        let unreadable = vec![None, Some([0; 32])];
+        assert!(!seen.reload_now(&d(4), &unreadable));
+        assert!(seen.reload_now(&d(4), &unreadable));
+        // Back to what the snapshot was built from: nothing to do, nothing remembered.
+        seen.reloaded(unreadable.clone(), false);
+        assert!(!seen.reload_now(&d(4), &d(4)));
+        assert!(seen.refused.is_none() && seen.settling.is_none());
     }
-    if seen.settling.as_ref() != Some(&now) {
-        seen.settling = Some(now);
-        return;
-    }
-    seen.settling = None;
-    if reloader.refresh(Trigger::Files).await.is_err() {
-        seen.refused = Some(now);
-    } else {
-        seen.refused = None;
+
+    #[test]
+    fn digests_follow_symlinks_and_see_a_rewrite_of_the_same_size() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        std::fs::create_dir(dir.path().join("b")).unwrap();
+        std::fs::write(dir.path().join("a/tls.crt"), "one").unwrap();
+        std::fs::write(dir.path().join("b/tls.crt"), "two").unwrap();
+        std::os::unix::fs::symlink("a", dir.path().join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/tls.crt", dir.path().join("tls.crt")).unwrap();
+        let path = dir.path().join("tls.crt");
+        let first = digest(&path);
+        assert!(first.is_some());
+        // The kubelet's swap: a new link renamed over ..data.
+        std::os::unix::fs::symlink("b", dir.path().join("..data_tmp")).unwrap();
+        std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+        let second = digest(&path);
+        assert_ne!(first, second);
+        std::fs::write(dir.path().join("b/tls.crt"), "owt").unwrap();
+        assert_ne!(digest(&path), second, "same size, same second, other bytes");
+        std::fs::remove_file(dir.path().join("b/tls.crt")).unwrap();
+        assert_eq!(digest(&path), None);
     }
 }
