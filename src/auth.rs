@@ -24,7 +24,7 @@ pub use scram::ScramServer;
 pub use verifier::ScramVerifier;
 
 /// How one configured user proves who they are.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum UserAuth {
     Scram(ScramVerifier),
     /// No password, but only from these networks (a loopback sidecar, say).

@@ -1,4 +1,5 @@
-//! The small commands: `check-config`, `scram-verifier`, `healthcheck`, and
+//! The small commands: `check-config`, `scram-verifier`, `healthcheck`,
+//! `reload`, and
 //! the entry to `audit` (whose work is in `crate::audit`).
 //!
 //! They print to the writers they are given and return the exit code; they
@@ -179,4 +180,27 @@ pub async fn audit(
 ) -> i32 {
     crate::logging::init(crate::config::LogFormat::Text, "warn");
     crate::audit::command::run(opts, std::env::vars().collect(), out, err).await
+}
+
+/// Sends SIGHUP to `pid` (a `pgwarden run`), which reloads its configuration;
+/// what the reload did is in that process's log. Exit code 0 or 1.
+pub fn reload(pid: i32, err: &mut impl Write) -> i32 {
+    let Some(target) = rustix::process::Pid::from_raw(pid).filter(|p| p.as_raw_nonzero().get() > 0)
+    else {
+        let _ = writeln!(err, "--pid must be a process id (1 or more)");
+        return 1;
+    };
+    match rustix::process::kill_process(target, rustix::process::Signal::HUP) {
+        Ok(()) => {
+            let _ = writeln!(
+                err,
+                "asked process {pid} to reload; its log says what changed (config_reloaded) or why nothing did (config_reload_failed)"
+            );
+            0
+        }
+        Err(e) => {
+            let _ = writeln!(err, "cannot signal process {pid}: {e}");
+            1
+        }
+    }
 }

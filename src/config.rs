@@ -11,6 +11,7 @@
 mod env;
 pub mod raw;
 mod report;
+mod same;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -45,7 +46,7 @@ pub struct Config {
 }
 
 /// `[peering]` with its `[[peers]]`, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PeeringConfig {
     /// This replica's id, below [`raw::MAX_REPLICAS`]; it is in every cancel key issued.
     pub id: u8,
@@ -62,7 +63,7 @@ pub struct PeeringConfig {
 }
 
 /// One `[[peers]]` entry.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PeerConfig {
     pub id: u8,
     /// `host:port`, resolved at each forward (a DNS name may move).
@@ -73,7 +74,7 @@ pub struct PeerConfig {
 }
 
 /// `[audit]`, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuditConfig {
     /// Time between two runs (the first runs at start-up).
     pub interval: Duration,
@@ -122,7 +123,7 @@ pub struct Retention {
     pub keep_monthly: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenConfig {
     pub address: SocketAddr,
     /// Certificate chain and key files; required when `require_tls`.
@@ -146,14 +147,14 @@ pub struct ListenConfig {
 }
 
 /// `[listen] client_ca_file` and `client_crl_file`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClientCertFiles {
     pub ca_file: PathBuf,
     pub crl_file: Option<PathBuf>,
 }
 
 /// `[listen] proxy_protocol`, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProxyProtocolConfig {
     /// Peers whose PROXY header is read and believed.
     pub trusted: Vec<IpNet>,
@@ -162,7 +163,7 @@ pub struct ProxyProtocolConfig {
 }
 
 /// `[admin]`, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     pub address: SocketAddr,
     /// Peers outside every network here are closed without an answer.
@@ -175,19 +176,19 @@ pub struct AdminConfig {
     pub request_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsFiles {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ShutdownConfig {
     /// How long live sessions may go on after SIGTERM before they are ended.
     pub grace: Duration,
@@ -195,13 +196,13 @@ pub struct ShutdownConfig {
     pub revoke_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UserConfig {
     pub name: String,
     pub auth: UserAuth,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
     /// The database name clients ask for.
     pub database: String,
@@ -217,7 +218,7 @@ pub struct RouteConfig {
     pub allowed_parameters: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub host: String,
     pub port: u16,
@@ -241,7 +242,7 @@ impl UpstreamConfig {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CredentialsConfig {
     Postgres(PostgresSourceConfig),
     Vault(VaultSourceConfig),
@@ -275,7 +276,7 @@ pub struct PostgresSourceConfig {
     pub on_lease_end: OnLeaseEnd,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct VaultSourceConfig {
     pub mount: String,
     pub role: String,
@@ -285,7 +286,7 @@ pub struct VaultSourceConfig {
     pub on_lease_end: OnLeaseEnd,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct VaultConfig {
     pub address: String,
     pub ca_file: Option<PathBuf>,

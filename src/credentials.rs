@@ -331,6 +331,16 @@ impl CredentialSource {
         }
     }
 
+    /// A reload replaced or removed this source: credentials held in reserve
+    /// go to the revoker now, and no more are fetched. Leases it issued are
+    /// still renewed and revoked through it; [`CredentialSource::stop`] at
+    /// shutdown still waits for its requests in flight.
+    pub fn retire(&self) {
+        if let SourceKind::Vault(v) = &self.kind {
+            v.halt();
+        }
+    }
+
     /// Whether the source can issue credentials now, and if not, why.
     pub fn readiness(&self) -> Result<(), vault::NotReady> {
         match &self.kind {

@@ -6,7 +6,8 @@
 //! other backends, as sessions of one shared user could), writes a
 //! configuration that uses the built-in `postgres` credential source, and runs pgwarden on
 //! 127.0.0.1 with TLS required. It prints a libpq URI and a JDBC URL that work
-//! as printed, and removes everything on Ctrl-C or SIGTERM.
+//! as printed, reloads its configuration file on SIGHUP like `pgwarden run`,
+//! and removes everything on Ctrl-C or SIGTERM.
 //!
 //! The dev client password is printed on purpose (it is the point of the
 //! output); it belongs to a cluster that disappears when `dev` ends.
@@ -274,6 +275,13 @@ pub async fn run(port: u16, postgres_bin: Option<PathBuf>) -> i32 {
             return 1;
         }
     };
+    let signals = match crate::daemon::Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pgwarden dev: cannot listen for signals: {e}");
+            return 1;
+        }
+    };
     let server = match crate::server::Server::start(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -300,8 +308,14 @@ pub async fn run(port: u16, postgres_bin: Option<PathBuf>) -> i32 {
         "Configuration: {}   (Ctrl-C to stop and remove everything)",
         env.config_path.display()
     );
-    crate::server::wait_for_signal().await;
-    let unrevoked = server.shutdown().await;
+    println!(
+        "Edit it and send SIGHUP (kill -HUP {}) to reload it live.",
+        std::process::id()
+    );
+    let source = crate::daemon::ConfigSource {
+        path: env.config_path.clone(),
+    };
+    let unrevoked = crate::daemon::supervise(server, source, signals).await;
     let DevEnvironment { cluster, dir, .. } = env;
     if let Err(e) = cluster.stop().await {
         eprintln!("pgwarden dev: stopping PostgreSQL: {e}");

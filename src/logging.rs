@@ -1,5 +1,8 @@
 //! Log output: text for people, JSON for collectors, both from `tracing`.
 //!
+//! The level is a reloadable filter ([`set_level`], used by a configuration
+//! reload); the format is fixed for the life of the process.
+//!
 //! Session fields live on the session span and are printed with every record
 //! of the session. Nothing that reaches a log line here may be a secret: the
 //! types that hold secrets do not print them, and no code logs message bodies.
@@ -13,12 +16,16 @@
 //! `tracing_subscriber::fmt::Layer::on_event`); so the text format has no
 //! colours, since they are escapes too.
 
+use std::sync::OnceLock;
+
 use tracing::{Level, Metadata};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::Registry;
+use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
@@ -43,6 +50,29 @@ pub fn init(format: LogFormat, level: &str) {
     let _ = init_with_writer(format, level, std::io::stderr);
 }
 
+/// The level filter of the installed subscriber, which a reload can change.
+/// The subscriber is the process's global one, so its handle is too.
+static LEVEL: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// Why the log level could not be changed.
+#[derive(Debug, thiserror::Error)]
+pub enum LevelError {
+    #[error("`{0}` is not a level or filter")]
+    Invalid(String),
+    #[error("the log filter cannot be changed: {0}")]
+    Reload(#[from] reload::Error),
+}
+
+/// Changes the level (or EnvFilter directive) of the subscriber [`init`]
+/// installed; without one (an embedding program's own), does nothing.
+pub fn set_level(level: &str) -> Result<(), LevelError> {
+    let filter = EnvFilter::try_new(level).map_err(|_| LevelError::Invalid(level.to_owned()))?;
+    match LEVEL.get() {
+        Some(handle) => Ok(handle.reload(filter)?),
+        None => Ok(()),
+    }
+}
+
 /// Installs the global subscriber with the same format and filtering as
 /// [`init`], writing to `writer` (the tests capture what pgwarden logs this
 /// way). Returns false if a global subscriber was already installed.
@@ -50,32 +80,39 @@ pub fn init_with_writer<W>(format: LogFormat, level: &str, writer: W) -> bool
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = || EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
     let no_sql = filter_fn(not_sql_text);
+    let base = tracing_subscriber::registry().with(filter);
     let result = match format {
-        LogFormat::Json => tracing_subscriber::fmt()
-            .with_env_filter(filter())
-            .with_span_events(FmtSpan::NONE)
-            .with_target(false)
-            .with_ansi(false)
-            .with_writer(writer)
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .finish()
+        LogFormat::Json => base
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_span_events(FmtSpan::NONE)
+                    .with_target(false)
+                    .with_ansi(false)
+                    .with_writer(writer)
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false),
+            )
             .with(no_sql)
             .try_init(),
-        LogFormat::Text => tracing_subscriber::fmt()
-            .with_env_filter(filter())
-            .with_span_events(FmtSpan::NONE)
-            .with_target(false)
-            .with_ansi(false)
-            .with_writer(Escaping(writer))
-            .finish()
+        LogFormat::Text => base
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_span_events(FmtSpan::NONE)
+                    .with_target(false)
+                    .with_ansi(false)
+                    .with_writer(Escaping(writer)),
+            )
             .with(no_sql)
             .try_init(),
     };
+    if result.is_ok() {
+        let _ = LEVEL.set(handle);
+    }
     result.is_ok()
 }
 
@@ -161,5 +198,47 @@ mod tests {
         let mut w = EscapingWriter(&mut out);
         w.write_all(b"x=\"1\n2\"\n").unwrap();
         assert_eq!(out, b"x=\"1\\n2\"\n");
+    }
+}
+
+#[cfg(test)]
+mod init_tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Buf {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn the_text_format_writes_and_its_level_can_change() {
+        let buf = Buf::default();
+        assert!(init_with_writer(LogFormat::Text, "info", buf.clone()));
+        tracing::info!(event = "one");
+        tracing::debug!(event = "hidden");
+        set_level("debug").unwrap();
+        tracing::debug!(event = "two");
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("event=\"one\""), "{text}");
+        assert!(!text.contains("hidden"), "{text}");
+        assert!(text.contains("event=\"two\""), "{text}");
+        assert!(set_level("no such=level=x").is_err());
     }
 }

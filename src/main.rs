@@ -98,6 +98,13 @@ enum Command {
         #[arg(last = true)]
         pg_restore_args: Vec<String>,
     },
+    /// Ask a running `pgwarden run` to reload its configuration (SIGHUP), for
+    /// containers without a `kill`: `kubectl exec <pod> -c pgwarden -- pgwarden reload --pid 1`.
+    Reload {
+        /// The process id of `pgwarden run` (1 in its own container).
+        #[arg(long)]
+        pid: i32,
+    },
     /// Run pgwarden against a throwaway local PostgreSQL with the built-in
     /// credential source: no Vault, nothing to configure.
     Dev {
@@ -188,6 +195,7 @@ fn main() -> ExitCode {
             &mut std::io::stderr(),
         )),
         Command::Run { config } => in_runtime(run(config)),
+        Command::Reload { pid } => pgwarden::cli::reload(pid, &mut std::io::stderr()),
         Command::Dev { port, postgres_bin } => in_runtime(pgwarden::dev::run(port, postgres_bin)),
         Command::Backup {
             action:
@@ -290,6 +298,13 @@ async fn run(path: PathBuf) -> i32 {
         }
     };
     pgwarden::logging::init(config.log.format, &config.log.level);
+    let signals = match pgwarden::daemon::Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for signals");
+            return exit::OS_ERROR;
+        }
+    };
     let server = match pgwarden::server::Server::start(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -300,7 +315,6 @@ async fn run(path: PathBuf) -> i32 {
             };
         }
     };
-    pgwarden::server::wait_for_signal().await;
-    server.shutdown().await;
+    pgwarden::daemon::supervise(server, pgwarden::daemon::ConfigSource { path }, signals).await;
     exit::OK
 }

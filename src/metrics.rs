@@ -15,6 +15,7 @@
 
 use std::marker::PhantomData;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
@@ -55,6 +56,10 @@ pub mod name {
     pub const BACKUP_LAST_RUN_SUCCESS: &str = "pgwarden_backup_last_run_success";
     pub const BACKUP_FAILURES: &str = "pgwarden_backup_failures_total";
     pub const BACKUPS_STORED: &str = "pgwarden_backups_stored";
+    pub const CONFIG_RELOADS: &str = "pgwarden_config_reloads_total";
+    pub const CONFIG_LAST_RELOAD_SUCCESS: &str =
+        "pgwarden_config_last_reload_success_timestamp_seconds";
+    pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "pgwarden_config_last_reload_successful";
 }
 
 /// The values a label can take: a fixed set, each with its text.
@@ -156,6 +161,10 @@ impl Histogram {
 pub struct Gauge(&'static str);
 
 impl Gauge {
+    pub const fn new(name: &'static str) -> Self {
+        Gauge(name)
+    }
+
     pub fn handle(&self) -> metrics::Gauge {
         metrics::gauge!(self.0)
     }
@@ -244,8 +253,8 @@ impl Total {
 }
 
 pub static CONNECTIONS_ACCEPTED: Total = Total(name::CONNECTIONS_ACCEPTED);
-pub static SESSIONS_ACTIVE: Gauge = Gauge(name::SESSIONS_ACTIVE);
-pub static LEASES_ACTIVE: Gauge = Gauge(name::LEASES_ACTIVE);
+pub static SESSIONS_ACTIVE: Count = Count::new(name::SESSIONS_ACTIVE);
+pub static LEASES_ACTIVE: Count = Count::new(name::LEASES_ACTIVE);
 pub static LEASE_REVOCATIONS_PENDING: Gauge = Gauge(name::LEASE_REVOCATIONS_PENDING);
 pub static SESSION_DURATION: Histogram = Histogram(name::SESSION_DURATION);
 pub static HANDSHAKE_DURATION: Histogram = Histogram(name::HANDSHAKE_DURATION);
@@ -275,20 +284,51 @@ impl<L: Label> Zeroed for Counter<L> {
     }
 }
 
-/// A gauge that moves up for as long as the guard lives.
-pub struct GaugeGuard(metrics::Gauge);
+/// A gauge counting things that exist now (sessions, leases), moved only by
+/// [`GaugeGuard`]s, whose value pgwarden can also read back (for systemd's
+/// `STATUS=` line).
+pub struct Count {
+    name: &'static str,
+    now: AtomicI64,
+}
+
+impl Count {
+    pub const fn new(name: &'static str) -> Self {
+        Count {
+            name,
+            now: AtomicI64::new(0),
+        }
+    }
+
+    /// How many there are now.
+    pub fn get(&self) -> i64 {
+        self.now.load(Ordering::Relaxed)
+    }
+
+    fn export(&self) {
+        metrics::gauge!(self.name).set(self.get() as f64);
+    }
+}
+
+/// A [`Count`] that moves up for as long as the guard lives.
+pub struct GaugeGuard {
+    count: &'static Count,
+    handle: metrics::Gauge,
+}
 
 impl GaugeGuard {
-    pub fn new(gauge: &Gauge) -> Self {
-        let handle = gauge.handle();
+    pub fn new(count: &'static Count) -> Self {
+        let handle = metrics::gauge!(count.name);
+        count.now.fetch_add(1, Ordering::Relaxed);
         handle.increment(1.0);
-        GaugeGuard(handle)
+        GaugeGuard { count, handle }
     }
 }
 
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
-        self.0.decrement(1.0);
+        self.count.now.fetch_sub(1, Ordering::Relaxed);
+        self.handle.decrement(1.0);
     }
 }
 
@@ -333,8 +373,8 @@ pub fn install(zeroed: &[&dyn Zeroed]) -> PrometheusHandle {
                 family.zero();
             }
             metrics::counter!(name::CONNECTIONS_ACCEPTED).absolute(0);
-            SESSIONS_ACTIVE.set(0.0);
-            LEASES_ACTIVE.set(0.0);
+            SESSIONS_ACTIVE.export();
+            LEASES_ACTIVE.export();
             LEASE_REVOCATIONS_PENDING.set(0.0);
             metrics::gauge!(name::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             handle
@@ -423,6 +463,19 @@ fn describe() {
         AUDIT_LAST_RUN,
         Unit::Seconds,
         "When the last audit run that reached the database ended, Unix time"
+    );
+    describe_counter!(
+        CONFIG_RELOADS,
+        "Configuration reloads (SIGHUP, or certificate files changed on disk), by outcome"
+    );
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESS,
+        Unit::Seconds,
+        "When the configuration was last applied (start-up or a successful reload), Unix time"
+    );
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESSFUL,
+        "1 when the last reload was applied, 0 when it was refused (the old configuration serves)"
     );
     describe_gauge!(
         AUDIT_INTERVAL,

@@ -15,11 +15,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::reload::{LastReload, ReloadError, Reloaded, Reloader};
 use crate::state::{BuildError, State};
 
 /// The families with fixed labels, exported at zero from start-up; their
 /// values come from the label enums themselves.
-static METRICS_FROM_ZERO: [&dyn crate::metrics::Zeroed; 7] = [
+static METRICS_FROM_ZERO: [&dyn crate::metrics::Zeroed; 8] = [
     &crate::session::REJECTIONS,
     &crate::session::SESSIONS_ENDED,
     &crate::upstream::CONNECT_FAILURES,
@@ -27,6 +28,7 @@ static METRICS_FROM_ZERO: [&dyn crate::metrics::Zeroed; 7] = [
     &crate::cancel::CANCELS,
     &crate::credentials::outcome::RENEWALS,
     &crate::credentials::outcome::REVOCATIONS,
+    &crate::reload::RELOADS,
 ];
 
 pub struct Server {
@@ -43,6 +45,8 @@ pub struct Server {
     /// The background audit (`[audit]`), ended before the revoker drains so
     /// the credentials of a run in progress are revoked with the rest.
     audit: Option<JoinHandle<()>>,
+    /// Applies reloads (SIGHUP, the certificate watcher), one at a time.
+    reloader: Arc<Reloader>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +124,11 @@ impl Server {
             None => None,
         };
         let audit = crate::audit::continuous::spawn(state.clone());
+        let reloader = Arc::new(Reloader::new(state.clone()));
+        background.push(tokio::spawn(crate::reload::watch::run(
+            reloader.clone(),
+            state.shutdown.stop_accepting.clone(),
+        )));
         let accept = tokio::spawn(crate::listener::serve(state.clone(), listener));
         let snapshot = state.snapshot();
         tracing::info!(event = "listening", address = %addr, tls = snapshot.negotiator.tls.is_some(), require_tls = snapshot.config.listen.require_tls);
@@ -131,7 +140,61 @@ impl Server {
             accept,
             background,
             audit,
+            reloader,
         })
+    }
+
+    /// Reads the configuration file at `path` again (with `env`'s
+    /// `PGWARDEN_*` overrides), and every file it names, and applies it to
+    /// new connections; live sessions keep the configuration they started
+    /// with. What SIGHUP does. On error nothing changed, and every problem
+    /// was logged (`config_reload_failed`).
+    pub async fn reload(
+        &self,
+        path: &std::path::Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Reloaded, ReloadError> {
+        self.reloader.reread(path, env.into_iter().collect()).await
+    }
+
+    /// Reads the TLS files of the running configuration again and applies
+    /// them, as the certificate watcher does when it sees them change.
+    pub async fn reload_certificates(&self) -> Result<Reloaded, ReloadError> {
+        self.reloader.refresh(crate::reload::Trigger::Files).await
+    }
+
+    /// The last reload, if there was one since start-up.
+    pub fn last_reload(&self) -> Option<LastReload> {
+        self.reloader.last()
+    }
+
+    /// Whether pgwarden can serve now: the listener accepts and every
+    /// credential source can issue (what `/readyz` answers); if not, the
+    /// checks that fail.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let (ready, body) = crate::admin::readiness(&self.state);
+        if ready {
+            return Ok(());
+        }
+        let failing = body["checks"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| *v != "ok")
+            .map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or("not ready")))
+            .collect();
+        Err(failing)
+    }
+
+    /// Sessions (connections being served), leases held, and revocations
+    /// not yet done, now.
+    pub fn load(&self) -> Load {
+        Load {
+            connections: self.state.sessions.len(),
+            sessions: crate::metrics::SESSIONS_ACTIVE.get().max(0) as usize,
+            leases: crate::metrics::LEASES_ACTIVE.get().max(0) as usize,
+            pending_revocations: self.state.revoker.pending(),
+        }
     }
 
     /// Leases handed over for revocation and not yet revoked.
@@ -206,6 +269,19 @@ async fn start_peer_listener(
     tracing::info!(event = "peer_listening", address = %bound);
     let task = tokio::spawn(crate::cancel::peer_listener::serve(state, listener));
     Ok((bound, task))
+}
+
+/// What a running pgwarden holds now (for systemd's `STATUS=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    /// Client connections being served, from accept to close.
+    pub connections: usize,
+    /// Sessions relaying.
+    pub sessions: usize,
+    /// Credential leases held (by sessions and prefetch pools).
+    pub leases: usize,
+    /// Leases handed to the revoker and not yet revoked.
+    pub pending_revocations: usize,
 }
 
 /// `pgwarden_tls_certificate_expiry_timestamp_seconds` for every certificate

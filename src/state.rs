@@ -6,9 +6,11 @@
 //! the credential sources, the peer link to other replicas — and a
 //! connection keeps the snapshot it was accepted under for its whole life.
 //! The rest lives as long as the process: the cancel map, the revoker,
-//! pgwarden's Vault connection, the session and handshake budgets (sized at
-//! start-up), shutdown, the session tracker. Replacing the current snapshot
-//! changes what new connections get and nothing of the live ones.
+//! pgwarden's Vault connection, the session and handshake budgets, shutdown,
+//! the session tracker. Replacing the current snapshot (`crate::reload`)
+//! changes what new connections get and nothing of the live ones; the
+//! credential sources a reload replaces are retired here, not dropped, since
+//! live sessions' leases still renew and revoke through them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use crate::credentials::revoker::Revoker;
 use crate::credentials::vault::{SetupError, Vault};
 use crate::handshake::Negotiator;
 use crate::listener::HandshakeBudget;
+use crate::reload::watch::WatchedFile;
 use crate::route::{Route, Routes};
 use crate::tls::{TlsError, Verification};
 use crate::upstream::{TargetError, UpstreamTarget};
@@ -50,6 +53,12 @@ pub struct State {
     /// Every session task, so shutdown can wait for them.
     pub(crate) sessions: TaskTracker,
     pub(crate) reject_log: RateLimitedLog,
+    /// Credential sources a reload replaced or removed. The leases of live
+    /// sessions still hold them (renewal, revocation); shutdown stops them
+    /// with the current ones, so their requests in flight are waited for.
+    retired: Mutex<Vec<Arc<CredentialSource>>>,
+    /// The `max_connections` that `permits` was sized for.
+    max_connections: Mutex<usize>,
 }
 
 /// One configuration and what is built from it.
@@ -62,6 +71,11 @@ pub struct Snapshot {
     pub(crate) sources: HashMap<String, Arc<CredentialSource>>,
     /// The other replicas and the peer link's TLS, with `[peering]`.
     pub(crate) peering: Option<Peering>,
+    /// The TLS files this was built from, with their contents' digests taken
+    /// before they were read (the certificate watcher compares them).
+    pub(crate) files: Vec<WatchedFile>,
+    /// SHA-256 of the listener's certificate, in hex (public; for the logs).
+    pub(crate) listener_fingerprint: Option<String>,
 }
 
 /// The two stages of shutdown.
@@ -83,6 +97,8 @@ pub enum BuildError {
     ListenerCertificate(std::io::Error),
     #[error("[peering]: {0}")]
     Peering(TlsError),
+    #[error("listener certificate: {0}")]
+    ListenerExpired(String),
     #[error("{0}")]
     Vault(#[from] SetupError),
     #[error("[credentials.{name}]: {error}")]
@@ -109,7 +125,7 @@ impl State {
         let revoker = Revoker::new();
         let max_connections = config.listen.max_connections;
         let max_handshakes = config.listen.max_handshakes;
-        let snapshot = Snapshot::build(config, vault.as_ref(), &revoker)?;
+        let snapshot = Snapshot::build(Arc::new(config), vault.as_ref(), &revoker, None)?;
         Ok(Arc::new(State {
             current: RwLock::new(Arc::new(snapshot)),
             cancel: Arc::new(CancelMap::default()),
@@ -120,7 +136,50 @@ impl State {
             shutdown: Shutdown::default(),
             sessions: TaskTracker::new(),
             reject_log: RateLimitedLog::new(20),
+            retired: Mutex::new(Vec::new()),
+            max_connections: Mutex::new(max_connections),
         }))
+    }
+
+    /// Makes `next` the snapshot new connections are served with; returns
+    /// the one it replaces (live connections keep theirs).
+    pub(crate) fn replace(&self, next: Arc<Snapshot>) -> Arc<Snapshot> {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *current, next)
+    }
+
+    /// Sources no snapshot names any more: what their prefetch pools hold
+    /// goes to the revoker now; they stay here so that shutdown waits for
+    /// their requests in flight. Leases issued by them keep renewing and are
+    /// revoked through them.
+    pub(crate) fn retire(&self, sources: Vec<Arc<CredentialSource>>) {
+        for source in &sources {
+            source.retire();
+        }
+        lock(&self.retired).extend(sources);
+    }
+
+    /// Resizes the connection limit to `max`. Lowering it takes permits as
+    /// sessions end, so live sessions are never cut; until then new
+    /// connections over the new limit are refused (53300).
+    pub(crate) fn resize_permits(&self, max: usize) {
+        let mut current = lock(&self.max_connections);
+        if max > *current {
+            self.permits.add_permits(max - *current);
+        } else if max < *current {
+            let excess = *current - max;
+            let forgotten = self.permits.forget_permits(excess);
+            if forgotten < excess {
+                let permits = self.permits.clone();
+                let rest = (excess - forgotten) as u32;
+                tokio::spawn(async move {
+                    if let Ok(p) = permits.acquire_many_owned(rest).await {
+                        p.forget();
+                    }
+                });
+            }
+        }
+        *current = max;
     }
 
     /// The snapshot new connections are served with now.
@@ -136,18 +195,32 @@ impl State {
     /// waited for until `deadline`.
     pub async fn stop_sources(&self, deadline: tokio::time::Instant) {
         self.snapshot().stop_sources(deadline).await;
+        let retired = lock(&self.retired).clone();
+        for source in retired {
+            source.stop(deadline).await;
+        }
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Snapshot {
-    /// Builds what `config` describes. Credential sources get pgwarden's
-    /// Vault connection and revoker, which outlive any one snapshot.
+    /// Builds what `config` describes, reading every file it names again.
+    /// Credential sources get pgwarden's Vault connection and revoker, which
+    /// outlive any one snapshot; a source of `previous` whose settings are
+    /// the same is carried over rather than rebuilt (its connections and
+    /// prefetch pool live on).
     pub(crate) fn build(
-        config: Config,
+        config: Arc<Config>,
         vault: Option<&Arc<Vault>>,
         revoker: &Revoker,
+        previous: Option<&Snapshot>,
     ) -> Result<Snapshot, BuildError> {
-        let config = Arc::new(config);
+        // Digests first: a file that changes while it is read is read again
+        // at the watcher's next look.
+        let files = crate::reload::watch::digests(&config);
         let (server_tls, listener_cert_pem) = listener_tls(&config)?;
         let users: HashMap<String, UserAuth> = config
             .users
@@ -158,15 +231,26 @@ impl Snapshot {
             Authenticator::new(users, ScramServer::new(listener_cert_pem.as_deref()));
         let mut sources = HashMap::new();
         for (name, c) in &config.credentials {
-            let source =
-                CredentialSource::new(name, c, vault, revoker.clone()).map_err(|error| {
-                    BuildError::Source {
-                        name: name.clone(),
-                        error,
-                    }
-                })?;
+            let kept = previous.and_then(|p| {
+                let same = p.config.credentials.get(name) == Some(c);
+                same.then(|| p.sources.get(name).cloned()).flatten()
+            });
+            let source = match kept {
+                Some(source) => source,
+                None => {
+                    CredentialSource::new(name, c, vault, revoker.clone()).map_err(|error| {
+                        BuildError::Source {
+                            name: name.clone(),
+                            error,
+                        }
+                    })?
+                }
+            };
             sources.insert(name.clone(), source);
         }
+        let listener_fingerprint = listener_cert_pem
+            .as_deref()
+            .and_then(crate::reload::watch::certificate_fingerprint);
         let mut routes = Routes::default();
         for r in &config.routes {
             routes.add(route(&config, r, &sources)?);
@@ -184,13 +268,21 @@ impl Snapshot {
             authenticator,
             routes,
             sources,
+            files,
+            listener_fingerprint,
             config,
         })
     }
 
     /// Start-up work of the credential sources (leftover clean-up, prefetch).
     pub(crate) async fn start_sources(&self) {
-        for source in self.sources.values() {
+        let all: Vec<_> = self.sources.values().cloned().collect();
+        self.start_sources_among(&all).await;
+    }
+
+    /// Start-up work of `sources`, which this snapshot's routes name.
+    pub(crate) async fn start_sources_among(&self, sources: &[Arc<CredentialSource>]) {
+        for source in sources {
             let upstreams: Vec<_> = self
                 .routes
                 .all()
@@ -231,6 +323,7 @@ fn listener_tls(config: &Config) -> Result<ListenerTls, BuildError> {
     };
     let server = crate::tls::server_config_verifying(&files.cert_file, &files.key_file, clients)
         .map_err(BuildError::ListenerTls)?;
+    crate::reload::watch::not_expired(&files.cert_file).map_err(BuildError::ListenerExpired)?;
     let pem = std::fs::read(&files.cert_file).map_err(BuildError::ListenerCertificate)?;
     Ok((Some(server), Some(pem)))
 }

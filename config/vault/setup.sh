@@ -24,7 +24,23 @@
 #   PGWARDEN_DB_CA_FILE              PostgreSQL's CA certificate, as a path on the
 #                                    Vault server (Vault opens it, not this script)       (required)
 #   PGWARDEN_APPROLE_OUT_DIR         where the files role_id and secret_id are written,
-#                                    mode 0600, for pgwarden's [vault] auth               (required)
+#                                    mode 0600, for pgwarden's [vault] auth; unset (only
+#                                    with Kubernetes auth): the AppRole is written, no
+#                                    secret id is issued                    (required without Kubernetes auth)
+#   PGWARDEN_K8S_SERVICE_ACCOUNT     namespace/name of the Kubernetes service account
+#                                    pgwarden's pod runs as (deploy/kubernetes/): set, the
+#                                    Kubernetes auth method is configured and its role
+#                                    `pgwarden` bound to that account alone              (optional)
+#   PGWARDEN_K8S_HOST                the Kubernetes API as Vault reaches it, e.g.
+#                                    https://kubernetes.default.svc      (required with the account)
+#   PGWARDEN_K8S_CA_FILE             the API server's CA certificate, a file read here;
+#                                    unset: Vault running in the cluster uses its own
+#                                    (a Vault outside the cluster refuses the
+#                                    configuration without it)                           (optional)
+#   PGWARDEN_K8S_AUDIENCE            the audience of the pod's projected token           (default: vault)
+#   PGWARDEN_K8S_BACKUP_SERVICE_ACCOUNT
+#                                    namespace/name of the backup CronJob's account:
+#                                    role `pgwarden-backup`, bound to it alone           (optional)
 #   PGWARDEN_BACKUP_APPROLE_OUT_DIR  where `pgwarden backup`'s role_id and secret_id are
 #                                    written (its own AppRole, read-only role); unset:
 #                                    the AppRole is written, no secret id is issued       (optional)
@@ -88,7 +104,14 @@ require VAULT_TOKEN "${VAULT_TOKEN:+set}" "a token allowed to configure Vault"
 require PGWARDEN_DB_HOST "${PGWARDEN_DB_HOST:+set}" "the host of PostgreSQL as Vault reaches it"
 require PGWARDEN_DB_ADMIN_PASSWORD_FILE "${PGWARDEN_DB_ADMIN_PASSWORD_FILE:+set}" "the file holding the password of the admin role"
 require PGWARDEN_DB_CA_FILE "${PGWARDEN_DB_CA_FILE:+set}" "the CA certificate of PostgreSQL, as a path on the Vault server"
-require PGWARDEN_APPROLE_OUT_DIR "${PGWARDEN_APPROLE_OUT_DIR:+set}" "the directory for role_id and secret_id"
+k8s_account=${PGWARDEN_K8S_SERVICE_ACCOUNT:-}
+k8s_backup_account=${PGWARDEN_K8S_BACKUP_SERVICE_ACCOUNT:-}
+if [ -z "$k8s_account" ]; then
+	require PGWARDEN_APPROLE_OUT_DIR "${PGWARDEN_APPROLE_OUT_DIR:+set}" "the directory for role_id and secret_id"
+	[ -z "$k8s_backup_account" ] || die "PGWARDEN_K8S_BACKUP_SERVICE_ACCOUNT needs PGWARDEN_K8S_SERVICE_ACCOUNT"
+else
+	require PGWARDEN_K8S_HOST "${PGWARDEN_K8S_HOST:+set}" "the address of the Kubernetes API as Vault reaches it"
+fi
 mount=${PGWARDEN_VAULT_MOUNT:-database}
 mount=${mount#/}
 mount=${mount%/}
@@ -98,8 +121,11 @@ db_user=${PGWARDEN_DB_ADMIN_USER:-vault_admin}
 host=$PGWARDEN_DB_HOST
 ca_file=$PGWARDEN_DB_CA_FILE
 password_file=$PGWARDEN_DB_ADMIN_PASSWORD_FILE
-out_dir=$PGWARDEN_APPROLE_OUT_DIR
+out_dir=${PGWARDEN_APPROLE_OUT_DIR:-}
 backup_out_dir=${PGWARDEN_BACKUP_APPROLE_OUT_DIR:-}
+k8s_host=${PGWARDEN_K8S_HOST:-}
+k8s_ca_file=${PGWARDEN_K8S_CA_FILE:-}
+k8s_audience=${PGWARDEN_K8S_AUDIENCE:-vault}
 
 # Segments of letters, digits, . _ -, joined by single slashes.
 case $mount in
@@ -120,6 +146,30 @@ esac
 case $ca_file in
 / | [!/]* | *[!A-Za-z0-9._/-]*) die "PGWARDEN_DB_CA_FILE: an absolute path of letters, digits and . _ - /" ;;
 esac
+# namespace/name, each a DNS label (RFC 1123) as Kubernetes names them.
+check_account() { # variable value
+	case $2 in
+	"") ;;
+	*/*/* | /* | */ | *[!a-z0-9/-]* | -* | */-* | *-/* | *-) die "$1: namespace/name, lowercase letters, digits and - only" ;;
+	*/*) ;;
+	*) die "$1: namespace/name, e.g. keycloak/keycloak" ;;
+	esac
+}
+check_account PGWARDEN_K8S_SERVICE_ACCOUNT "$k8s_account"
+check_account PGWARDEN_K8S_BACKUP_SERVICE_ACCOUNT "$k8s_backup_account"
+case $k8s_host in
+"" | https://*) ;;
+*) die "PGWARDEN_K8S_HOST: an https:// address" ;;
+esac
+case $k8s_host in
+*[!A-Za-z0-9.:/-]*) die "PGWARDEN_K8S_HOST: an https:// address (a host name or IPv4 address, a port)" ;;
+esac
+case $k8s_audience in
+"" | *[!A-Za-z0-9._:/-]*) die "PGWARDEN_K8S_AUDIENCE: letters, digits and . _ : / - only" ;;
+esac
+if [ -n "$k8s_ca_file" ] && [ ! -r "$k8s_ca_file" ]; then
+	die "PGWARDEN_K8S_CA_FILE: cannot read that file"
+fi
 # Read now, before Vault is touched, without its trailing newlines; a failed
 # read stops the script here rather than sending vault an empty password.
 password=$(cat "$password_file") || die "PGWARDEN_DB_ADMIN_PASSWORD_FILE: cannot read that file"
@@ -131,7 +181,7 @@ for f in pgwarden-policy.hcl pgwarden-backup-policy.hcl password-policy.hcl rene
 	revocation.sql "creation-$MIGRATE_ROLE.sql" "creation-$APP_ROLE.sql" "creation-$BACKUP_ROLE.sql"; do
 	[ -r "$here/$f" ] || die "$here/$f is missing"
 done
-mkdir -p "$out_dir"
+if [ -n "$out_dir" ]; then mkdir -p "$out_dir"; fi
 if [ -n "$backup_out_dir" ]; then mkdir -p "$backup_out_dir"; fi
 
 # The type of the entry at a path in `vault secrets list` / `vault auth list`,
@@ -258,12 +308,64 @@ write_private() { # dir file command...
 	chmod 600 "$wp_tmp"
 	mv -f "$wp_tmp" "$wp_dir/$wp_file"
 }
-write_private "$out_dir" role_id vault read -field=role_id "auth/approle/role/$APPROLE/role-id"
-write_private "$out_dir" secret_id vault write -f -field=secret_id "auth/approle/role/$APPROLE/secret-id"
-say "wrote role_id and secret_id to $out_dir (mode 0600)"
+if [ -n "$out_dir" ]; then
+	write_private "$out_dir" role_id vault read -field=role_id "auth/approle/role/$APPROLE/role-id"
+	write_private "$out_dir" secret_id vault write -f -field=secret_id "auth/approle/role/$APPROLE/secret-id"
+	say "wrote role_id and secret_id to $out_dir (mode 0600)"
+fi
 if [ -n "$backup_out_dir" ]; then
 	write_private "$backup_out_dir" role_id vault read -field=role_id "auth/approle/role/$BACKUP_APPROLE/role-id"
 	write_private "$backup_out_dir" secret_id vault write -f -field=secret_id "auth/approle/role/$BACKUP_APPROLE/secret-id"
 	say "wrote the backup AppRole's role_id and secret_id to $backup_out_dir (mode 0600)"
+fi
+# 8. Kubernetes auth, when asked: pgwarden's pod logs in with its projected
+# service-account token (audience $k8s_audience) and gets the same periodic
+# token, with the same policy, as through the AppRole; each role is bound to
+# one service account in one namespace.
+if [ -n "$k8s_account" ]; then
+	mounted_type auth kubernetes
+	case $mounted in
+	"")
+		say "enabling the Kubernetes auth method"
+		vault auth enable kubernetes
+		;;
+	kubernetes) say "the Kubernetes auth method is already enabled" ;;
+	*) die "kubernetes/ is already mounted, and not as the Kubernetes auth method" ;;
+	esac
+	say "writing auth/kubernetes/config ($k8s_host)"
+	if [ -n "$k8s_ca_file" ]; then
+		vault write auth/kubernetes/config kubernetes_host="$k8s_host" kubernetes_ca_cert=@"$k8s_ca_file"
+	else
+		vault write auth/kubernetes/config kubernetes_host="$k8s_host"
+	fi
+	write_k8s_role() { # name account policy token-settings...
+		k8s_role=$1
+		k8s_namespace=${2%%/*}
+		k8s_name=${2#*/}
+		k8s_policy=$3
+		shift 3
+		say "writing the Kubernetes auth role $k8s_role (service account $k8s_name in $k8s_namespace)"
+		vault write "auth/kubernetes/role/$k8s_role" \
+			bound_service_account_names="$k8s_name" \
+			bound_service_account_namespaces="$k8s_namespace" \
+			audience="$k8s_audience" \
+			token_policies="$k8s_policy" \
+			token_no_default_policy=true \
+			token_type=service \
+			"$@" \
+			token_num_uses=0
+	}
+	write_k8s_role "$APPROLE" "$k8s_account" "$VAULT_POLICY" \
+		token_period="$TOKEN_PERIOD" \
+		token_ttl=0 \
+		token_max_ttl=0 \
+		token_explicit_max_ttl=0
+	if [ -n "$k8s_backup_account" ]; then
+		write_k8s_role "$BACKUP_APPROLE" "$k8s_backup_account" "$BACKUP_POLICY" \
+			token_period=0 \
+			token_ttl="$BACKUP_TOKEN_TTL" \
+			token_max_ttl="$BACKUP_TOKEN_MAX_TTL" \
+			token_explicit_max_ttl=0
+	fi
 fi
 say "done: pgwarden may now use [credentials] source = \"vault\", mount = \"$mount\", role = \"$APP_ROLE\" or \"$MIGRATE_ROLE\"; pgwarden backup role = \"$BACKUP_ROLE\""

@@ -32,6 +32,8 @@ pub const DEFAULT_VAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(10
 pub const DEFAULT_VAULT_MOUNT: &str = "database";
 pub const DEFAULT_PREFETCH_MAX_AGE: Duration = Duration::from_secs(300);
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9187";
+/// `[log] level` when not given.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Who may ask the admin listener when `[admin] allow` is not given: this host.
 pub const DEFAULT_ADMIN_ALLOW: &[&str] = &["127.0.0.0/8", "::1/128"];
 /// Admin connections served at once; more are closed unanswered.
@@ -188,13 +190,24 @@ pub struct Admin {
     pub request_timeout: Duration,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Log {
     #[serde(default)]
     pub format: LogFormat,
     #[serde(default = "default_log_level")]
     pub level: String,
+}
+
+/// No `[log]` section: the defaults its keys have (a derived `Default` would
+/// give an empty level, which logs nothing but errors).
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -509,7 +522,7 @@ fn default_keepalive() -> Duration {
     DEFAULT_TCP_KEEPALIVE
 }
 fn default_log_level() -> String {
-    "info".to_owned()
+    DEFAULT_LOG_LEVEL.to_owned()
 }
 fn default_grace() -> Duration {
     DEFAULT_SHUTDOWN_GRACE

@@ -313,6 +313,8 @@ impl Validator<'_> {
                 if let (Some(cert_file), Some(key_file)) = (cert, key) {
                     if let Err(e) = crate::tls::server_config(&cert_file, &key_file) {
                         self.err(format!("[listen] TLS certificate/key: {e}"));
+                    } else if let Err(e) = crate::reload::watch::not_expired(&cert_file) {
+                        self.err(format!("[listen] tls_cert_file: {e}"));
                     }
                     Some(TlsFiles {
                         cert_file,

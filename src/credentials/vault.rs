@@ -188,6 +188,12 @@ impl VaultSource {
         }
     }
 
+    /// Hands every prefetched credential to the revoker and stops fetching
+    /// more, without waiting (a reload replaced this source).
+    pub fn halt(&self) {
+        self.pool.halt();
+    }
+
     /// Hands every prefetched credential to the revoker, and waits until
     /// `deadline` for a fetch in flight to end (its credential goes there too).
     pub async fn stop(&self, deadline: tokio::time::Instant) {

@@ -436,3 +436,15 @@ fn admin_bounds_are_validated_and_default_to_loopback() {
     assert_eq!(admin.header_timeout, std::time::Duration::from_secs(5));
     assert_eq!(admin.request_timeout, std::time::Duration::from_secs(15));
 }
+
+#[test]
+fn without_a_log_section_pgwarden_logs_at_info() {
+    let text = format!("{BASE}admin_password = \"fine\"\n");
+    let config = pgwarden::config::from_str(&text, std::path::Path::new("."), std::iter::empty())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.log.level, pgwarden::config::raw::DEFAULT_LOG_LEVEL);
+    let with = format!("{text}[log]\nformat = \"text\"\n");
+    let config = pgwarden::config::from_str(&with, std::path::Path::new("."), std::iter::empty())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.log.level, pgwarden::config::raw::DEFAULT_LOG_LEVEL);
+}

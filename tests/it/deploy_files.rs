@@ -35,7 +35,7 @@ const POSTGRES_IMAGE_UID: u32 = 999;
 
 /// After `[shutdown] grace`, sessions get up to 5 s to end at a boundary and
 /// 2 s for their goodbye (src/session.rs) before leases are revoked.
-const SESSION_WIND_DOWN: Duration = Duration::from_secs(7);
+pub(crate) const SESSION_WIND_DOWN: Duration = Duration::from_secs(7);
 
 /// Runs check-jsonschema with a schema it carries (no network) on `files`; its output on failure.
 fn check_jsonschema(schema: &str, files: &[&Path]) -> Result<(), String> {
@@ -917,7 +917,9 @@ fn every_pgwarden_command_line_in_the_deployment_files_is_accepted() {
     );
 
     for (_, key, value) in unit("deploy/systemd/pgwarden.service") {
-        if key.starts_with("Exec") {
+        if key == "ExecReload" {
+            assert_eq!(value, "/bin/kill -HUP $MAINPID", "SIGHUP reloads");
+        } else if key.starts_with("Exec") {
             let words: Vec<String> = value.split_whitespace().map(str::to_owned).collect();
             assert_eq!(words[0], "/usr/local/bin/pgwarden", "{key}");
             assert_cli_accepts(&words[1..], &format!("pgwarden.service {key}"));
@@ -962,7 +964,10 @@ fn unit_value(key: &str) -> Option<String> {
 #[test]
 fn systemd_unit_passes_systemd_analyze_and_is_hardened() {
     let expect = [
-        ("Type", "exec"),
+        ("Type", "notify"),
+        ("NotifyAccess", "main"),
+        ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        ("SupplementaryGroups", "pgwarden"),
         ("DynamicUser", "yes"),
         ("NoNewPrivileges", "yes"),
         ("ProtectSystem", "strict"),
@@ -983,13 +988,29 @@ fn systemd_unit_passes_systemd_analyze_and_is_hardened() {
             .iter()
             .any(|v| v == "@system-service")
     );
-    // Type=notify and ExecReload= only if pgwarden implemented them.
+    // Type=notify and ExecReload= because pgwarden implements them.
     let src = all_sources();
+    assert!(src.contains("\"NOTIFY_SOCKET\"") && src.contains("SignalKind::hangup()"));
+    // systemd waits for READY=1 longer than pgwarden waits for its sources.
+    let start = humantime::parse_duration(&unit_value("TimeoutStartSec").unwrap()).unwrap();
     assert!(
-        !src.contains("NOTIFY_SOCKET"),
-        "pgwarden now speaks sd_notify: consider Type=notify"
+        start > pgwarden::daemon::READY_WAIT,
+        "TimeoutStartSec {start:?}"
     );
-    assert!(unit_value("ExecReload").is_none() && !src.contains("SignalKind::hangup()"));
+    // The watchdog is fed at half its interval, well within it.
+    let watchdog = humantime::parse_duration(&unit_value("WatchdogSec").unwrap()).unwrap();
+    assert!(
+        watchdog >= std::time::Duration::from_secs(10),
+        "WatchdogSec {watchdog:?}"
+    );
+    // The group the unit reads its reloadable secrets with is the one sysusers creates.
+    let sysusers = read("deploy/systemd/pgwarden.sysusers.conf");
+    assert!(
+        sysusers
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["g", "pgwarden", "-"]),
+        "{sysusers}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     // verify checks that ExecStart's program exists: point it at the built
@@ -1085,7 +1106,7 @@ fn systemd_example_configuration_passes_validation_with_the_units_credentials() 
     );
     put("/etc/pgwarden/tls/server.crt", &server.cert_pem);
     put(
-        "/etc/pgwarden/tls/server.key",
+        "/etc/pgwarden/secrets/server.key",
         server.key_pem.expose_secret(),
     );
     put("/etc/pgwarden/tls/db-ca.crt", pki.ca_cert_pem());
@@ -1126,12 +1147,25 @@ fn systemd_example_configuration_passes_validation_with_the_units_credentials() 
         .unwrap_or_else(|e| {
             panic!("deploy/systemd/pgwarden.toml with the unit's credentials:\n{e}")
         });
-    // Every secret is read from the credentials directory, never from /etc directly.
+    // The AppRole comes from the credentials directory; the secrets a reload
+    // re-reads (a rotated key, a new verifier) from /etc/pgwarden/secrets,
+    // which the unit's group may read, since the credentials copies are not
+    // refreshed by a reload.
     let text = read("deploy/systemd/pgwarden.toml");
-    for name in ["server.key", "keycloak.verifier", "role_id", "secret_id"] {
+    for name in ["role_id", "secret_id"] {
         assert!(
             text.contains(&format!("/run/credentials/pgwarden.service/{name}")),
             "{name}"
+        );
+    }
+    for name in ["server.key", "keycloak.verifier"] {
+        assert!(
+            text.contains(&format!("\"/etc/pgwarden/secrets/{name}\"")),
+            "{name}"
+        );
+        assert!(
+            !creds.iter().any(|c| c.starts_with(&format!("{name}:"))),
+            "{name} would be a copy that a reload does not refresh"
         );
     }
     let stop = humantime::parse_duration(&unit_value("TimeoutStopSec").unwrap()).unwrap();

@@ -182,6 +182,7 @@ async fn renewal_moves_valid_until_and_the_max_ttl_recycles_an_idle_session() {
     // revoke the lease itself).
     let mut h = start(OpenBaoOptions {
         lease_ttl: Some((Duration::from_secs(3), Duration::from_secs(8))),
+        ..OpenBaoOptions::default()
     })
     .await;
     let (c, conn) = h.connect_parts(&h.pg_config()).await.unwrap();
@@ -423,4 +424,55 @@ async fn sealed_fails_new_connections_fast_and_unseal_recovers_without_a_restart
     wait_for_leases(&h, APP_LEASES, 0).await;
     h.wait_for_no_dynamic_roles().await;
     assert_eq!(h.shutdown().await, 0);
+}
+
+/// `setup.sh` with `PGWARDEN_K8S_SERVICE_ACCOUNT`: a real server takes the Kubernetes auth
+/// method, its configuration and both roles as written — each bound to one account in one
+/// namespace, for the projected token's audience, with the proxy's periodic token and
+/// policy (no Kubernetes API runs here, so no login is tried).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_configures_kubernetes_auth_roles_a_real_server_accepts() {
+    let h = start(OpenBaoOptions {
+        kubernetes_account: Some("keycloak/keycloak".into()),
+        ..OpenBaoOptions::default()
+    })
+    .await;
+    let bao = &h.openbao().bao;
+    let read = async |path: &str| -> serde_json::Value {
+        let out = bao.cli(&["read", "-format=json", path]).await;
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["data"].clone()
+    };
+    let config = read("auth/kubernetes/config").await;
+    assert_eq!(config["kubernetes_host"], "https://kubernetes.default.svc");
+    assert_eq!(
+        config["kubernetes_ca_cert"].as_str().map(str::trim),
+        Some(std::fs::read_to_string(bao.ca_path()).unwrap().trim())
+    );
+    for (role, account, policy, period) in [
+        ("pgwarden", "keycloak", "pgwarden", 3600),
+        ("pgwarden-backup", "pgwarden-backup", "pgwarden-backup", 0),
+    ] {
+        let r = read(&format!("auth/kubernetes/role/{role}")).await;
+        assert_eq!(
+            r["bound_service_account_names"],
+            serde_json::json!([account]),
+            "{role}: {r}"
+        );
+        assert_eq!(
+            r["bound_service_account_namespaces"],
+            serde_json::json!(["keycloak"])
+        );
+        assert_eq!(r["audience"], "vault", "{role}: {r}");
+        assert_eq!(r["token_policies"], serde_json::json!([policy]));
+        assert_eq!(r["token_no_default_policy"], true);
+        assert_eq!(r["token_period"], period, "{role}: {r}");
+        assert_eq!(r["token_explicit_max_ttl"], 0);
+    }
+    assert!(
+        !h.openbao()
+            .setup_output
+            .contains(bao.root_token().expose_secret())
+    );
+    // pgwarden itself still runs on the AppRole setup.sh also wrote.
+    h.connect().await.simple_query("SELECT 1").await.unwrap();
 }

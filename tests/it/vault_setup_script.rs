@@ -696,3 +696,91 @@ fn setup_gives_the_backup_host_an_approle_of_its_own_when_asked() {
     assert_ne!(file_0600(&fake.out_dir().join("secret_id")), backup_secret);
     assert_no_secret(&run, &[DB_PASSWORD, TOKEN, ROLE_ID, SECRET_ID]);
 }
+
+#[test]
+fn setup_binds_kubernetes_auth_roles_to_one_service_account_each_in_dash() {
+    binds_kubernetes_auth_roles(Shell::Dash);
+}
+
+#[test]
+fn setup_binds_kubernetes_auth_roles_to_one_service_account_each_in_busybox_sh() {
+    binds_kubernetes_auth_roles(Shell::Busybox);
+}
+
+/// With `PGWARDEN_K8S_SERVICE_ACCOUNT` the Kubernetes auth method is enabled and
+/// configured, role `pgwarden` (periodic tokens, pgwarden's policy only, the projected
+/// token's audience) is bound to that one account, and the backup's role to its own; no
+/// AppRole secret id is needed. Run twice, it enables nothing twice.
+fn binds_kubernetes_auth_roles(shell: Shell) {
+    let fake = Fake::new();
+    let ca = fake.dir.path().join("k8s-ca.crt");
+    std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+    let env = [
+        ("PGWARDEN_APPROLE_OUT_DIR", ""),
+        ("PGWARDEN_K8S_SERVICE_ACCOUNT", "keycloak/keycloak"),
+        (
+            "PGWARDEN_K8S_BACKUP_SERVICE_ACCOUNT",
+            "keycloak/pgwarden-backup",
+        ),
+        ("PGWARDEN_K8S_HOST", "https://kubernetes.default.svc"),
+        ("PGWARDEN_K8S_CA_FILE", ca.to_str().unwrap()),
+    ];
+    for run_no in 0..2 {
+        let run = fake.run(shell, &env);
+        assert!(run.success, "run {run_no}:\n{}", run.stderr);
+        let calls = &run.calls;
+        let enabled = find(calls, &["auth", "enable", "kubernetes"]).len();
+        assert_eq!(enabled, if run_no == 0 { 1 } else { 0 }, "{calls:#?}");
+        let config = one(calls, &["write", "auth/kubernetes/config"]);
+        assert_eq!(
+            config.kv()["kubernetes_host"],
+            "https://kubernetes.default.svc"
+        );
+        assert_eq!(
+            config.kv()["kubernetes_ca_cert"],
+            format!("@{}", ca.display())
+        );
+        for (role, namespace, name, policy) in [
+            ("pgwarden", "keycloak", "keycloak", "pgwarden"),
+            (
+                "pgwarden-backup",
+                "keycloak",
+                "pgwarden-backup",
+                "pgwarden-backup",
+            ),
+        ] {
+            let call = one(calls, &["write", &format!("auth/kubernetes/role/{role}")]);
+            let kv = call.kv();
+            assert_eq!(kv["bound_service_account_names"], name);
+            assert_eq!(kv["bound_service_account_namespaces"], namespace);
+            assert_eq!(kv["audience"], "vault");
+            assert_eq!(kv["token_policies"], policy);
+            assert_eq!(kv["token_no_default_policy"], "true");
+            assert_eq!(kv["token_explicit_max_ttl"], "0");
+        }
+        // The proxy's token is periodic with no maximum lifetime, as through the AppRole.
+        let proxy = one(calls, &["write", "auth/kubernetes/role/pgwarden"]);
+        assert_eq!(proxy.kv()["token_period"], "1h");
+        assert_eq!(proxy.kv()["token_max_ttl"], "0");
+        // No AppRole secret id was issued: nobody asked for one.
+        assert!(find(calls, &["write", "-f", "-field=secret_id"]).is_empty());
+        assert_no_secret(&run, &[DB_PASSWORD, TOKEN]);
+    }
+    assert!(!fake.out_dir().exists());
+
+    // Without the API's address, or with an account that is not namespace/name: nothing runs.
+    for (k, v) in [
+        ("PGWARDEN_K8S_HOST", ""),
+        ("PGWARDEN_K8S_SERVICE_ACCOUNT", "keycloak"),
+        ("PGWARDEN_K8S_SERVICE_ACCOUNT", "Keycloak/keycloak"),
+        ("PGWARDEN_K8S_SERVICE_ACCOUNT", "keycloak/keycloak/x"),
+        ("PGWARDEN_K8S_HOST", "http://kubernetes.default.svc"),
+    ] {
+        let mut bad: Vec<(&str, &str)> = env.to_vec();
+        bad.push((k, v));
+        let run = fake.run(shell, &bad);
+        assert!(!run.success, "{k}={v} was accepted");
+        assert!(run.calls.is_empty(), "{k}={v}: vault was called first");
+        assert!(run.stderr.contains(k), "{k}: {}", run.stderr);
+    }
+}

@@ -109,10 +109,10 @@ impl Pool {
         *lock(&self.filler) = Some(tokio::spawn(async move { inner.fill(fetch).await }));
     }
 
-    /// Stops filling, hands every pooled credential to the disposal, and waits
-    /// until `deadline` for the filler to end: a fetch in flight runs to the
-    /// end and its credential is disposed of too.
-    pub(super) async fn stop(&self, deadline: Instant) {
+    /// Stops filling and hands every pooled credential to the disposal, now;
+    /// a fetch in flight runs to the end and its credential is disposed of
+    /// too. [`Pool::stop`] then waits for it.
+    pub(super) fn halt(&self) {
         let drained = {
             let mut ready = lock(&self.inner.ready);
             ready.stopped = true;
@@ -122,6 +122,13 @@ impl Pool {
         for p in drained {
             self.inner.dispose(p.credential);
         }
+    }
+
+    /// Stops filling, hands every pooled credential to the disposal, and waits
+    /// until `deadline` for the filler to end: a fetch in flight runs to the
+    /// end and its credential is disposed of too.
+    pub(super) async fn stop(&self, deadline: Instant) {
+        self.halt();
         let filler = lock(&self.filler).take();
         if let Some(filler) = filler
             && tokio::time::timeout_at(deadline, filler).await.is_err()

@@ -225,6 +225,10 @@ pub struct Harness {
     pub role_prefix: String,
     pub logs: Logs,
     pub cluster: Cluster,
+    /// The CA of the listener's and the cluster's certificates, to issue more.
+    pub pki: Arc<Pki>,
+    /// The configuration pgwarden started with (paths relative to [`Harness::dir`]).
+    pub config_text: String,
     direct: Client,
     server: Option<Server>,
     vault: Option<VaultSetup>,
@@ -329,8 +333,8 @@ impl Harness {
         if let Some(setup) = &openbao {
             base_config += &setup.config(cluster.port());
         }
-        let server =
-            start_server(&format!("{base_config}\n{}", opts.extra_config), dir.path()).await;
+        let config_text = format!("{base_config}\n{}", opts.extra_config);
+        let server = start_server(&config_text, dir.path()).await;
         Harness {
             proxy_addr: server.addr,
             ca_path: dir.path().join("ca.crt"),
@@ -345,6 +349,8 @@ impl Harness {
             },
             logs,
             cluster,
+            pki,
+            config_text,
             direct,
             server: Some(server),
             vault,
@@ -367,6 +373,17 @@ impl Harness {
 
     pub fn port(&self) -> u16 {
         self.proxy_addr.port()
+    }
+
+    /// Writes `text` as the configuration file and reloads pgwarden from it,
+    /// as SIGHUP does.
+    pub async fn reload(
+        &self,
+        text: &str,
+    ) -> Result<pgwarden::reload::Reloaded, pgwarden::reload::ReloadError> {
+        let path = self.dir().join("pgwarden.toml");
+        std::fs::write(&path, text).expect("write the configuration");
+        self.server().reload(&path, std::iter::empty()).await
     }
 
     /// tokio-postgres settings for `keycloak` through pgwarden: verify-full with the test CA

@@ -28,6 +28,9 @@ pub const MIGRATE_DATABASE: &str = "keycloak_migrate";
 pub struct OpenBaoOptions {
     /// Both roles' `default_ttl` and `max_ttl`; `None`: setup.sh's (1 h, 24 h).
     pub lease_ttl: Option<(Duration, Duration)>,
+    /// Also set up Kubernetes auth for this `namespace/name` service account (and the
+    /// backup's `namespace/pgwarden-backup`), as `PGWARDEN_K8S_SERVICE_ACCOUNT` asks.
+    pub kubernetes_account: Option<String>,
 }
 
 /// A server set up by `setup.sh`.
@@ -52,7 +55,14 @@ impl OpenBaoSetup {
         let password_file = dir.join("vault_admin_password");
         write_private(&password_file, admin_password.expose_secret());
         let approle_dir = dir.join("approle");
-        let setup_output = run_setup(&bao, cluster, &password_file, &approle_dir).await;
+        let setup_output = run_setup(
+            &bao,
+            cluster,
+            &password_file,
+            &approle_dir,
+            opts.kubernetes_account.as_deref(),
+        )
+        .await;
         if let Some((ttl, max)) = opts.lease_ttl {
             for role in [MIGRATE_ROLE, APP_ROLE] {
                 let (ttl, max) = (
@@ -114,7 +124,13 @@ impl OpenBaoSetup {
 
 /// Runs `sh config/vault/setup.sh` with the interface's variables, `vault` first on PATH
 /// being bao; panics unless it succeeds. Returns what it printed.
-async fn run_setup(bao: &OpenBao, cluster: &Cluster, password_file: &Path, out: &Path) -> String {
+async fn run_setup(
+    bao: &OpenBao,
+    cluster: &Cluster,
+    password_file: &Path,
+    out: &Path,
+    kubernetes_account: Option<&str>,
+) -> String {
     let path = format!(
         "{}:{}",
         bao.cli_dir().display(),
@@ -132,6 +148,18 @@ async fn run_setup(bao: &OpenBao, cluster: &Cluster, password_file: &Path, out: 
         .env("PGWARDEN_APPROLE_OUT_DIR", out)
         .stdin(Stdio::null())
         .kill_on_drop(true);
+    if let Some(account) = kubernetes_account {
+        let namespace = account.split('/').next().unwrap();
+        cmd.env("PGWARDEN_K8S_SERVICE_ACCOUNT", account)
+            .env(
+                "PGWARDEN_K8S_BACKUP_SERVICE_ACCOUNT",
+                format!("{namespace}/pgwarden-backup"),
+            )
+            .env("PGWARDEN_K8S_HOST", "https://kubernetes.default.svc")
+            // Outside a cluster the server has no CA of its own for the API (it says
+            // so: 400, no such file): any certificate stands in for it.
+            .env("PGWARDEN_K8S_CA_FILE", bao.ca_path());
+    }
     let run = tokio::time::timeout(GENEROUS, cmd.output())
         .await
         .expect("setup.sh finishes")
