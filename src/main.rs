@@ -149,88 +149,46 @@ fn main() -> ExitCode {
             return ExitCode::from(code as u8);
         }
     };
-    let code = match cli.command {
-        Command::CheckConfig { config } => {
-            pgwarden::cli::check_config(&config, &mut std::io::stdout(), &mut std::io::stderr())
+    ExitCode::from(execute(cli.command) as u8)
+}
+
+/// Runs one command; returns its exit code.
+fn execute(command: Command) -> i32 {
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    match command {
+        Command::CheckConfig { config } => pgwarden::cli::check_config(&config, &mut out, &mut err),
+        Command::ScramVerifier { password_stdin } => {
+            pgwarden::cli::scram_verifier(password_stdin, &mut out, &mut err)
         }
-        Command::ScramVerifier { password_stdin } => pgwarden::cli::scram_verifier(
-            password_stdin,
-            &mut std::io::stdout(),
-            &mut std::io::stderr(),
-        ),
-        Command::Healthcheck { url, timeout } => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map(|rt| {
-                rt.block_on(pgwarden::cli::healthcheck(
-                    &url,
-                    timeout,
-                    &mut std::io::stdout(),
-                    &mut std::io::stderr(),
-                ))
-            })
-            .unwrap_or_else(|e| {
-                eprintln!("unhealthy: cannot start the async runtime: {e}");
-                1
-            }),
+        Command::Healthcheck { url, timeout } => healthcheck(&url, timeout),
         Command::Audit {
             config,
             route,
             format,
             auditor,
             password_file,
-        } => in_runtime(pgwarden::cli::audit(
-            pgwarden::audit::command::Options {
+        } => {
+            let format = match format.as_str() {
+                "json" => pgwarden::audit::command::Format::Json,
+                _ => pgwarden::audit::command::Format::Table,
+            };
+            let options = pgwarden::audit::command::Options {
                 config,
                 route,
-                format: if format == "json" {
-                    pgwarden::audit::command::Format::Json
-                } else {
-                    pgwarden::audit::command::Format::Table
-                },
+                format,
                 auditor,
                 password_file,
-            },
-            &mut std::io::stdout(),
-            &mut std::io::stderr(),
-        )),
+            };
+            in_runtime(pgwarden::cli::audit(options, &mut out, &mut err))
+        }
         Command::Run { config } => in_runtime(run(config)),
-        Command::Reload { pid } => pgwarden::cli::reload(pid, &mut std::io::stderr()),
+        Command::Reload { pid } => pgwarden::cli::reload(pid, &mut err),
         Command::Dev { port, postgres_bin } => in_runtime(pgwarden::dev::run(port, postgres_bin)),
         Command::Backup {
-            action:
-                Some(BackupAction::Verify {
-                    identity,
-                    pg_restore,
-                    backup,
-                }),
-            ..
-        } => {
-            pgwarden::logging::init(Default::default(), "warn");
-            pgwarden::backup::command::verify(
-                &backup,
-                &identity,
-                &pg_restore,
-                &mut std::io::stdout(),
-                &mut std::io::stderr(),
-            )
-        }
-        Command::Backup {
-            action: None,
+            action,
             config,
             target,
-        } => match (config, target) {
-            (Some(config), Some(target)) => in_runtime(pgwarden::backup::command::backup(
-                &config,
-                &target,
-                &mut std::io::stdout(),
-                &mut std::io::stderr(),
-            )),
-            _ => {
-                eprintln!("pgwarden backup needs --config and --target");
-                2
-            }
-        },
+        } => backup(action, config, target),
         Command::Restore {
             identity,
             dbname,
@@ -247,16 +205,54 @@ fn main() -> ExitCode {
                 },
                 _ => pgwarden::backup::command::RestoreTo::Stdout,
             };
-            pgwarden::backup::command::restore(
-                &backup,
-                &identity,
-                &pg_restore,
-                to,
-                &mut std::io::stderr(),
-            )
+            pgwarden::backup::command::restore(&backup, &identity, &pg_restore, to, &mut err)
         }
-    };
-    ExitCode::from(code as u8)
+    }
+}
+
+/// `pgwarden healthcheck`, on a runtime of its own thread.
+fn healthcheck(url: &str, timeout: std::time::Duration) -> i32 {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(pgwarden::cli::healthcheck(
+            url,
+            timeout,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        )),
+        Err(e) => {
+            eprintln!("unhealthy: cannot start the async runtime: {e}");
+            1
+        }
+    }
+}
+
+/// `pgwarden backup --config --target`, or `pgwarden backup verify`.
+fn backup(action: Option<BackupAction>, config: Option<PathBuf>, target: Option<String>) -> i32 {
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    match (action, config, target) {
+        (
+            Some(BackupAction::Verify {
+                identity,
+                pg_restore,
+                backup,
+            }),
+            _,
+            _,
+        ) => {
+            pgwarden::logging::init(Default::default(), "warn");
+            pgwarden::backup::command::verify(&backup, &identity, &pg_restore, &mut out, &mut err)
+        }
+        (None, Some(config), Some(target)) => in_runtime(pgwarden::backup::command::backup(
+            &config, &target, &mut out, &mut err,
+        )),
+        (None, _, _) => {
+            eprintln!("pgwarden backup needs --config and --target");
+            2
+        }
+    }
 }
 
 /// How long the runtime waits, once `main` has returned, for blocking work
