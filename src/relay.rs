@@ -214,7 +214,7 @@ impl Pump {
         loop {
             while self.pos < self.cap {
                 let n = ready!(writer.as_mut().poll_write(cx, &self.pending()[self.pos..]))
-                .map_err(PumpError::Write)?;
+                    .map_err(PumpError::Write)?;
                 if n == 0 {
                     return Poll::Ready(Err(PumpError::Write(io::ErrorKind::WriteZero.into())));
                 }

@@ -69,7 +69,10 @@ pub async fn run(c: &Counting, max_sessions: usize) -> serde_json::Value {
             run();
             let after = context_switches(pid);
             let cpu_after = run::cpu_seconds(pid);
-            (after - before, cpu_after.zip(cpu_before).map_or(0.0, |(a, b)| a - b))
+            (
+                after - before,
+                cpu_after.zip(cpu_before).map_or(0.0, |(a, b)| a - b),
+            )
         })
         .await;
         let syscalls = measure(&bench, target, c, |pid, run| strace_calls(pid, run)).await;
@@ -86,7 +89,11 @@ pub async fn run(c: &Counting, max_sessions: usize) -> serde_json::Value {
             n: syscalls.0.0,
             two_n: syscalls.1.0,
         };
-        table.push((format!("{key}: system calls"), calls.per_transaction(per), 0.0));
+        table.push((
+            format!("{key}: system calls"),
+            calls.per_transaction(per),
+            0.0,
+        ));
         table.push((
             format!("{key}: context switches"),
             ctx.per_transaction(per),
@@ -97,7 +104,11 @@ pub async fn run(c: &Counting, max_sessions: usize) -> serde_json::Value {
             cpu.per_transaction(per) * 1e6,
             0.0,
         ));
-        eprintln!("{key}: system calls by kind, {} transactions:\n{}", 2 * c.transactions * c.clients, syscalls.1.1);
+        eprintln!(
+            "{key}: system calls by kind, {} transactions:\n{}",
+            2 * c.transactions * c.clients,
+            syscalls.1.1
+        );
         rows.insert(
             format!("{key}_syscalls_per_transaction"),
             calls.per_transaction(per).into(),
@@ -157,7 +168,11 @@ pub async fn run(c: &Counting, max_sessions: usize) -> serde_json::Value {
             two_n: connects.1.0,
         }
         .per_transaction(c.connections as f64);
-        table.push((format!("{key}: instructions per connection"), per_connection, 0.0));
+        table.push((
+            format!("{key}: instructions per connection"),
+            per_connection,
+            0.0,
+        ));
         rows.insert(
             format!("{key}_instructions_per_connection"),
             per_connection.into(),
@@ -181,7 +196,7 @@ pub async fn run(c: &Counting, max_sessions: usize) -> serde_json::Value {
     for (what, value, _) in &table {
         println!("| {what:<34} | {value:>12.2} |");
     }
-    let get = |k: &str| rows.get(k).and_then(serde_json::Value::as_f64);
+    let mut ratios = Vec::new();
     for what in [
         "instructions_per_transaction",
         "syscalls_per_transaction",
@@ -189,14 +204,18 @@ pub async fn run(c: &Counting, max_sessions: usize) -> serde_json::Value {
         "cpu_us_per_transaction",
         "instructions_per_connection",
     ] {
+        let get = |k: String| rows.get(&k).and_then(serde_json::Value::as_f64);
         if let (Some(w), Some(b)) = (
-            get(&format!("pgwarden_{what}")),
-            get(&format!("pgbouncer_{what}")),
+            get(format!("pgwarden_{what}")),
+            get(format!("pgbouncer_{what}")),
         ) && b > 0.0
         {
             println!("pgwarden / pgbouncer, {what}: {:.3}", w / b);
-            rows.insert(format!("ratio_{what}"), (w / b).into());
+            ratios.push((format!("ratio_{what}"), w / b));
         }
+    }
+    for (key, ratio) in ratios {
+        rows.insert(key, ratio.into());
     }
     serde_json::Value::Object(rows)
 }
@@ -204,7 +223,11 @@ pub async fn run(c: &Counting, max_sessions: usize) -> serde_json::Value {
 /// A run that is not counted: connections, caches and PgBouncer's server pool warm.
 fn warm_up(bench: &Bench, target: Target, c: &Counting) {
     let clients = c.clients.to_string();
-    run::pgbench(bench, target, &["-S", "-c", &clients, "-j", "1", "-t", "200"]);
+    run::pgbench(
+        bench,
+        target,
+        &["-S", "-c", &clients, "-j", "1", "-t", "200"],
+    );
 }
 
 /// Runs `count` around the `N` run and around the `2N` run of the select-only workload;
@@ -238,8 +261,7 @@ async fn measure_workload<T>(
             all.extend(["-t", &t]);
             run::pgbench(bench, target, &all);
             tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current()
-                    .block_on(bench.wait_for_issued_roles_at_most(0))
+                tokio::runtime::Handle::current().block_on(bench.wait_for_issued_roles_at_most(0))
             });
         };
         count(pid, &mut run)
@@ -324,7 +346,11 @@ fn callgrind_control(pid: u32, what: &str) {
 /// The latest dump callgrind wrote for `out` (`out.1`, `out.2`, …).
 fn newest_dump(out: &Path) -> PathBuf {
     let dir = out.parent().expect("a directory");
-    let name = out.file_name().expect("a name").to_string_lossy().into_owned();
+    let name = out
+        .file_name()
+        .expect("a name")
+        .to_string_lossy()
+        .into_owned();
     let mut dumps: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)
         .expect("the dump directory")
         .flatten()
@@ -345,7 +371,10 @@ fn totals(dump: &Path) -> f64 {
         if let Ok(text) = std::fs::read_to_string(dump)
             && let Some(v) = text
                 .lines()
-                .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
+                .find_map(|l| {
+                    l.strip_prefix("totals:")
+                        .or_else(|| l.strip_prefix("summary:"))
+                })
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
         {
             return v;

@@ -25,9 +25,9 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::json;
 
-pub use client::{NotReady, SetupError, Vault};
 use super::{Credential, CredentialError, ErrorKind, Lease, LeaseId, Renewal};
 use crate::config::VaultSourceConfig;
+pub use client::{NotReady, SetupError, Vault};
 
 /// How much longer than `[vault] timeout` a `creds` request may take before
 /// pgwarden gives up on it. Only a Vault that stops answering altogether makes

@@ -72,12 +72,7 @@ mod tests {
         assert!(pump.buf.is_some(), "the leftover is in flight");
         source.write_all(&[7u8; 100]).await.unwrap();
         let polled = poll_fn(|cx| {
-            Poll::Ready(pump.poll_pump(
-                cx,
-                Pin::new(&mut reader),
-                Pin::new(&mut writer),
-                |_| true,
-            ))
+            Poll::Ready(pump.poll_pump(cx, Pin::new(&mut reader), Pin::new(&mut writer), |_| true))
         })
         .await;
         assert!(polled.is_pending(), "the writer is full");

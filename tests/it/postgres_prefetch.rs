@@ -58,9 +58,11 @@ async fn postgres_prefetch_hands_each_role_to_one_connection_and_refills() {
     assert_eq!(distinct.len(), users.len(), "never reused: {users:?}");
     // A session's role is dropped when it ends, pooled or not.
     drop(clients.remove(0));
-    wait_until(GENEROUS, "the first session's role is dropped", async || {
-        !h.dynamic_roles().await.contains(&user_a)
-    })
+    wait_until(
+        GENEROUS,
+        "the first session's role is dropped",
+        async || !h.dynamic_roles().await.contains(&user_a),
+    )
     .await;
     drop(clients);
     // Shutdown drops the roles still waiting in the pool.
@@ -106,7 +108,10 @@ fn postgres_prefetch_settings_are_validated() {
     };
     let mentions = |text: &str, needle: &str| errors(text).iter().any(|e| e.contains(needle));
     let refused = [
-        ("prefetch = 2\nprefetch_max_age = \"10m\"", "shorter than ttl"),
+        (
+            "prefetch = 2\nprefetch_max_age = \"10m\"",
+            "shorter than ttl",
+        ),
         ("prefetch = 65", "prefetch must be at most 64"),
         ("prefetch = 1\nprefetch_max_age = \"0s\"", "at least 1s"),
     ];
