@@ -125,6 +125,8 @@ pub async fn run(c: &Counting, max_sessions: usize) -> serde_json::Value {
     bench.stop().await;
 
     eprintln!("counting under callgrind: a cluster, pgwarden and PgBouncer …");
+    // Dumps of an earlier run would be mistaken for this one's.
+    let _ = std::fs::remove_dir_all(kept_dumps());
     let bench = Bench::start(max_sessions, 0, true).await;
     bench.init_pgbench(1);
     for target in [Target::Pgwarden, Target::PgBouncer] {
@@ -134,7 +136,7 @@ pub async fn run(c: &Counting, max_sessions: usize) -> serde_json::Value {
             callgrind_control(pid, "-z");
             run();
             callgrind_control(pid, "-d");
-            let dump = newest_dump(&out);
+            let dump = keep(&newest_dump(&out));
             (totals(&dump), dump)
         })
         .await;
@@ -158,7 +160,7 @@ pub async fn run(c: &Counting, max_sessions: usize) -> serde_json::Value {
                 callgrind_control(pid, "-z");
                 run();
                 callgrind_control(pid, "-d");
-                let dump = newest_dump(&out);
+                let dump = keep(&newest_dump(&out));
                 (totals(&dump), dump)
             },
         )
@@ -301,15 +303,12 @@ fn strace_calls(pid: u32, run: &mut dyn FnMut()) -> (f64, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting strace (apt-get install strace)");
-    // strace says "Process N attached" for every thread once it traces them.
-    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| d.count())
-        .unwrap_or(1);
+    // Once it traces every thread, strace says "Process N attached with T threads" (or
+    // "Process N attached", one line per thread, for a process it saw start).
     let mut lines = BufReader::new(strace.stderr.take().expect("strace's stderr")).lines();
-    let mut attached = 0;
-    while attached < threads {
+    loop {
         match lines.next() {
-            Some(Ok(l)) if l.contains("attached") => attached += 1,
+            Some(Ok(l)) if l.contains("attached") => break,
             Some(Ok(_)) => {}
             _ => panic!("strace ended before attaching"),
         }
@@ -330,8 +329,27 @@ fn strace_calls(pid: u32, run: &mut dyn FnMut()) -> (f64, String) {
     (total, table)
 }
 
+/// `callgrind_control <what> <pid>`, as the user the proxy runs as: vgdb, which it drives,
+/// talks to a process owned by another user only through ptrace, and waits forever when the
+/// process sleeps in a system call (PgBouncer runs as an unprivileged user).
 fn callgrind_control(pid: u32, what: &str) {
-    let out = Command::new("callgrind_control")
+    use std::os::unix::fs::MetadataExt;
+    let proc = std::fs::metadata(format!("/proc/{pid}")).expect("the proxy's /proc entry");
+    let owner = proc.uid();
+    let mut cmd = if owner == 0 {
+        Command::new("callgrind_control")
+    } else {
+        let mut c = Command::new("setpriv");
+        c.args([
+            &format!("--reuid={owner}"),
+            &format!("--regid={}", proc.gid()),
+            "--clear-groups",
+            "--inh-caps=-all",
+            "callgrind_control",
+        ]);
+        c
+    };
+    let out = cmd
         .args([what, &pid.to_string()])
         .output()
         .expect("running callgrind_control");
@@ -362,6 +380,23 @@ fn newest_dump(out: &Path) -> PathBuf {
         .collect();
     dumps.sort();
     dumps.pop().expect("a callgrind dump").1
+}
+
+/// Where the dumps are kept once the bench's directories are gone:
+/// `target/bench-callgrind/<proxy>.callgrind.<k>` (k = 1, 2: the N and 2N runs; 3, 4: the
+/// connection workload's).
+fn kept_dumps() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-callgrind")
+}
+
+/// Copies `dump` (once complete) to [`kept_dumps`] and returns the copy's path.
+fn keep(dump: &Path) -> PathBuf {
+    totals(dump);
+    let dir = kept_dumps();
+    std::fs::create_dir_all(&dir).expect("target/bench-callgrind");
+    let to = dir.join(dump.file_name().expect("a dump's name"));
+    std::fs::copy(dump, &to).expect("keeping a callgrind dump");
+    to
 }
 
 /// The instruction total of a callgrind dump.

@@ -143,7 +143,8 @@ impl Bench {
         }
     }
 
-    /// Waits until no role pgwarden issued is left: every session's credential revoked, and
+    /// Waits until no role pgwarden issued is left (its admin role, `pgwarden_admin`, is not
+    /// one): every session's credential revoked, and
     /// none waiting in the prefetch pool counted (`keep` of them may wait there).
     pub async fn wait_for_issued_roles_at_most(&self, keep: i64) {
         let admin = self
@@ -156,8 +157,9 @@ impl Bench {
         loop {
             let count: i64 = admin
                 .query_one(
-                    "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'pgwarden\\_%'",
-                    &[],
+                    "SELECT count(*) FROM pg_roles \
+                     WHERE rolname LIKE 'pgwarden\\_%' AND rolname <> $1",
+                    &[&pgwarden::dev::ADMIN_ROLE],
                 )
                 .await
                 .expect("counting issued roles")
