@@ -256,6 +256,15 @@ impl CredentialsConfig {
         }
     }
 
+    /// How many credentials are issued ahead (per upstream for the built-in
+    /// source), and how long one may wait to be handed out.
+    pub fn prefetch(&self) -> (usize, Duration) {
+        match self {
+            CredentialsConfig::Postgres(p) => (p.prefetch, p.prefetch_max_age),
+            CredentialsConfig::Vault(v) => (v.prefetch, v.prefetch_max_age),
+        }
+    }
+
     pub fn on_lease_end(&self) -> OnLeaseEnd {
         match self {
             CredentialsConfig::Postgres(p) => p.on_lease_end,
@@ -273,6 +282,9 @@ pub struct PostgresSourceConfig {
     pub ttl: Duration,
     pub max_ttl: Option<Duration>,
     pub role_prefix: String,
+    /// Credentials issued ahead, per upstream (0: none).
+    pub prefetch: usize,
+    pub prefetch_max_age: Duration,
     pub on_lease_end: OnLeaseEnd,
 }
 

@@ -12,11 +12,13 @@ pub mod issuance;
 pub mod lease;
 pub mod outcome;
 pub mod postgres;
+mod prefetch;
 pub mod revoker;
 pub mod vault;
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -163,6 +165,11 @@ pub struct CredentialSource {
     revoker: revoker::Revoker,
     /// Credential requests in flight, which no deadline may cancel.
     issuing: issuance::Issuing,
+    /// `prefetch` and `prefetch_max_age`.
+    prefetch: (usize, Duration),
+    /// The prefetch pools, made at start when `prefetch` > 0, by
+    /// [`CredentialSource::pool_key`].
+    pools: OnceLock<HashMap<String, prefetch::Pool>>,
 }
 
 enum SourceKind {
@@ -199,6 +206,8 @@ impl CredentialSource {
             kind,
             revoker,
             issuing: issuance::Issuing::default(),
+            prefetch: config.prefetch(),
+            pools: OnceLock::new(),
         };
         outcome::REQUESTS.zero(source.kind());
         Ok(Arc::new(source))
@@ -215,14 +224,13 @@ impl CredentialSource {
     /// Issues a fresh credential for one connection to `upstream`, guarded
     /// from the moment the source answers. The request itself runs to the end
     /// even if this future is dropped or `[vault] timeout` passes (see
-    /// [`issuance`]). A Vault credential may come from the prefetch pool.
+    /// [`issuance`]). The credential may come from the prefetch pool.
     pub async fn issue(
         self: &Arc<Self>,
         upstream: &UpstreamConfig,
     ) -> Result<Issued, CredentialError> {
-        if let SourceKind::Vault(v) = &self.kind
-            && let Some(c) = v.take_prefetched(&upstream.endpoint())
-        {
+        if let Some(mut c) = self.take_prefetched(upstream) {
+            c.lease.endpoint = upstream.endpoint();
             self.revoker.nudge();
             return Ok(Issued::new(c, self.clone()));
         }
@@ -239,7 +247,23 @@ impl CredentialSource {
         result
     }
 
-    /// One request to the source, measured however long it takes (a Vault
+    /// A credential from the pool that serves `upstream`, if one is ready.
+    fn take_prefetched(&self, upstream: &UpstreamConfig) -> Option<Credential> {
+        self.pools.get()?.get(&self.pool_key(upstream))?.take()
+    }
+
+    /// Which pool serves `upstream`: Vault's credentials work for any
+    /// upstream of the source (one pool); the built-in source's roles live in
+    /// the cluster that created them (a pool per upstream server, TLS
+    /// settings and database, as its leases' `issuer`).
+    fn pool_key(&self, upstream: &UpstreamConfig) -> String {
+        match &self.kind {
+            SourceKind::Postgres(_) => postgres::issuer_key(upstream),
+            SourceKind::Vault(_) => String::new(),
+        }
+    }
+
+    /// One request to the source, measured however long it takes (a
     /// credential taken from the prefetch pool was measured when the pool
     /// fetched it).
     async fn request(
@@ -304,12 +328,62 @@ impl CredentialSource {
         }
     }
 
-    /// Start-up work: removes leftovers of earlier runs (postgres), starts the
-    /// prefetch pool (vault).
+    /// Start-up work: removes leftovers of earlier runs (postgres), then
+    /// starts the prefetch pools for `upstreams`, if configured.
     pub async fn start(self: &Arc<Self>, upstreams: &[&UpstreamConfig]) {
-        match &self.kind {
-            SourceKind::Postgres(p) => p.remove_expired_leftovers(upstreams).await,
-            SourceKind::Vault(v) => v.start(self.clone(), self.revoker.clone()),
+        self.clean_up(upstreams).await;
+        self.start_prefetch(upstreams);
+    }
+
+    /// Removes leftovers of earlier runs (postgres): roles under the prefix
+    /// whose validity has passed.
+    pub async fn clean_up(&self, upstreams: &[&UpstreamConfig]) {
+        if let SourceKind::Postgres(p) = &self.kind {
+            p.remove_expired_leftovers(upstreams).await;
+        }
+    }
+
+    /// One pool per [`CredentialSource::pool_key`] of `upstreams`, each
+    /// filled by this source's own request (measured, never cut short) and
+    /// emptied into the revoker.
+    fn start_prefetch(self: &Arc<Self>, upstreams: &[&UpstreamConfig]) {
+        let (size, max_age) = self.prefetch;
+        if size == 0 {
+            return;
+        }
+        let mut targets = HashMap::new();
+        for upstream in upstreams {
+            targets
+                .entry(self.pool_key(upstream))
+                .or_insert_with(|| (*upstream).clone());
+        }
+        let pools = targets
+            .keys()
+            .map(|key| (key.clone(), prefetch::Pool::new(size, max_age)))
+            .collect();
+        if self.pools.set(pools).is_err() {
+            return;
+        }
+        let Some(pools) = self.pools.get() else {
+            return;
+        };
+        for (key, target) in targets {
+            let me = Arc::downgrade(self);
+            let source = self.clone();
+            let revoker = self.revoker.clone();
+            pools[&key].start(
+                move || {
+                    let me = me.clone();
+                    let target = target.clone();
+                    async move {
+                        match me.upgrade() {
+                            Some(me) => me.request(&target).await,
+                            None => Err(CredentialError::new(ErrorKind::Refused, "source gone")),
+                        }
+                    }
+                },
+                Box::new(move |lease| revoker.submit(source.clone(), lease)),
+            );
         }
     }
 
@@ -317,8 +391,10 @@ impl CredentialSource {
     /// those of requests still in flight once they arrive, waited for until
     /// `deadline`; those still in flight then are logged.
     pub async fn stop(&self, deadline: Instant) {
-        if let SourceKind::Vault(v) = &self.kind {
-            v.stop(deadline).await;
+        if let Some(pools) = self.pools.get() {
+            for pool in pools.values() {
+                pool.stop(deadline).await;
+            }
         }
         let left = self.issuing.finish(deadline).await;
         if left > 0 {
@@ -336,8 +412,8 @@ impl CredentialSource {
     /// still renewed and revoked through it; [`CredentialSource::stop`] at
     /// shutdown still waits for its requests in flight.
     pub fn retire(&self) {
-        if let SourceKind::Vault(v) = &self.kind {
-            v.halt();
+        if let Some(pools) = self.pools.get() {
+            pools.values().for_each(prefetch::Pool::halt);
         }
     }
 

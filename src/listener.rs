@@ -84,7 +84,9 @@ pub async fn serve(state: Arc<State>, listener: TcpListener) {
         metrics::CONNECTIONS_ACCEPTED.increment();
         let s = state.clone();
         state.sessions.spawn(async move {
-            if let Some((tcp, admitted)) = admit(&s, tcp, peer, slot, snapshot).await {
+            // Boxed, like the handshake: done before the session begins.
+            let admitted = Box::pin(admit(&s, tcp, peer, slot, snapshot)).await;
+            if let Some((tcp, admitted)) = admitted {
                 crate::session::run(s, tcp, admitted).await;
             }
         });

@@ -1,10 +1,11 @@
 //! The relay: after the welcome, bytes flow both ways untouched.
 //!
 //! One task polls both directions (no locks, no split streams). Each direction
-//! is a [`Pump`] with its own buffer that reads, writes everything it read, and
+//! is a [`Pump`] that reads into a buffer, writes everything it read, and
 //! flushes whenever its reader has nothing more for now — so a request/response
 //! round trip costs one read and one write per leg, and bulk transfers move in
-//! large chunks.
+//! large chunks. A direction holds its buffer only while bytes are in flight
+//! ([`buffers`]): an idle session holds none.
 //!
 //! Both directions are followed by a header-only [`FrameTracker`] (type byte
 //! and length; bodies are skipped, never decoded):
@@ -39,6 +40,8 @@ use tokio::time::Instant;
 use crate::metrics::{self, Label};
 use crate::protocol::frame::FrameTracker;
 
+mod buffers;
+
 /// Which way bytes move: the `direction` of `pgwarden_relay_bytes_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -60,9 +63,10 @@ impl Label for Direction {
 pub static RELAY_BYTES: metrics::Counter<Direction> =
     metrics::Counter::new(metrics::name::RELAY_BYTES, "direction");
 
-/// Size of each direction's buffer; TLS records carry at most 16 KiB (8 KiB
-/// towards the client, see `tls::CLIENT_RECORD_PLAINTEXT`), so this takes
-/// several records per read on bulk transfers.
+/// Size of the buffer a direction reads into; TLS records carry at most 16 KiB
+/// (8 KiB towards the client, see `tls::CLIENT_RECORD_PLAINTEXT`), so this
+/// takes several records per read on bulk transfers. Lent from [`buffers`]
+/// while bytes are in flight.
 pub const RELAY_BUFFER: usize = 64 * 1024;
 
 /// Why the relay ended.
@@ -152,7 +156,9 @@ pub struct RelayOutcome {
 
 /// One direction: read into the buffer, write it all out, flush when idle.
 struct Pump {
-    buf: Box<[u8]>,
+    /// Held only while bytes are in flight (see [`buffers`]).
+    buf: Option<Box<[u8]>>,
+    /// `buf[pos..cap]` is read and not yet written.
     pos: usize,
     cap: usize,
     /// The reader reached EOF.
@@ -174,8 +180,11 @@ enum PumpState {
 
 impl Pump {
     fn new(leftover: BytesMut, counter: ::metrics::Counter) -> Self {
-        let mut buf = vec![0u8; RELAY_BUFFER.max(leftover.len())].into_boxed_slice();
-        buf[..leftover.len()].copy_from_slice(&leftover);
+        let buf = (!leftover.is_empty()).then(|| {
+            let mut buf = buffers::take(leftover.len());
+            buf[..leftover.len()].copy_from_slice(&leftover);
+            buf
+        });
         counter.increment(leftover.len() as u64);
         Pump {
             buf,
@@ -204,12 +213,8 @@ impl Pump {
     {
         loop {
             while self.pos < self.cap {
-                let n = ready!(
-                    writer
-                        .as_mut()
-                        .poll_write(cx, &self.buf[self.pos..self.cap])
-                )
-                .map_err(PumpError::Write)?;
+                let n = ready!(writer.as_mut().poll_write(cx, &self.pending()[self.pos..]))
+                    .map_err(PumpError::Write)?;
                 if n == 0 {
                     return Poll::Ready(Err(PumpError::Write(io::ErrorKind::WriteZero.into())));
                 }
@@ -223,7 +228,8 @@ impl Pump {
                 }
                 return Poll::Ready(Ok(PumpState::Done));
             }
-            let mut rb = ReadBuf::new(&mut self.buf);
+            let buf = self.buf.get_or_insert_with(|| buffers::take(RELAY_BUFFER));
+            let mut rb = ReadBuf::new(buf);
             match reader.as_mut().poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) => {
                     let n = rb.filled().len();
@@ -231,16 +237,20 @@ impl Pump {
                     self.cap = n;
                     if n == 0 {
                         self.eof = true;
+                        self.release();
                     } else {
                         self.bytes += n as u64;
                         self.counter.increment(n as u64);
-                        if !observe(&self.buf[..n]) {
+                        if !observe(&buf[..n]) {
                             return Poll::Ready(Err(PumpError::Protocol));
                         }
                     }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Read(e))),
                 Poll::Pending => {
+                    // Everything read is written: the buffer holds nothing
+                    // more, and an idle direction holds no buffer.
+                    self.release();
                     if self.unflushed {
                         ready!(writer.as_mut().poll_flush(cx)).map_err(PumpError::Write)?;
                         self.unflushed = false;
@@ -248,6 +258,31 @@ impl Pump {
                     return Poll::Ready(Ok(PumpState::Idle));
                 }
             }
+        }
+    }
+}
+
+impl Pump {
+    /// What was read and not yet written, from the start of the buffer.
+    fn pending(&self) -> &[u8] {
+        self.buf.as_deref().map_or(&[], |b| &b[..self.cap])
+    }
+
+    /// Gives the buffer back once everything in it is written.
+    fn release(&mut self) {
+        debug_assert_eq!(self.pos, self.cap, "released with bytes in flight");
+        self.pos = 0;
+        self.cap = 0;
+        if let Some(buf) = self.buf.take() {
+            buffers::give(buf);
+        }
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            buffers::give(buf);
         }
     }
 }
@@ -306,11 +341,11 @@ where
         Some(status) => FrameTracker::after_ready_for_query(status, READY_FOR_QUERY),
         None => FrameTracker::counting(READY_FOR_QUERY, &[]),
     };
-    if tracker.observe(&u2c.buf[..u2c.cap]).is_err() {
+    if tracker.observe(u2c.pending()).is_err() {
         return outcome(RelayEnd::UpstreamProtocol, &c2u, &u2c, &tracker);
     }
     let mut client_frames = ClientFrames::default();
-    client_frames.observe(&c2u.buf[..c2u.cap]);
+    client_frames.observe(c2u.pending());
     let mut idle = opts
         .idle_timeout
         .map(|d| (d, Box::pin(tokio::time::sleep(d))));

@@ -81,7 +81,10 @@ where
         ..
     } = admitted;
     let deadline = accepted + snapshot.config.listen.handshake_timeout;
-    let negotiated = snapshot.negotiator.negotiate(io, first, deadline).await;
+    // The handshake's and the login's state machines are boxed: they are done
+    // once the relay starts, and a session's task would otherwise keep room
+    // for the largest of them for as long as the session lives.
+    let negotiated = Box::pin(snapshot.negotiator.negotiate(io, first, deadline)).await;
     let (stream, startup, tls) = match negotiated {
         Err(Refused { stream, error }) => {
             return refuse(&state, peer, stream, &Error::Negotiate(error)).await;
@@ -115,8 +118,10 @@ where
         tls: tls.as_ref(),
         handshake_slot: slot,
     };
-    let established =
-        establish::establish(&state, &snapshot, stream, &startup, client, deadline).await;
+    let established = Box::pin(establish::establish(
+        &state, &snapshot, stream, &startup, client, deadline,
+    ))
+    .await;
     match established {
         Ok(est) => {
             let handshake = accepted.elapsed();

@@ -11,10 +11,14 @@ use std::time::{Duration, Instant};
 use pgwarden::dev::{CLIENT_USER, DATABASE, DevEnvironment, OWNER_ROLE};
 use secrecy::ExposeSecret;
 
-/// How long a server may take to accept connections on a loaded machine.
-const READY_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a server may take to accept connections on a loaded machine (under valgrind,
+/// too).
+const READY_DEADLINE: Duration = Duration::from_secs(180);
 /// The database role PgBouncer logs in as.
 const BOUNCER_ROLE: &str = "bench_pgbouncer";
+/// Callgrind's output files, in pgwarden's and PgBouncer's directories.
+const PGWARDEN_CALLGRIND: &str = "pgwarden.callgrind";
+const BOUNCER_CALLGRIND: &str = "pgbouncer.callgrind";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Target {
@@ -52,11 +56,28 @@ pub struct Bench {
     pub pgbouncer: Child,
     /// PgBouncer's files; it runs as the unprivileged user that runs PostgreSQL.
     pub bouncer_dir: tempfile::TempDir,
+    /// Whether both proxies run under `valgrind --tool=callgrind`.
+    pub callgrind: bool,
+}
+
+/// `program`, or `program` run by callgrind writing to `out` (counting from the start; the
+/// counting mode zeroes and dumps the counters around each run with `callgrind_control`).
+fn command(program: &str, callgrind: bool, out: &Path) -> Command {
+    if !callgrind {
+        return Command::new(program);
+    }
+    let mut cmd = Command::new("valgrind");
+    cmd.args(["--tool=callgrind", "--quiet", "--vgdb=yes"])
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(program);
+    cmd
 }
 
 impl Bench {
-    /// Starts everything; `max_sessions` sizes pgwarden's and PgBouncer's limits.
-    pub async fn start(max_sessions: usize) -> Bench {
+    /// Starts everything; `max_sessions` sizes pgwarden's and PgBouncer's limits;
+    /// `prefetch` credentials are issued ahead (`[credentials.dev] prefetch`); with
+    /// `callgrind`, both proxies run under callgrind.
+    pub async fn start(max_sessions: usize, prefetch: usize, callgrind: bool) -> Bench {
         let pgwarden_port = free_port();
         let env = DevEnvironment::create(pgwarden_port)
             .await
@@ -68,11 +89,20 @@ impl Bench {
             &format!("max_connections = {max_sessions}"),
         );
         assert!(config.contains(&format!("max_connections = {max_sessions}")));
+        let config = config.replace(
+            "ttl = \"1h\"\n",
+            &format!("ttl = \"1h\"\nprefetch = {prefetch}\n"),
+        );
+        assert!(config.contains(&format!("prefetch = {prefetch}")));
         std::fs::write(&env.config_path, config).expect("rewriting the dev configuration");
 
         let log_path = env.dir.path().join("pgwarden.log");
         let log = std::fs::File::create(&log_path).expect("a log file");
-        let mut pgwarden = Command::new(env!("CARGO_BIN_EXE_pgwarden"));
+        let mut pgwarden = command(
+            env!("CARGO_BIN_EXE_pgwarden"),
+            callgrind,
+            &env.dir.path().join(PGWARDEN_CALLGRIND),
+        );
         // pgwarden refuses PGWARDEN_* variables it does not know; pass only the one we mean.
         for (k, _) in std::env::vars() {
             if k.starts_with("PGWARDEN_") {
@@ -91,7 +121,7 @@ impl Bench {
 
         let bouncer_password = bouncer_role(&env).await;
         let (pgbouncer, pgbouncer_port, bouncer_dir) =
-            start_pgbouncer(&env, &bouncer_password, max_sessions);
+            start_pgbouncer(&env, &bouncer_password, max_sessions, callgrind);
         Bench {
             env,
             pgwarden_port,
@@ -99,6 +129,46 @@ impl Bench {
             pgwarden,
             pgbouncer,
             bouncer_dir,
+            callgrind,
+        }
+    }
+
+    /// Where callgrind writes a proxy's counts (its dumps add `.1`, `.2`, …).
+    pub fn callgrind_out(&self, target: Target) -> Option<PathBuf> {
+        match target {
+            _ if !self.callgrind => None,
+            Target::Direct => None,
+            Target::PgBouncer => Some(self.bouncer_dir.path().join(BOUNCER_CALLGRIND)),
+            Target::Pgwarden => Some(self.env.dir.path().join(PGWARDEN_CALLGRIND)),
+        }
+    }
+
+    /// Waits until no role pgwarden issued is left (its admin role, `pgwarden_admin`, is not
+    /// one): every session's credential revoked, and
+    /// none waiting in the prefetch pool counted (`keep` of them may wait there).
+    pub async fn wait_for_issued_roles_at_most(&self, keep: i64) {
+        let admin = self
+            .env
+            .cluster
+            .connect("postgres")
+            .await
+            .expect("a superuser connection");
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            let count: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_roles \
+                     WHERE rolname LIKE 'pgwarden\\_%' AND rolname <> $1",
+                    &[&pgwarden::dev::ADMIN_ROLE],
+                )
+                .await
+                .expect("counting issued roles")
+                .get(0);
+            if count <= keep {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{count} issued roles remain");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -304,6 +374,7 @@ fn start_pgbouncer(
     env: &DevEnvironment,
     password: &str,
     max_sessions: usize,
+    callgrind: bool,
 ) -> (Child, u16, tempfile::TempDir) {
     let dir = tempfile::Builder::new()
         .prefix("pgwarden-bench-pgbouncer-")
@@ -353,7 +424,7 @@ fn start_pgbouncer(
         max = max_sessions,
     );
     std::fs::write(path("pgbouncer.ini"), ini).expect("pgbouncer.ini");
-    let mut cmd = Command::new("pgbouncer");
+    let mut cmd = command("pgbouncer", callgrind, &path(BOUNCER_CALLGRIND));
     cmd.arg(path("pgbouncer.ini"))
         .stdout(Stdio::null())
         .stderr(Stdio::null());

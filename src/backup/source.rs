@@ -76,9 +76,8 @@ pub(crate) async fn build(
             });
         }
     };
-    if source.kind() == crate::credentials::outcome::SourceType::Postgres {
-        source.start(&[upstream]).await;
-    }
+    // Leftovers only: a run takes one credential, so nothing is issued ahead.
+    source.clean_up(&[upstream]).await;
     Ok(RunSource {
         source,
         revoker,

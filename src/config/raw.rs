@@ -350,6 +350,10 @@ pub struct PostgresSource {
     #[serde(default = "default_role_prefix")]
     pub role_prefix: String,
     #[serde(default)]
+    pub prefetch: usize,
+    #[serde(default = "default_prefetch_max_age", deserialize_with = "de_duration")]
+    pub prefetch_max_age: Duration,
+    #[serde(default)]
     pub on_lease_end: OnLeaseEnd,
 }
 

@@ -24,6 +24,8 @@ impl PartialEq for PostgresSourceConfig {
             ttl,
             max_ttl,
             role_prefix,
+            prefetch,
+            prefetch_max_age,
             on_lease_end,
         } = self;
         *admin_user == other.admin_user
@@ -33,6 +35,8 @@ impl PartialEq for PostgresSourceConfig {
             && *ttl == other.ttl
             && *max_ttl == other.max_ttl
             && *role_prefix == other.role_prefix
+            && *prefetch == other.prefetch
+            && *prefetch_max_age == other.prefetch_max_age
             && *on_lease_end == other.on_lease_end
     }
 }
@@ -88,6 +92,8 @@ mod tests {
             ttl: Duration::from_secs(3600),
             max_ttl: None,
             role_prefix: "pgwarden_".into(),
+            prefetch: 0,
+            prefetch_max_age: Duration::from_secs(300),
             on_lease_end: OnLeaseEnd::default(),
         }
     }

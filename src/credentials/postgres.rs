@@ -264,7 +264,7 @@ impl PostgresSource {
     /// The `issuer` of leases issued for `upstream`, remembered so that
     /// renewal and revocation reach the same server the same way.
     fn issuer(&self, upstream: &UpstreamConfig) -> String {
-        let key = format!("{} database={:?}", admin_key(upstream), upstream.database);
+        let key = issuer_key(upstream);
         lock(&self.issuers)
             .entry(key.clone())
             .or_insert_with(|| upstream.clone());
@@ -279,6 +279,12 @@ impl PostgresSource {
                 CredentialError::new(ErrorKind::LeaseGone, "lease belongs to no known upstream")
             })
     }
+}
+
+/// What a lease's `issuer` says for `upstream`: its server, TLS settings and
+/// database. Roles issued for one upstream are used only for that one.
+pub fn issuer_key(upstream: &UpstreamConfig) -> String {
+    format!("{} database={:?}", admin_key(upstream), upstream.database)
 }
 
 /// `"name"`, with embedded quotes doubled.

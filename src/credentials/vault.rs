@@ -3,8 +3,9 @@
 //!
 //! Never shared, never reused: each issued credential goes to exactly one
 //! connection, straight away or after waiting in the optional prefetch pool
-//! (which takes the Vault round trip off the connect path). A credential that
-//! waited too long in the pool is revoked, not handed out.
+//! (`credentials::prefetch`, which takes the Vault round trip off the connect
+//! path). A credential that waited too long in the pool is revoked, not
+//! handed out.
 //!
 //! A `creds` request, once sent, is never abandoned by pgwarden: Vault may
 //! create the role whether or not anyone waits for the answer. Its HTTP
@@ -12,7 +13,6 @@
 //! connection stops waiting at the timeout; see `credentials::issuance`).
 
 mod client;
-mod prefetch;
 mod transport;
 
 use std::sync::Arc;
@@ -25,12 +25,9 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::json;
 
-pub use client::{NotReady, SetupError, Vault};
-use prefetch::Pool;
-
-use super::revoker::Revoker;
 use super::{Credential, CredentialError, ErrorKind, Lease, LeaseId, Renewal};
 use crate::config::VaultSourceConfig;
+pub use client::{NotReady, SetupError, Vault};
 
 /// How much longer than `[vault] timeout` a `creds` request may take before
 /// pgwarden gives up on it. Only a Vault that stops answering altogether makes
@@ -40,7 +37,6 @@ pub const LATE_ANSWER_PATIENCE: Duration = Duration::from_secs(60);
 pub struct VaultSource {
     config: VaultSourceConfig,
     vault: Arc<Vault>,
-    pool: Pool,
 }
 
 #[derive(Deserialize)]
@@ -51,23 +47,11 @@ struct Creds {
 
 impl VaultSource {
     pub fn new(config: VaultSourceConfig, vault: Arc<Vault>) -> Self {
-        let pool = Pool::new(config.prefetch, config.prefetch_max_age);
-        Self {
-            config,
-            vault,
-            pool,
-        }
+        Self { config, vault }
     }
 
     pub fn vault(&self) -> &Arc<Vault> {
         &self.vault
-    }
-
-    /// A prefetched credential for a connection to `endpoint`, if one is ready.
-    pub fn take_prefetched(&self, endpoint: &str) -> Option<Credential> {
-        let mut c = self.pool.take()?;
-        c.lease.endpoint = endpoint.to_owned();
-        Some(c)
     }
 
     /// `GET <mount>/creds/<role>`. Callers must let it run to the end: once
@@ -171,32 +155,5 @@ impl VaultSource {
 
     pub fn renew_increment(&self, lease: &Lease) -> Duration {
         self.config.renew_increment.unwrap_or(lease.duration)
-    }
-
-    /// Starts the prefetch pool, if configured. Its fetches are measured and,
-    /// like every `creds` request, never cut short.
-    pub fn start(self: &Arc<Self>, source: Arc<super::CredentialSource>, revoker: Revoker) {
-        if self.config.prefetch > 0 {
-            let me = self.clone();
-            self.pool.start(
-                move || {
-                    let me = me.clone();
-                    async move { super::measured(super::outcome::SourceType::Vault, me.fetch("")).await }
-                },
-                Box::new(move |lease| revoker.submit(source.clone(), lease)),
-            );
-        }
-    }
-
-    /// Hands every prefetched credential to the revoker and stops fetching
-    /// more, without waiting (a reload replaced this source).
-    pub fn halt(&self) {
-        self.pool.halt();
-    }
-
-    /// Hands every prefetched credential to the revoker, and waits until
-    /// `deadline` for a fetch in flight to end (its credential goes there too).
-    pub async fn stop(&self, deadline: tokio::time::Instant) {
-        self.pool.stop(deadline).await;
     }
 }

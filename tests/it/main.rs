@@ -42,6 +42,7 @@ mod observability_files;
 mod openbao;
 mod pgjdbc;
 mod postgres_logging;
+mod postgres_prefetch;
 mod proxy_protocol;
 mod psycopg;
 mod reload;

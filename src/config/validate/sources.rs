@@ -2,6 +2,8 @@
 //! on its tag (`source`, `auth.method`) by hand rather than by serde, so that
 //! an error inside one names its key.
 
+use std::time::Duration;
+
 use secrecy::SecretString;
 
 use super::super::raw;
@@ -9,6 +11,10 @@ use super::super::{
     CredentialsConfig, PostgresSourceConfig, VaultAuthConfig, VaultConfig, VaultSourceConfig,
 };
 use super::Validator;
+
+/// The most credentials a source issues ahead (per upstream for the built-in
+/// source): each is a live role or lease waiting to be used.
+pub const MAX_PREFETCH: usize = 64;
 
 impl Validator<'_> {
     /// One `[credentials.<name>]` table.
@@ -126,6 +132,13 @@ impl Validator<'_> {
                 if p.role_prefix.is_empty() || p.role_prefix.len() > 32 {
                     self.err(format!("{what}: role_prefix must be 1 to 32 characters"));
                 }
+                self.prefetch(&what, p.prefetch, p.prefetch_max_age);
+                if p.prefetch > 0 && p.prefetch_max_age >= p.ttl {
+                    self.err(format!(
+                        "{what}: prefetch_max_age must be shorter than ttl (a credential \
+                         waiting longer would be stopped as soon as it is used)"
+                    ));
+                }
                 Some(CredentialsConfig::Postgres(PostgresSourceConfig {
                     admin_user: p.admin_user,
                     admin_password: password?,
@@ -134,6 +147,8 @@ impl Validator<'_> {
                     ttl: p.ttl,
                     max_ttl: p.max_ttl,
                     role_prefix: p.role_prefix,
+                    prefetch: p.prefetch,
+                    prefetch_max_age: p.prefetch_max_age,
                     on_lease_end: p.on_lease_end,
                 }))
             }
@@ -141,6 +156,7 @@ impl Validator<'_> {
                 if v.role.is_empty() || v.mount.is_empty() {
                     self.err(format!("{what}: mount and role must not be empty"));
                 }
+                self.prefetch(&what, v.prefetch, v.prefetch_max_age);
                 Some(CredentialsConfig::Vault(VaultSourceConfig {
                     mount: v.mount.trim_matches('/').to_owned(),
                     role: v.role,
@@ -150,6 +166,17 @@ impl Validator<'_> {
                     on_lease_end: v.on_lease_end,
                 }))
             }
+        }
+    }
+
+    /// `prefetch` within [`MAX_PREFETCH`], and a `prefetch_max_age` a
+    /// credential can be used within.
+    fn prefetch(&mut self, what: &str, prefetch: usize, max_age: Duration) {
+        if prefetch > MAX_PREFETCH {
+            self.err(format!("{what}: prefetch must be at most {MAX_PREFETCH}"));
+        }
+        if max_age < Duration::from_secs(1) {
+            self.err(format!("{what}: prefetch_max_age must be at least 1s"));
         }
     }
 

@@ -102,6 +102,8 @@ pub struct Options {
     pub on_lease_end: Option<String>,
     /// `None`: the default prefix.
     pub role_prefix: Option<String>,
+    /// The built-in source's `prefetch` and `prefetch_max_age`; `None`: not set.
+    pub prefetch: Option<(usize, String)>,
     /// Credentials from a Vault double instead of the built-in source.
     pub vault: Option<VaultOptions>,
     /// Credentials from a real OpenBao set up by `config/vault/setup.sh` (on a cluster
@@ -193,6 +195,7 @@ impl Default for Options {
             max_ttl: None,
             on_lease_end: None,
             role_prefix: None,
+            prefetch: None,
             vault: None,
             openbao: None,
             admin: false,
@@ -780,6 +783,9 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
     }
     if let Some(p) = &opts.role_prefix {
         t += &format!("role_prefix = {}\n", q(p));
+    }
+    if let Some((n, max_age)) = &opts.prefetch {
+        t += &format!("prefetch = {n}\nprefetch_max_age = {}\n", q(max_age));
     }
     t
 }

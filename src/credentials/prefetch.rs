@@ -1,10 +1,13 @@
 //! The prefetch pool: up to N credentials issued ahead, each used once.
 //!
-//! A background task (the filler) keeps the pool full. A credential older than
-//! `prefetch_max_age` — or so close to its lease's end that a session would be
-//! stopped at once (Vault's TTL may be shorter than `prefetch_max_age`) — is
-//! revoked and replaced, never handed out; at shutdown the pool is emptied into
-//! the revoker. Pooled leases count as active leases.
+//! Any source can fill one: it is given the request that issues a credential
+//! (Vault's `creds` read, the built-in source's `CREATE ROLE`) and where to
+//! send the leases it must not hand out (the revoker). A background task (the
+//! filler) keeps the pool full. A credential older than `prefetch_max_age` —
+//! or so close to its lease's end that a session would be stopped at once
+//! (the lease may be shorter than `prefetch_max_age`) — is revoked and
+//! replaced, never handed out; at shutdown the pool is emptied into the
+//! revoker. Pooled leases count as active leases.
 //!
 //! No credential may slip past shutdown: whether the pool has stopped is kept
 //! under the same lock as the credentials, so the filler either pushes before
@@ -25,7 +28,7 @@ use crate::credentials::{Credential, CredentialError, Lease};
 use crate::metrics::{self, GaugeGuard};
 
 /// Where expired and leftover credentials go: the revoker.
-pub(super) type Disposal = Box<dyn Fn(Lease) + Send + Sync>;
+pub(crate) type Disposal = Box<dyn Fn(Lease) + Send + Sync>;
 
 struct Pooled {
     credential: Credential,
@@ -51,7 +54,7 @@ struct Inner {
     disposal: Mutex<Option<Disposal>>,
 }
 
-pub(super) struct Pool {
+pub(crate) struct Pool {
     inner: Arc<Inner>,
     /// The filler, waited for at shutdown.
     filler: Mutex<Option<JoinHandle<()>>>,
@@ -62,7 +65,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Pool {
-    pub(super) fn new(size: usize, max_age: Duration) -> Self {
+    pub(crate) fn new(size: usize, max_age: Duration) -> Self {
         Pool {
             inner: Arc::new(Inner {
                 size,
@@ -77,7 +80,7 @@ impl Pool {
     }
 
     /// A pooled credential young enough to use, if any.
-    pub(super) fn take(&self) -> Option<Credential> {
+    pub(crate) fn take(&self) -> Option<Credential> {
         if self.inner.size == 0 {
             return None;
         }
@@ -99,7 +102,7 @@ impl Pool {
         found
     }
 
-    pub(super) fn start<F, Fut>(&self, fetch: F, disposal: Disposal)
+    pub(crate) fn start<F, Fut>(&self, fetch: F, disposal: Disposal)
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Credential, CredentialError>> + Send,
@@ -112,7 +115,7 @@ impl Pool {
     /// Stops filling and hands every pooled credential to the disposal, now;
     /// a fetch in flight runs to the end and its credential is disposed of
     /// too. [`Pool::stop`] then waits for it.
-    pub(super) fn halt(&self) {
+    pub(crate) fn halt(&self) {
         let drained = {
             let mut ready = lock(&self.inner.ready);
             ready.stopped = true;
@@ -127,7 +130,7 @@ impl Pool {
     /// Stops filling, hands every pooled credential to the disposal, and waits
     /// until `deadline` for the filler to end: a fetch in flight runs to the
     /// end and its credential is disposed of too.
-    pub(super) async fn stop(&self, deadline: Instant) {
+    pub(crate) async fn stop(&self, deadline: Instant) {
         self.halt();
         let filler = lock(&self.filler).take();
         if let Some(filler) = filler
