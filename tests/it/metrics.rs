@@ -505,7 +505,15 @@ async fn vault_token_upkeep_is_counted_by_outcome() {
         s.get(&series("renewal_failure")) + s.get(&series("login_failure")) >= 1.0
     })
     .await;
+    let upkept = |s: &Scrape| s.get(&series("renewed")) + s.get(&series("login"));
+    let before_up = upkept(&Scrape::take(&h).await);
     h.vault().set_mode(Mode::Up);
+    // The token may have expired while Vault was down: connections work again
+    // once the upkeep has renewed it or logged in afresh, not before.
+    wait_metric(&h, "a renewal or login after Vault is back", |s| {
+        upkept(s) > before_up
+    })
+    .await;
     let c = h.connect().await;
     c.simple_query("SELECT 1").await.unwrap();
     assert!(!h.logs.events("vault_token_failed").is_empty());
