@@ -172,7 +172,7 @@ impl PostgresSource {
         role: &str,
     ) -> Result<(), CredentialError> {
         let admin_db = &self.config.admin_database;
-        let upkeep = self.admin(upstream, admin_db, Purpose::Upkeep).await;
+        let upkeep = self.admin(upstream, admin_db, Purpose::revoke(role)).await;
         let member = format!("GRANT {} TO CURRENT_USER", quote_ident(role));
         let backends = upkeep.backends_of(role, &self.config).await?;
         if !backends.is_empty() {
@@ -198,7 +198,7 @@ impl PostgresSource {
                     databases.push(admin_db);
                 }
                 for database in databases {
-                    let admin = self.admin(upstream, database, Purpose::Upkeep).await;
+                    let admin = self.admin(upstream, database, Purpose::revoke(role)).await;
                     admin.execute(&clean, &self.config).await?;
                 }
                 upkeep.execute(&drop, &self.config).await

@@ -37,10 +37,31 @@ pub(super) struct AdminConnection {
 /// What an admin connection is for. Issuing has a connection of its own, so
 /// a `CREATE ROLE` never queues behind renewals, revocations and their
 /// clean-up (which may wait on locks, and retry) on the same connection.
+/// Revocations share [`REVOKE_CONNECTIONS`] connections of their own: each
+/// may wait up to 5 s for a killed session's backend to exit, and under
+/// churn one connection could not drop roles as fast as sessions end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Purpose {
     Issue,
+    /// Renewals and the search for leftovers.
     Upkeep,
+    /// Dropping a role and cleaning up after it, on the connection with this
+    /// number (below [`REVOKE_CONNECTIONS`]).
+    Revoke(usize),
+}
+
+/// How many admin connections per server and database drop roles at once.
+pub(super) const REVOKE_CONNECTIONS: usize = 4;
+
+impl Purpose {
+    /// The revocation connection for `role`: the same for every attempt at
+    /// one role, spread evenly over issued roles' random names.
+    pub(super) fn revoke(role: &str) -> Purpose {
+        let hash = role.bytes().fold(0usize, |h, b| {
+            h.wrapping_mul(31).wrapping_add(usize::from(b))
+        });
+        Purpose::Revoke(hash % REVOKE_CONNECTIONS)
+    }
 }
 
 /// What makes two routes' admin connections the same one: the server and how
@@ -366,5 +387,26 @@ impl HostAddr for tokio_postgres::Config {
             self.hostaddr(ip);
         }
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Purpose, REVOKE_CONNECTIONS};
+
+    #[test]
+    fn revocations_of_one_role_share_a_connection_and_roles_spread_over_all() {
+        assert_eq!(
+            Purpose::revoke("pgwarden_ab12"),
+            Purpose::revoke("pgwarden_ab12")
+        );
+        let mut used = [0usize; REVOKE_CONNECTIONS];
+        for i in 0..400 {
+            match Purpose::revoke(&format!("pgwarden_{i:08x}")) {
+                Purpose::Revoke(n) => used[n] += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(used.iter().all(|&n| n >= 50), "{used:?}");
     }
 }
