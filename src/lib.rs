@@ -28,3 +28,20 @@ pub(crate) mod state;
 pub mod systemd;
 pub mod tls;
 pub(crate) mod upstream;
+
+/// What the fuzz targets in `fuzz/` call that is not otherwise public. Not an
+/// API: it exists so that the crate's modules can stay `pub(crate)`.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::protocol::startup::StartupMessage;
+    use crate::session::ParameterRefusal;
+
+    /// `session::parameters::forwarded`: the startup parameters a route lets
+    /// through to the database, with `options` rewritten.
+    pub fn forwarded(
+        startup: &StartupMessage,
+        allowed: &[String],
+    ) -> Result<Vec<(String, String)>, ParameterRefusal> {
+        crate::session::forwarded(startup, allowed)
+    }
+}
