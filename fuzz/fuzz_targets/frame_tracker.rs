@@ -128,38 +128,58 @@ struct Expected {
     uncounted_since: bool,
 }
 
-fn model_at(
-    stream: &[u8],
-    headers: &[Header],
-    offset: usize,
+/// The model's walk through the stream: the headers completed so far, in order.
+struct Model<'a> {
+    stream: &'a [u8],
+    headers: &'a [Header],
+    /// Headers before this index are complete at the current offset.
+    next: usize,
     initial: Option<u8>,
-    counted: &[u8],
-    neutral: &[u8],
-) -> Expected {
-    let mut e = Expected {
-        at_boundary: offset == 0,
-        last_tag: initial.map(|_| b'Z'),
-        ready_status: if offset == 0 { initial } else { None },
-        count: 0,
-        uncounted_since: false,
-    };
-    for h in headers.iter().filter(|h| h.start + 5 <= offset) {
-        e.last_tag = Some(h.tag);
-        if counted.contains(&h.tag) {
-            e.count += 1;
-            e.uncounted_since = false;
-        } else if !neutral.contains(&h.tag) {
-            e.uncounted_since = true;
-        }
-        let end = h.start + 1 + h.len as usize;
-        if end == offset {
-            e.at_boundary = true;
-            if h.tag == b'Z' && h.len == 5 {
-                e.ready_status = Some(stream[end - 1]);
+    counted: &'a [u8],
+    neutral: &'a [u8],
+    last_tag: Option<u8>,
+    count: u64,
+    uncounted_since: bool,
+}
+
+impl Model<'_> {
+    /// What the tracker must report after `offset` bytes (offsets only grow).
+    fn at(&mut self, offset: usize) -> Expected {
+        while let Some(h) = self
+            .headers
+            .get(self.next)
+            .filter(|h| h.start + 5 <= offset)
+        {
+            self.last_tag = Some(h.tag);
+            if self.counted.contains(&h.tag) {
+                self.count += 1;
+                self.uncounted_since = false;
+            } else if !self.neutral.contains(&h.tag) {
+                self.uncounted_since = true;
             }
+            self.next += 1;
+        }
+        // Only the latest complete header's message can end exactly here: an
+        // earlier one ended where a later header began.
+        let ended_here = self
+            .next
+            .checked_sub(1)
+            .map(|i| &self.headers[i])
+            .filter(|h| h.start + 1 + h.len as usize == offset);
+        let (at_boundary, ready_status) = match ended_here {
+            _ if offset == 0 => (true, self.initial),
+            Some(h) if h.tag == b'Z' && h.len == 5 => (true, Some(self.stream[offset - 1])),
+            Some(_) => (true, None),
+            None => (false, None),
+        };
+        Expected {
+            at_boundary,
+            last_tag: self.last_tag,
+            ready_status,
+            count: self.count,
+            uncounted_since: self.uncounted_since,
         }
     }
-    e
 }
 
 fn check_tracker(
@@ -176,6 +196,17 @@ fn check_tracker(
         .last()
         .filter(|h| h.len < 4 && h.start + 5 <= stream.len())
         .map(|h| h.start + 5);
+    let mut model = Model {
+        stream,
+        headers,
+        next: 0,
+        initial,
+        counted,
+        neutral,
+        last_tag: initial.map(|_| b'Z'),
+        count: 0,
+        uncounted_since: false,
+    };
     for &(from, to) in chunks {
         let result = tracker.observe(&stream[from..to]);
         match error_at {
@@ -193,8 +224,7 @@ fn check_tracker(
             count: tracker.count(),
             uncounted_since: tracker.uncounted_since(),
         };
-        let expected = model_at(stream, headers, to, initial, counted, neutral);
-        assert_eq!(seen, expected, "after {to} bytes");
+        assert_eq!(seen, model.at(to), "after {to} bytes");
     }
 }
 
