@@ -15,7 +15,8 @@
 //! SCRAM-SHA-256-PLUS login only over TLS, never a "y" (client thinks the
 //! server cannot bind) over TLS where -PLUS is offered, and an unknown user
 //! or a trust user from outside its network never; a raw-mode client, which
-//! cannot know the server's nonce, never succeeds.
+//! cannot know the server's nonce, never succeeds. `FUZZ_TRACE=1` prints
+//! each input's outcome.
 #![no_main]
 
 use std::collections::HashMap;
@@ -231,6 +232,11 @@ fuzz_target!(|data: &[u8]| {
         (result, s.written, first, proof)
     };
 
+    static TRACE: OnceLock<bool> = OnceLock::new();
+    if *TRACE.get_or_init(|| std::env::var_os("FUZZ_TRACE").is_some()) {
+        // To see where a seed leads: FUZZ_TRACE=1 <binary> <seed files>.
+        eprintln!("user {user}, tls {tls}, raw {raw}: {result:?}");
+    }
     let messages = backend_messages(&written);
     assert!(
         messages.iter().all(|(tag, _)| *tag == b'R'),
