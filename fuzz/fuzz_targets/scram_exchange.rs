@@ -213,7 +213,7 @@ fuzz_target!(|data: &[u8]| {
 
     let (result, written, first, proof) = if raw {
         let mut framed = FramedStream::new(ScriptedStream::new(vec![rest.to_vec()], chunk));
-        let result = block_on(auth.authenticate(&mut framed, user, peer, tls));
+        let result = block_on(auth.authenticate(&mut framed, user, peer, tls, None));
         let (s, _) = framed.into_parts();
         (result, s.written, Vec::new(), None)
     } else {
@@ -226,7 +226,7 @@ fuzz_target!(|data: &[u8]| {
         };
         let first = client.first.clone();
         let mut framed = FramedStream::new(ScriptedStream::new(client, chunk));
-        let result = block_on(auth.authenticate(&mut framed, user, peer, tls));
+        let result = block_on(auth.authenticate(&mut framed, user, peer, tls, None));
         let (s, _) = framed.into_parts();
         let proof = s.script_ref().proof.clone();
         (result, s.written, first, proof)
