@@ -13,10 +13,12 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Runs `fut` to completion on a current-thread runtime made once per thread.
+/// Runs `fut` to completion on a current-thread runtime made once per thread
+/// (with time, for readers that take a deadline).
 pub fn block_on<F: Future>(fut: F) -> F::Output {
     thread_local! {
         static RT: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .expect("a current-thread runtime");
     }
