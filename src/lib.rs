@@ -28,3 +28,67 @@ pub(crate) mod state;
 pub mod systemd;
 pub mod tls;
 pub(crate) mod upstream;
+
+/// What the fuzz targets in `fuzz/` call that is not otherwise public. Not an
+/// API: it exists so that the crate's modules can stay `pub(crate)`.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::protocol::startup::StartupMessage;
+    use crate::session::ParameterRefusal;
+
+    /// `session::parameters::forwarded`: the startup parameters a route lets
+    /// through to the database, with `options` rewritten.
+    pub fn forwarded(
+        startup: &StartupMessage,
+        allowed: &[String],
+    ) -> Result<Vec<(String, String)>, ParameterRefusal> {
+        crate::session::forwarded(startup, allowed)
+    }
+
+    /// What `listener::proxy::read_trusted` made of a trusted peer's first bytes.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum ProxyStart {
+        Client(std::net::SocketAddr),
+        Balancer,
+        /// No header: the first byte of the PostgreSQL stream.
+        Stream(u8),
+    }
+
+    /// Why `listener::proxy::read_trusted` refused, without the message.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum ProxyRefusal {
+        Timeout,
+        Closed,
+        Io,
+        Missing,
+        TooLong,
+        Oversized(usize),
+        Malformed,
+        Datagram,
+    }
+
+    /// `listener::proxy::read_trusted` with a deadline an hour away (needs a
+    /// runtime with time enabled).
+    pub async fn read_proxy_header<S: tokio::io::AsyncRead + Unpin>(
+        io: &mut S,
+        required: bool,
+    ) -> Result<ProxyStart, ProxyRefusal> {
+        use crate::listener::proxy::{Proxied, ProxyError as E, Start, read_trusted};
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
+        match read_trusted(io, required, deadline).await {
+            Ok(Start::Header(Proxied::Client(a))) => Ok(ProxyStart::Client(a)),
+            Ok(Start::Header(Proxied::Balancer)) => Ok(ProxyStart::Balancer),
+            Ok(Start::Stream(b)) => Ok(ProxyStart::Stream(b)),
+            Err(e) => Err(match e {
+                E::Timeout => ProxyRefusal::Timeout,
+                E::Closed => ProxyRefusal::Closed,
+                E::Io(_) => ProxyRefusal::Io,
+                E::Missing => ProxyRefusal::Missing,
+                E::TooLong => ProxyRefusal::TooLong,
+                E::Oversized(n) => ProxyRefusal::Oversized(n),
+                E::Malformed(_) => ProxyRefusal::Malformed,
+                E::Datagram => ProxyRefusal::Datagram,
+            }),
+        }
+    }
+}

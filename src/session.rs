@@ -35,6 +35,8 @@ pub use error::{Error, Kind, RejectReason, StartupRefusal};
 pub(crate) use error::{GOODBYE_TIMEOUT, refuse};
 pub use establish::Established;
 pub use parameters::ParameterRefusal;
+/// For [`crate::fuzzing`] only.
+pub(crate) use parameters::forwarded;
 
 /// Serves one admitted connection: its handshake slot is given back once the
 /// client authenticated and took one of `max_connections` session slots (or

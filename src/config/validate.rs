@@ -232,12 +232,40 @@ impl Validator<'_> {
         }
     }
 
+    /// How `value`, given for `what` (`[section] key …`), is named in an error:
+    /// quoted, unless an environment override set it — an override may carry a
+    /// secret, so its value is never echoed (see `env`); the variable is named.
+    fn shown(&self, what: &str, value: impl std::fmt::Display) -> String {
+        match self.override_of(what) {
+            Some(o) => format!("the value of {}", o.variable),
+            None => format!("`{value}`"),
+        }
+    }
+
+    /// A path as an error names it: itself, or the variable that set it.
+    fn shown_path(&self, what: &str, p: &Path) -> String {
+        match self.override_of(what) {
+            Some(o) => format!("the file {} names", o.variable),
+            None => p.display().to_string(),
+        }
+    }
+
+    /// The override that set the key `what` describes, if one did.
+    fn override_of(&self, what: &str) -> Option<&Override> {
+        let (section, rest) = what.strip_prefix('[')?.split_once(']')?;
+        let key = rest.split_whitespace().next()?;
+        self.overrides
+            .iter()
+            .find(|o| o.section == section && o.key == key)
+    }
+
     fn readable(&mut self, what: &str, p: &Path) -> Option<PathBuf> {
         let p = self.path(p);
         match std::fs::read(&p) {
             Ok(_) => Some(p),
             Err(e) => {
-                self.err(format!("{what}: cannot read {}: {e}", p.display()));
+                let shown = self.shown_path(what, &p);
+                self.err(format!("{what}: cannot read {shown}: {e}"));
                 None
             }
         }
@@ -251,13 +279,15 @@ impl Validator<'_> {
                 let s = s.strip_suffix('\n').unwrap_or(&s);
                 let s = s.strip_suffix('\r').unwrap_or(s);
                 if s.is_empty() {
-                    self.err(format!("{what}: {} is empty", p.display()));
+                    let shown = self.shown_path(what, &p);
+                    self.err(format!("{what}: {shown} is empty"));
                     return None;
                 }
                 Some(SecretString::from(s.to_owned()))
             }
             Err(e) => {
-                self.err(format!("{what}: cannot read {}: {e}", p.display()));
+                let shown = self.shown_path(what, &p);
+                self.err(format!("{what}: cannot read {shown}: {e}"));
                 None
             }
         }
@@ -267,8 +297,9 @@ impl Validator<'_> {
         match s.parse() {
             Ok(a) => Some(a),
             Err(_) => {
+                let shown = self.shown(what, s);
                 self.err(format!(
-                    "{what}: `{s}` is not an address:port (e.g. 0.0.0.0:6432 or [::]:6432)"
+                    "{what}: {shown} is not an address:port (e.g. 0.0.0.0:6432 or [::]:6432)"
                 ));
                 None
             }
@@ -280,8 +311,9 @@ impl Validator<'_> {
             .filter_map(|s| match parse_cidr(s) {
                 Some(n) => Some(n),
                 None => {
+                    let shown = self.shown(what, s);
                     self.err(format!(
-                        "{what}: `{s}` is not a CIDR (e.g. 10.0.5.0/24, ::1/128) or IP address"
+                        "{what}: {shown} is not a CIDR (e.g. 10.0.5.0/24, ::1/128) or IP address"
                     ));
                     None
                 }
@@ -291,8 +323,9 @@ impl Validator<'_> {
 
     fn log_level(&mut self, level: &str) {
         if level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            let shown = self.shown("[log] level", level);
             self.err(format!(
-                "[log] level: `{level}` is not a level or filter (error, warn, info, debug, trace)"
+                "[log] level: {shown} is not a level or filter (error, warn, info, debug, trace)"
             ));
         }
     }
@@ -497,4 +530,53 @@ pub fn parse_cidr(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>()
         .ok()
         .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Found by the `config_loader` fuzz target: validation quoted the value of
+    /// an environment override back (`[listen] address: `<value>` is not an
+    /// address:port`), though an override may carry a secret (`env`).
+    #[test]
+    fn an_overrides_value_is_never_echoed() {
+        const BASE: &str = "[listen]\nrequire_tls = false\nallow = [\"127.0.0.1\"]\n\
+            [[users]]\nname = \"u\"\nauth = \"trust\"\ntrust_from = [\"127.0.0.1\"]\n\
+            [[routes]]\ndatabase = \"db\"\nusers = [\"u\"]\ncredentials = \"pg\"\n\
+            upstream = { host = \"127.0.0.1\", tls = \"disable\", allow_insecure_auth = true }\n\
+            [credentials.pg]\nsource = \"postgres\"\nadmin_user = \"admin\"\n";
+        let secret = "Zq7SECRETvx9Kp2";
+        let dir = tempfile::tempdir().unwrap();
+        for (variable, value, in_file) in [
+            ("PGWARDEN_LISTEN_ADDRESS", secret.to_owned(), ""),
+            ("PGWARDEN_LISTEN_ALLOW", format!("[\"{secret}\"]"), ""),
+            ("PGWARDEN_ADMIN_ADDRESS", secret.to_owned(), ""),
+            ("PGWARDEN_LOG_LEVEL", format!("{secret}=nonsense="), ""),
+            (
+                "PGWARDEN_LISTEN_TLS_CERT_FILE",
+                secret.to_owned(),
+                "tls_key_file = \"k\"\n",
+            ),
+            ("PGWARDEN_AUDIT_CREDENTIALS", secret.to_owned(), ""),
+        ] {
+            let env = [(variable.to_owned(), value)];
+            let text = BASE.replace("[listen]\n", &format!("[listen]\n{in_file}"));
+            let errors = crate::config::from_str(&text, dir.path(), env)
+                .expect_err("the override is invalid")
+                .to_string();
+            assert!(!errors.contains(secret), "{variable}: {errors}");
+            assert!(errors.contains(variable), "{variable}: {errors}");
+        }
+        // A value written in the file is still quoted: it is the file's author's.
+        let errors = crate::config::from_str(
+            &BASE.replace("[listen]\n", "[listen]\naddress = \"nowhere\"\n"),
+            dir.path(),
+            [],
+        )
+        .expect_err("the address is invalid")
+        .to_string();
+        assert!(
+            errors.contains("`nowhere` is not an address:port"),
+            "{errors}"
+        );
+    }
 }

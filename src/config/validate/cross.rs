@@ -97,8 +97,9 @@ impl Validator<'_> {
         if let Some(name) = &a.credentials
             && !declared.credentials.contains(name)
         {
+            let shown = self.shown("[audit] credentials", name);
             self.err(format!(
-                "[audit] credentials `{name}` is not defined in [credentials.*]"
+                "[audit] credentials {shown} is not defined in [credentials.*]"
             ));
         }
         AuditConfig {
