@@ -415,11 +415,7 @@ async fn a_misconfigured_cluster_fails_each_check_for_its_reason() {
         "the password is echoed"
     );
 
-    let free = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let free = crate::support::harness::refusing_port();
     let text = std::fs::read_to_string(&fx.config_path).unwrap();
     let down = fx.dir.path().join("down.toml");
     std::fs::write(

@@ -71,10 +71,8 @@ async fn healthcheck_follows_readiness_as_vault_goes_down_and_returns() {
 
 #[tokio::test]
 async fn healthcheck_fails_when_nothing_listens_or_nothing_answers() {
-    // A port that was just free: connection refused.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let closed_addr = closed.local_addr().unwrap();
-    drop(closed);
+    // A port bound by a socket that never listens: connection refused.
+    let closed_addr = format!("127.0.0.1:{}", crate::support::harness::refusing_port());
     let refused = probe(&format!("http://{closed_addr}/readyz"), "10s").await;
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
     assert!(text(&refused).contains("no answer"), "{}", text(&refused));

@@ -742,11 +742,7 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
         t += "\n";
     }
     if let Some(database) = &opts.unreachable_route {
-        // A port that was free a moment ago; nothing listens on it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = refusing_port();
         t += &format!(
             "[[routes]]\ndatabase = {}\nusers = [\"*\"]\n\
              upstream = {{ host = \"127.0.0.1\", port = {port}, database = {}, tls = \"verify-full\", ca_file = \"ca.crt\", connect_timeout = \"5s\" }}\n\
@@ -793,6 +789,29 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
 /// The value of `series` in a Prometheus text exposition, if present. Labels
 /// may come in any order: `series` matches when the name is equal and every
 /// `label="value"` it gives appears.
+/// A port on 127.0.0.1 where a connection is refused, for as long as the
+/// tests run: bound by a socket that never listens and is never closed. A
+/// port that was merely free a moment ago can be taken by another test's
+/// cluster or listener in between (it happened: a route meant to be
+/// unreachable reached another test's server and failed on auth).
+pub fn refusing_port() -> u16 {
+    static HELD: std::sync::OnceLock<(socket2::Socket, u16)> = std::sync::OnceLock::new();
+    HELD.get_or_init(|| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("a socket");
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+        socket.bind(&any.into()).expect("binding a port");
+        let port = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("the bound address")
+            .port();
+        (socket, port)
+    })
+    .1
+}
+
 pub fn parse_metric(body: &str, series: &str) -> Option<f64> {
     let (name, labels) = match series.split_once('{') {
         Some((n, l)) => (
