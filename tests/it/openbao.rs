@@ -163,18 +163,6 @@ async fn shipped_roles_act_as_documented_and_every_exit_leaves_no_lease_or_role(
     h.assert_no_secrets_logged();
 }
 
-/// `VALID UNTIL` of `role`, as text; `None` once the role is gone.
-async fn valid_until(h: &Harness, role: &str) -> Option<String> {
-    h.direct()
-        .query_opt(
-            "SELECT rolvaliduntil::text FROM pg_roles WHERE rolname = $1",
-            &[&role],
-        )
-        .await
-        .unwrap()
-        .and_then(|r| r.get(0))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_moves_valid_until_and_the_max_ttl_recycles_an_idle_session() {
     // Leases of 3 s, at most 8 s, set on both roles after setup.sh as an operator would
@@ -188,11 +176,11 @@ async fn renewal_moves_valid_until_and_the_max_ttl_recycles_an_idle_session() {
     let (c, conn) = h.connect_parts(&h.pg_config()).await.unwrap();
     let conn = tokio::spawn(conn);
     let role = session_user(&c).await;
-    let first = valid_until(&h, &role).await.expect("VALID UNTIL is set");
+    let first = h.valid_until(&role).await.expect("VALID UNTIL is set");
     // Each renewal runs renewal.sql: VALID UNTIL moves (seen twice before the max TTL).
     let mut seen = vec![first.clone()];
     wait_until(GENEROUS, "VALID UNTIL moved twice", async || {
-        if let Some(now) = valid_until(&h, &role).await
+        if let Some(now) = h.valid_until(&role).await
             && !seen.contains(&now)
         {
             seen.push(now);

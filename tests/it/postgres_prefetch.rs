@@ -13,18 +13,6 @@ fn prefetching(n: usize, max_age: &str) -> Options {
     }
 }
 
-/// A role's `VALID UNTIL`, if the role exists and has one.
-async fn valid_until(h: &Harness, role: &str) -> Option<String> {
-    h.direct()
-        .query_opt(
-            "SELECT rolvaliduntil::text FROM pg_roles WHERE rolname = $1",
-            &[&role],
-        )
-        .await
-        .unwrap()
-        .and_then(|r| r.get(0))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_prefetch_hands_each_role_to_one_connection_and_refills() {
     let mut h = Harness::start(prefetching(2, "5m")).await;
@@ -37,7 +25,7 @@ async fn postgres_prefetch_hands_each_role_to_one_connection_and_refills() {
     let user_a = session_user(&a).await;
     assert!(pooled.contains(&user_a), "{user_a} came from {pooled:?}");
     assert!(
-        valid_until(&h, &user_a).await.is_some(),
+        h.valid_until(&user_a).await.is_some(),
         "a role of its own, with a validity"
     );
     // The pool refills behind the connection: two waiting, one in use.

@@ -9,17 +9,6 @@ use crate::support::harness::{
 };
 use crate::support::vault_double::Mode;
 
-async fn valid_until(h: &Harness, role: &str) -> Option<String> {
-    h.direct()
-        .query_opt(
-            "SELECT rolvaliduntil::text FROM pg_roles WHERE rolname = $1",
-            &[&role],
-        )
-        .await
-        .unwrap()
-        .and_then(|r| r.get(0))
-}
-
 /// After a test: every lease revoked, every role gone, no secret logged.
 async fn finish(mut h: Harness) {
     h.shutdown().await;
@@ -81,7 +70,7 @@ async fn long_session_outlives_three_short_leases() {
     .await;
     let c = h.connect().await;
     let role = session_user(&c).await;
-    let first = valid_until(&h, &role).await.expect("role has VALID UNTIL");
+    let first = h.valid_until(&role).await.expect("role has VALID UNTIL");
     let start = Instant::now();
     let mut last = first.clone();
     let mut advanced = 0;
@@ -89,7 +78,7 @@ async fn long_session_outlives_three_short_leases() {
     while start.elapsed() < Duration::from_secs(11) {
         let n: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
         assert_eq!(n, 1);
-        let now = valid_until(&h, &role).await.expect("role still exists");
+        let now = h.valid_until(&role).await.expect("role still exists");
         if now != last {
             advanced += 1;
             last = now;

@@ -482,6 +482,18 @@ impl Harness {
         &self.direct
     }
 
+    /// `VALID UNTIL` of `role`, as text; `None` when the role has none or is gone.
+    pub async fn valid_until(&self, role: &str) -> Option<String> {
+        self.direct
+            .query_opt(
+                "SELECT rolvaliduntil::text FROM pg_roles WHERE rolname = $1",
+                &[&role],
+            )
+            .await
+            .expect("reading a role's VALID UNTIL")
+            .and_then(|r| r.get(0))
+    }
+
     /// Roles under the credential source's prefix, sorted. The admin role is left out: the
     /// dev names put it under the default prefix (`pgwarden_admin`).
     pub async fn dynamic_roles(&self) -> Vec<String> {
