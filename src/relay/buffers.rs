@@ -61,7 +61,7 @@ mod tests {
     use bytes::BytesMut;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
-    use super::super::{Pump, PumpState};
+    use super::super::pump::{Pump, PumpState};
 
     #[tokio::test]
     async fn a_direction_holds_a_buffer_only_while_bytes_are_in_flight() {
