@@ -201,10 +201,19 @@ async fn session(
         }
     };
     drop(client);
-    // The connection's own end tells why a query failed (a FATAL arrives there).
+    // The connection's own end tells why a query failed: a FATAL that came while no
+    // query was pending ends the connection with it. One that came while a query was
+    // pending goes to the query, and the connection then ends "closed": whichever of
+    // the two errors carries a SQLSTATE is the one that says why.
     let ended = tokio::time::timeout(Duration::from_secs(30), &mut connection).await;
+    let result = match (result, &ended) {
+        (Err(e), Ok(Ok(Err(c)))) if e.as_db_error().is_none() && c.as_db_error().is_some() => {
+            Ok(())
+        }
+        (result, _) => result,
+    };
     match (result, ended) {
-        (_, Ok(Ok(Err(e)))) | (Err(e), _) => {
+        (Err(e), _) | (_, Ok(Ok(Err(e)))) => {
             let step = format!(
                 "{} ({:.1} s after connecting)",
                 plan.name(),

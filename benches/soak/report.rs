@@ -25,6 +25,8 @@ pub struct End {
     pub leases_active: f64,
     pub sessions_active: f64,
     pub rss_idle_kib: u64,
+    /// Sessions pgwarden ended, by `close_reason`.
+    pub session_ends: Vec<(String, f64)>,
     /// With the Vault double: leases it still holds, credentials it issued, and revocations
     /// pgwarden asked for and got (`204`).
     pub vault: Option<VaultEnd>,
@@ -64,6 +66,7 @@ async fn observe(soak: &Soak, started: Instant) -> End {
         leases_active: soak.metric(name::LEASES_ACTIVE).await,
         sessions_active: soak.metric(name::SESSIONS_ACTIVE).await,
         rss_idle_kib: soak.rss_kib(),
+        session_ends: soak.metric_series(name::SESSIONS).await,
         vault: match &soak.vault {
             None => None,
             Some(double) => Some(vault_end(
@@ -119,6 +122,13 @@ pub fn print(knobs: &Knobs, soak: &Soak, o: &Outcome, end: &End) -> bool {
         soak.log_lines("ERROR"),
         soak.log_path.display()
     );
+    let ends: Vec<String> = end
+        .session_ends
+        .iter()
+        .filter(|(_, n)| *n > 0.0)
+        .map(|(labels, n)| format!("{labels} {n}"))
+        .collect();
+    println!("pgwarden's session ends: {}", ends.join(", "));
     let mut passed = true;
     let mut check = |ok: bool, what: String| {
         println!("{} {what}", if ok { "PASS" } else { "FAIL" });

@@ -201,6 +201,17 @@ impl Soak {
             .sum()
     }
 
+    /// A labelled metric's series on pgwarden's admin endpoint: labels and value.
+    pub async fn metric_series(&self, name: &str) -> Vec<(String, f64)> {
+        let body = admin_get(self.admin_port, "/metrics").await;
+        body.lines()
+            .filter_map(|l| {
+                let (labels, value) = l.strip_prefix(name)?.strip_prefix('{')?.rsplit_once("} ")?;
+                Some((labels.to_owned(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// Ends pgwarden (SIGTERM would drain; the checks are done, so kill is enough).
     pub fn stop(&mut self) {
         let _ = self.pgwarden.kill();
@@ -320,7 +331,10 @@ fn start_pgwarden(config: &std::path::Path, log_path: &std::path::Path, port: u1
     let mut child = cmd
         .args(["run", "--config"])
         .arg(config)
-        .env("PGWARDEN_LOG_LEVEL", "warn")
+        .env(
+            "PGWARDEN_LOG_LEVEL",
+            crate::knob("SOAK_LOG_LEVEL", "warn".to_owned()),
+        )
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
