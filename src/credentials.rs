@@ -25,6 +25,8 @@ use tokio::time::Instant;
 
 use secrecy::SecretString;
 
+use crate::auth::verifier::ScramKeys;
+
 use crate::config::{CredentialsConfig, OnLeaseEnd, UpstreamConfig};
 pub use issuance::Issued;
 use outcome::{RequestOutcome, SourceType};
@@ -33,6 +35,10 @@ use outcome::{RequestOutcome, SourceType};
 pub struct Credential {
     pub username: String,
     pub password: SecretString,
+    /// The SCRAM keys of `password` for the role's verifier, when the source
+    /// made that verifier itself (the built-in source): the upstream login
+    /// then proves the password without PBKDF2.
+    pub scram_keys: Option<Arc<ScramKeys>>,
     pub lease: Lease,
 }
 

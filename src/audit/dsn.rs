@@ -170,6 +170,7 @@ impl Account {
         let credential = Credential {
             username: self.user.clone(),
             password,
+            scram_keys: None,
             lease: Lease {
                 id: LeaseId::new(format!("static/{}", self.user)),
                 username: self.user.clone(),

@@ -103,6 +103,104 @@ impl ScramVerifier {
     }
 }
 
+/// What a SCRAM-SHA-256 client derives from a password for one salt and
+/// iteration count: ClientKey and ServerKey (RFC 5802). They prove the password
+/// to the server and check the server's signature, and they are what a verifier
+/// is made of — so a source that made a role's verifier from them can hand them
+/// to the upstream login, which then runs no PBKDF2 of its own. They are as
+/// secret as the password: zeroed on drop, never in `Debug`.
+#[derive(Clone)]
+pub struct ScramKeys {
+    pub iterations: u32,
+    pub salt: Vec<u8>,
+    client_key: [u8; 32],
+    server_key: [u8; 32],
+}
+
+/// PostgreSQL's default iteration count (`scram_iterations`).
+pub const SCRAM_ITERATIONS: u32 = 4096;
+
+impl ScramKeys {
+    /// The keys of `password` for `salt` and `iterations`: PBKDF2-HMAC-SHA-256 over
+    /// the password after SASLprep (or its raw bytes when SASLprep refuses it, as
+    /// libpq and the server do).
+    pub fn derive(password: &[u8], salt: &[u8], iterations: u32) -> ScramKeys {
+        let prepared = std::str::from_utf8(password)
+            .ok()
+            .and_then(|p| stringprep::saslprep(p).ok());
+        let password = prepared.as_deref().map_or(password, str::as_bytes);
+        let mut salted = zeroize::Zeroizing::new([0u8; 32]);
+        aws_lc_rs::pbkdf2::derive(
+            aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256,
+            std::num::NonZeroU32::new(iterations.max(1)).expect("at least 1"),
+            salt,
+            password,
+            &mut salted[..],
+        );
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &salted[..]);
+        let tag = |text: &[u8]| -> [u8; 32] {
+            let t = aws_lc_rs::hmac::sign(&key, text);
+            t.as_ref().try_into().expect("HMAC-SHA-256 is 32 bytes")
+        };
+        ScramKeys {
+            iterations,
+            salt: salt.to_vec(),
+            client_key: tag(b"Client Key"),
+            server_key: tag(b"Server Key"),
+        }
+    }
+
+    /// Fresh keys for a generated password: a random 16-byte salt (as PostgreSQL
+    /// makes) and [`SCRAM_ITERATIONS`].
+    pub fn for_new_password(password: &SecretString) -> ScramKeys {
+        ScramKeys::derive(
+            password.expose_secret().as_bytes(),
+            &random_bytes::<16>(),
+            SCRAM_ITERATIONS,
+        )
+    }
+
+    /// The verifier a server stores for these keys.
+    pub fn verifier(&self) -> ScramVerifier {
+        let stored = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.client_key);
+        ScramVerifier {
+            iterations: self.iterations,
+            salt: self.salt.clone(),
+            stored_key: stored.as_ref().to_vec(),
+            server_key: self.server_key.to_vec(),
+        }
+    }
+
+    pub fn client_key(&self) -> &[u8; 32] {
+        &self.client_key
+    }
+
+    pub fn server_key(&self) -> &[u8; 32] {
+        &self.server_key
+    }
+
+    /// Whether these keys answer a server that asks for `salt` and `iterations`.
+    pub fn fit(&self, salt: &[u8], iterations: u32) -> bool {
+        self.iterations == iterations && self.salt == salt
+    }
+}
+
+impl Drop for ScramKeys {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.client_key.zeroize();
+        self.server_key.zeroize();
+    }
+}
+
+impl fmt::Debug for ScramKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScramKeys")
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A random password of `len` letters and digits from the operating system's CSPRNG.
 pub fn generate_password(len: usize) -> SecretString {
     let mut rng = OsRng.unwrap_err();
@@ -153,6 +251,47 @@ mod tests {
             let err = bad.parse::<ScramVerifier>().unwrap_err().to_string();
             assert!(!err.contains("c2FsdA"), "{err}");
         }
+    }
+
+    #[test]
+    fn keys_make_the_verifier_postgres_protocol_makes() {
+        // postgres-protocol (libpq's algorithm) picks a salt; the same password, salt
+        // and count must give the same StoredKey and ServerKey through our derivation.
+        for pw in ["pencil", "pen\u{00AD}cil", "Ångström", "x"] {
+            let theirs = ScramVerifier::from_password(&pw.to_owned().into());
+            let ours = ScramKeys::derive(pw.as_bytes(), &theirs.salt, theirs.iterations);
+            assert_eq!(ours.verifier(), theirs, "{pw}");
+            assert!(ours.fit(&theirs.salt, theirs.iterations));
+            assert!(!ours.fit(&theirs.salt, theirs.iterations + 1));
+            assert!(!ours.fit(b"another salt", theirs.iterations));
+        }
+    }
+
+    #[test]
+    fn saslprep_applies_as_in_postgres() {
+        // U+00AD (soft hyphen) maps to nothing under SASLprep.
+        let salt = [7u8; 16];
+        let a = ScramKeys::derive("pen\u{00AD}cil".as_bytes(), &salt, 16).verifier();
+        let b = ScramKeys::derive(b"pencil", &salt, 16).verifier();
+        assert_eq!(a, b);
+        // Not UTF-8: the raw bytes are used.
+        let c = ScramKeys::derive(b"pen\xffcil", &salt, 16).verifier();
+        assert_ne!(c, b);
+    }
+
+    #[test]
+    fn keys_for_a_new_password_have_a_fresh_salt_and_stay_out_of_debug() {
+        let pw = generate_password(GENERATED_PASSWORD_LEN);
+        let (a, b) = (
+            ScramKeys::for_new_password(&pw),
+            ScramKeys::for_new_password(&pw),
+        );
+        assert_eq!((a.iterations, a.salt.len()), (SCRAM_ITERATIONS, 16));
+        assert_ne!(a.salt, b.salt);
+        let again = ScramKeys::derive(pw.expose_secret().as_bytes(), &a.salt, SCRAM_ITERATIONS);
+        assert_eq!(again.verifier(), a.verifier());
+        let dbg = format!("{a:?}");
+        assert!(!dbg.contains("client_key") && !dbg.contains(&STANDARD.encode(a.client_key())));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use secrecy::ExposeSecret;
 use tokio::sync::Mutex;
 
 use super::{Credential, CredentialError, ErrorKind, Lease, LeaseId, Renewal};
-use crate::auth::verifier::{GENERATED_PASSWORD_LEN, ScramVerifier, generate_password};
+use crate::auth::verifier::{GENERATED_PASSWORD_LEN, ScramKeys, generate_password};
 use crate::config::{PostgresSourceConfig, UpstreamConfig};
 
 mod admin;
@@ -67,7 +67,9 @@ impl PostgresSource {
             random_lowercase(ROLE_SUFFIX_LEN)
         );
         let password = generate_password(GENERATED_PASSWORD_LEN);
-        let verifier = ScramVerifier::from_password(&password).to_text();
+        // The keys made here serve the verifier and, later, the upstream login.
+        let keys = ScramKeys::for_new_password(&password);
+        let verifier = keys.verifier().to_text();
         let mut sql = format!(
             "CREATE ROLE {} LOGIN PASSWORD {} VALID UNTIL {}",
             quote_ident(&username),
@@ -110,6 +112,7 @@ impl PostgresSource {
             lease,
             username,
             password,
+            scram_keys: Some(Arc::new(keys)),
         })
     }
 

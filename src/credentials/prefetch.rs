@@ -257,6 +257,7 @@ mod tests {
         Credential {
             username: format!("v-{n}"),
             password: SecretString::from("x".to_owned()),
+            scram_keys: None,
             lease: Lease {
                 id: LeaseId::new(format!("database/creds/r/{n}")),
                 username: format!("v-{n}"),

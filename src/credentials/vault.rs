@@ -89,6 +89,7 @@ impl VaultSource {
                 })
             })?;
         Ok(Credential {
+            scram_keys: None,
             lease: Lease {
                 id: LeaseId::new(envelope.lease_id),
                 username: creds.username.clone(),

@@ -1,12 +1,17 @@
 //! Logging in to the upstream server with an issued credential.
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
-use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
+use postgres_protocol::authentication::sasl;
 use postgres_protocol::message::frontend;
 use secrecy::ExposeSecret;
 
+use super::scram::{Binding, ScramClient, ServerFirst};
+
 use super::UpstreamFailure;
 use super::{UpstreamError, UpstreamSession};
+use crate::auth::verifier::ScramKeys;
 use crate::credentials::Credential;
 use crate::net::{MaybeTls, UpstreamStream};
 use crate::protocol::backend::parse_error_fields;
@@ -102,7 +107,7 @@ async fn authenticate(
 ) -> Result<(), UpstreamError> {
     let auth_err = |d: &str| UpstreamError::new(UpstreamFailure::Auth, d.to_owned());
     let password = credential.password.expose_secret().as_bytes();
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram: Option<ScramClient> = None;
     let mut exchanged = false;
     loop {
         let frame = read(framed, UpstreamFailure::Auth).await?;
@@ -132,27 +137,26 @@ async fn authenticate(
             }
             AUTH_SASL => {
                 let (mechanism, cb) = choose_mechanism(data, binding.as_ref())?;
-                let s = ScramSha256::new(password, cb);
-                frontend::sasl_initial_response(mechanism, s.message(), &mut out)
+                let s = ScramClient::new(cb);
+                frontend::sasl_initial_response(mechanism, &s.client_first(), &mut out)
                     .map_err(|e| auth_err(&e.to_string()))?;
                 scram = Some(s);
             }
             AUTH_SASL_CONTINUE => {
                 let s = scram
-                    .take()
+                    .as_mut()
                     .ok_or_else(|| auth_err("SASLContinue before SASL"))?;
-                let s = server_first(s, data.to_vec()).await?;
-                frontend::sasl_response(s.message(), &mut out)
+                let first = s.server_first(data).map_err(|e| auth_err(&e.to_string()))?;
+                let keys = keys_for(credential, &first).await?;
+                frontend::sasl_response(&s.client_final(&first, &keys), &mut out)
                     .map_err(|e| auth_err(&e.to_string()))?;
-                scram = Some(s);
             }
             AUTH_SASL_FINAL => {
                 let s = scram
-                    .as_mut()
+                    .take()
                     .ok_or_else(|| auth_err("SASLFinal before SASL"))?;
                 // Verifies the server signature: the server knew our verifier.
-                s.finish(data)
-                    .map_err(|_| auth_err("SCRAM server signature did not verify"))?;
+                s.server_final(data).map_err(|e| auth_err(&e.to_string()))?;
                 exchanged = true;
                 continue;
             }
@@ -194,7 +198,7 @@ async fn authenticate(
 fn choose_mechanism(
     offered: &[u8],
     binding: Option<&Vec<u8>>,
-) -> Result<(&'static str, ChannelBinding), UpstreamError> {
+) -> Result<(&'static str, Binding), UpstreamError> {
     let mechanisms: Vec<&[u8]> = offered
         .split(|&b| b == 0)
         .filter(|m| !m.is_empty())
@@ -204,10 +208,10 @@ fn choose_mechanism(
     match (binding, plus, plain) {
         (Some(hash), true, _) => Ok((
             sasl::SCRAM_SHA_256_PLUS,
-            ChannelBinding::tls_server_end_point(hash.clone()),
+            Binding::TlsServerEndPoint(hash.clone()),
         )),
-        (Some(_), false, true) => Ok((sasl::SCRAM_SHA_256, ChannelBinding::unrequested())),
-        (None, _, true) => Ok((sasl::SCRAM_SHA_256, ChannelBinding::unsupported())),
+        (Some(_), false, true) => Ok((sasl::SCRAM_SHA_256, Binding::Unrequested)),
+        (None, _, true) => Ok((sasl::SCRAM_SHA_256, Binding::Unsupported)),
         _ => Err(UpstreamError::new(
             UpstreamFailure::Auth,
             "server offers no SASL mechanism pgwarden supports",
@@ -215,36 +219,34 @@ fn choose_mechanism(
     }
 }
 
-/// Takes the server-first-message, refusing an iteration count no sane
-/// server uses. The key derivation runs that many rounds of PBKDF2 (up to
-/// [`MAX_SCRAM_ITERATIONS`]), so it runs on the blocking pool, never on a
-/// runtime worker that other sessions' relays share.
-async fn server_first(mut scram: ScramSha256, data: Vec<u8>) -> Result<ScramSha256, UpstreamError> {
-    let auth_err = |d: &str| UpstreamError::new(UpstreamFailure::Auth, d.to_owned());
-    if iterations(&data).is_none_or(|i| i > MAX_SCRAM_ITERATIONS) {
-        return Err(auth_err(
-            "SCRAM server-first-message has no usable iteration count",
-        ));
+/// The keys to prove the password with: the credential's own when its
+/// source derived them for this salt and count (the built-in source does, when
+/// it makes the role), else derived from the password. The derivation runs
+/// PBKDF2 for the server's count (bounded by the server-first check), so it
+/// runs on the blocking pool, never on a runtime worker that other sessions'
+/// relays share.
+async fn keys_for(
+    credential: &Credential,
+    first: &ServerFirst,
+) -> Result<Arc<ScramKeys>, UpstreamError> {
+    if let Some(keys) = credential
+        .scram_keys
+        .as_ref()
+        .filter(|k| k.fit(&first.salt, first.iterations))
+    {
+        return Ok(keys.clone());
     }
-    tokio::task::spawn_blocking(move || scram.update(&data).map(|()| scram))
-        .await
-        .map_err(|_| auth_err("SCRAM key derivation did not finish"))?
-        .map_err(|_| auth_err("invalid SCRAM server-first-message"))
-}
-
-/// The most SCRAM iterations pgwarden computes for an upstream login
-/// (PostgreSQL's default is 4096; `scram_iterations` may raise it). It is
-/// postgres-protocol's own limit too: past it the library refuses the message.
-const MAX_SCRAM_ITERATIONS: u32 = 100_000;
-
-/// The `i=` attribute of a SCRAM server-first-message.
-fn iterations(server_first: &[u8]) -> Option<u32> {
-    std::str::from_utf8(server_first)
-        .ok()?
-        .split(',')
-        .find_map(|attr| attr.strip_prefix("i="))?
-        .parse()
-        .ok()
+    let password = credential.password.clone();
+    let (salt, iterations) = (first.salt.clone(), first.iterations);
+    tokio::task::spawn_blocking(move || {
+        Arc::new(ScramKeys::derive(
+            password.expose_secret().as_bytes(),
+            &salt,
+            iterations,
+        ))
+    })
+    .await
+    .map_err(|_| UpstreamError::new(UpstreamFailure::Auth, "SCRAM key derivation did not finish"))
 }
 
 /// The tls-server-end-point hash of the server's certificate, on TLS.
@@ -300,20 +302,75 @@ fn error_response(step: UpstreamFailure, frame: &Frame) -> UpstreamError {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use secrecy::SecretString;
+    use tokio::time::Instant;
+
     use super::*;
+    use crate::credentials::{Lease, LeaseId};
+
+    fn credential(scram_keys: Option<Arc<ScramKeys>>) -> Credential {
+        Credential {
+            username: "u".into(),
+            password: SecretString::from("password".to_owned()),
+            scram_keys,
+            lease: Lease {
+                id: LeaseId::new("l".to_owned()),
+                username: "u".into(),
+                endpoint: "db:5432".into(),
+                issuer: String::new(),
+                duration: Duration::ZERO,
+                renewable: false,
+                issued_at: Instant::now(),
+            },
+        }
+    }
+
+    fn server_first(salt: &[u8], iterations: u32) -> (ScramClient, ServerFirst) {
+        let client = ScramClient::new(Binding::Unsupported);
+        let nonce = String::from_utf8(client.client_first()).unwrap();
+        let nonce = nonce.rsplit("r=").next().unwrap().to_owned();
+        let message = format!("r={nonce}server,s={},i={iterations}", STANDARD.encode(salt));
+        let first = client.server_first(message.as_bytes()).unwrap();
+        (client, first)
+    }
+
+    /// The credential's keys serve when they fit the server's salt and count;
+    /// otherwise the password's keys are derived for what the server asks.
+    #[tokio::test]
+    async fn keys_that_fit_are_used_and_others_derived() {
+        let own = Arc::new(ScramKeys::derive(b"password", b"salt-of-the-role", 4096));
+        let (_, first) = server_first(b"salt-of-the-role", 4096);
+        let got = keys_for(&credential(Some(own.clone())), &first)
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&got, &own));
+        // Another salt (the role's password was changed behind pgwarden's back).
+        let (_, first) = server_first(b"another salt", 4096);
+        let got = keys_for(&credential(Some(own.clone())), &first)
+            .await
+            .unwrap();
+        assert!(!Arc::ptr_eq(&got, &own));
+        assert_eq!(
+            got.verifier(),
+            ScramKeys::derive(b"password", b"another salt", 4096).verifier()
+        );
+        // No keys of its own (Vault's credentials).
+        let (_, first) = server_first(b"salt-of-the-role", 4096);
+        let got = keys_for(&credential(None), &first).await.unwrap();
+        assert_eq!(got.verifier(), own.verifier());
+    }
 
     /// While an upstream login derives its SCRAM key, other tasks on the same
     /// runtime thread keep running (issue 8, item 9).
     #[tokio::test(flavor = "current_thread")]
     async fn scram_key_derivation_leaves_the_runtime_thread_free() {
-        use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-        let scram = ScramSha256::new(b"password", ChannelBinding::unsupported());
-        let first = String::from_utf8(scram.message().to_vec()).unwrap();
-        let nonce = first.rsplit("r=").next().unwrap().to_owned();
-        let server_first_message = format!("r={nonce}server,s=c2FsdHNhbHQ=,i=100000");
-
+        let (_, first) = server_first(b"saltsalt", super::super::scram::MAX_SCRAM_ITERATIONS);
         let hashing = Arc::new(AtomicBool::new(false));
         let ticks = Arc::new(AtomicU64::new(0));
         let ticker = {
@@ -328,7 +385,7 @@ mod tests {
             })
         };
         hashing.store(true, Ordering::SeqCst);
-        let done = server_first(scram, server_first_message.into_bytes()).await;
+        let done = keys_for(&credential(None), &first).await;
         hashing.store(false, Ordering::SeqCst);
         ticker.abort();
         assert!(done.is_ok(), "{:?}", done.err());
@@ -336,15 +393,5 @@ mod tests {
             ticks.load(Ordering::SeqCst) > 0,
             "the runtime thread ran nothing else while hashing"
         );
-    }
-
-    #[test]
-    fn the_iteration_count_is_read_from_the_server_first_message() {
-        assert_eq!(iterations(b"r=abc,s=c2FsdA==,i=4096"), Some(4096));
-        assert_eq!(iterations(b"r=abc,s=c2FsdA==,i=1000001"), Some(1_000_001));
-        assert_eq!(iterations(b"r=abc,s=c2FsdA=="), None);
-        assert_eq!(iterations(b"r=abc,s=c2FsdA==,i=-1"), None);
-        assert_eq!(iterations(b"r=abc,s=c2FsdA==,i=99999999999"), None);
-        assert_eq!(iterations(b"\xff"), None);
     }
 }
