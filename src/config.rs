@@ -286,6 +286,8 @@ pub struct PostgresSourceConfig {
     pub prefetch: usize,
     pub prefetch_max_age: Duration,
     pub on_lease_end: OnLeaseEnd,
+    /// The SCRAM iteration count of the issued roles' verifiers.
+    pub scram_iterations: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -15,6 +15,16 @@ use secrecy::{ExposeSecret, SecretString};
 
 /// Length of passwords pgwarden generates.
 pub const GENERATED_PASSWORD_LEN: usize = 40;
+/// The SCRAM iteration count of the verifiers the built-in source gives the
+/// roles it creates (its `scram_iterations`). Iterations slow down guessing a
+/// password from a stolen verifier; a generated password has 238 bits of
+/// entropy (40 characters of 62), beyond guessing at any count, so they buy
+/// nothing here. They cost: PostgreSQL runs PBKDF2 at this count on every
+/// `CREATE ROLE … PASSWORD '<verifier>'` (it checks the verifier is not the
+/// empty password's), and pgwarden once per credential — 4096 rounds, the
+/// default for passwords people choose, took ~6 ms of server CPU per role on
+/// the bench machine, more than the rest of a connection's set-up there.
+pub const GENERATED_PASSWORD_SCRAM_ITERATIONS: u32 = 16;
 /// Characters of generated passwords: letters and digits only, so they need no
 /// quoting in URIs, shells or SQL.
 const PASSWORD_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -120,6 +130,11 @@ pub struct ScramKeys {
 /// PostgreSQL's default iteration count (`scram_iterations`).
 pub const SCRAM_ITERATIONS: u32 = 4096;
 
+/// The most SCRAM iterations pgwarden computes, for an upstream login
+/// (PostgreSQL's `scram_iterations` may raise the count) or a verifier it
+/// makes. It bounds the PBKDF2 a server can make pgwarden run.
+pub const MAX_SCRAM_ITERATIONS: u32 = 100_000;
+
 impl ScramKeys {
     /// The keys of `password` for `salt` and `iterations`: PBKDF2-HMAC-SHA-256 over
     /// the password after SASLprep (or its raw bytes when SASLprep refuses it, as
@@ -151,12 +166,12 @@ impl ScramKeys {
     }
 
     /// Fresh keys for a generated password: a random 16-byte salt (as PostgreSQL
-    /// makes) and [`SCRAM_ITERATIONS`].
-    pub fn for_new_password(password: &SecretString) -> ScramKeys {
+    /// makes) and `iterations`.
+    pub fn for_new_password(password: &SecretString, iterations: u32) -> ScramKeys {
         ScramKeys::derive(
             password.expose_secret().as_bytes(),
             &random_bytes::<16>(),
-            SCRAM_ITERATIONS,
+            iterations,
         )
     }
 
@@ -283,8 +298,8 @@ mod tests {
     fn keys_for_a_new_password_have_a_fresh_salt_and_stay_out_of_debug() {
         let pw = generate_password(GENERATED_PASSWORD_LEN);
         let (a, b) = (
-            ScramKeys::for_new_password(&pw),
-            ScramKeys::for_new_password(&pw),
+            ScramKeys::for_new_password(&pw, SCRAM_ITERATIONS),
+            ScramKeys::for_new_password(&pw, SCRAM_ITERATIONS),
         );
         assert_eq!((a.iterations, a.salt.len()), (SCRAM_ITERATIONS, 16));
         assert_ne!(a.salt, b.salt);

@@ -355,6 +355,12 @@ pub struct PostgresSource {
     pub prefetch_max_age: Duration,
     #[serde(default)]
     pub on_lease_end: OnLeaseEnd,
+    #[serde(default = "default_scram_iterations")]
+    pub scram_iterations: u32,
+}
+
+fn default_scram_iterations() -> u32 {
+    crate::auth::verifier::GENERATED_PASSWORD_SCRAM_ITERATIONS
 }
 
 #[derive(Debug, Deserialize)]

@@ -27,6 +27,7 @@ impl PartialEq for PostgresSourceConfig {
             prefetch,
             prefetch_max_age,
             on_lease_end,
+            scram_iterations,
         } = self;
         *admin_user == other.admin_user
             && same_secret(admin_password, &other.admin_password)
@@ -38,6 +39,7 @@ impl PartialEq for PostgresSourceConfig {
             && *prefetch == other.prefetch
             && *prefetch_max_age == other.prefetch_max_age
             && *on_lease_end == other.on_lease_end
+            && *scram_iterations == other.scram_iterations
     }
 }
 
@@ -95,6 +97,7 @@ mod tests {
             prefetch: 0,
             prefetch_max_age: Duration::from_secs(300),
             on_lease_end: OnLeaseEnd::default(),
+            scram_iterations: 16,
         }
     }
 

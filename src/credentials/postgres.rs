@@ -68,7 +68,7 @@ impl PostgresSource {
         );
         let password = generate_password(GENERATED_PASSWORD_LEN);
         // The keys made here serve the verifier and, later, the upstream login.
-        let keys = ScramKeys::for_new_password(&password);
+        let keys = ScramKeys::for_new_password(&password, self.config.scram_iterations);
         let verifier = keys.verifier().to_text();
         let mut sql = format!(
             "CREATE ROLE {} LOGIN PASSWORD {} VALID UNTIL {}",

@@ -14,10 +14,7 @@ use base64::engine::general_purpose::STANDARD;
 
 use crate::auth::verifier::{ScramKeys, random_bytes};
 
-/// The most SCRAM iterations pgwarden computes for an upstream login
-/// (PostgreSQL's default is 4096; `scram_iterations` may raise it). It bounds
-/// the PBKDF2 a server can make pgwarden run.
-pub(super) const MAX_SCRAM_ITERATIONS: u32 = 100_000;
+pub(super) use crate::auth::verifier::MAX_SCRAM_ITERATIONS;
 
 /// Channel binding, as RFC 5802's GS2 header says it.
 pub(super) enum Binding {

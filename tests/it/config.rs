@@ -448,3 +448,35 @@ fn without_a_log_section_pgwarden_logs_at_info() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.log.level, pgwarden::config::raw::DEFAULT_LOG_LEVEL);
 }
+
+/// The built-in source's `scram_iterations`: 1 to 100 000 (the most pgwarden's own
+/// login computes), 16 when not set.
+#[test]
+fn scram_iterations_of_the_built_in_source_are_bounded() {
+    for (value, ok) in [
+        ("0", false),
+        ("1", true),
+        ("4096", true),
+        ("100000", true),
+        ("100001", false),
+    ] {
+        let text = format!("{BASE}admin_password = \"fine\"\nscram_iterations = {value}\n");
+        let errs = errors(&text, &[]);
+        let refused = errs.iter().any(|e| {
+            e.contains("[credentials.pg]") && e.contains("scram_iterations must be 1 to 100000")
+        });
+        assert_eq!(refused, !ok, "scram_iterations = {value}: {errs:#?}");
+    }
+    let text = format!("{BASE}admin_password = \"fine\"\n");
+    let cfg =
+        config::from_str(&text, Path::new("/nonexistent-base"), Vec::new()).expect("BASE is valid");
+    let sources: Vec<u32> = cfg
+        .credentials
+        .values()
+        .filter_map(|c| match c {
+            config::CredentialsConfig::Postgres(p) => Some(p.scram_iterations),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sources, [16]);
+}

@@ -3,7 +3,7 @@
 //! `allow_insecure_auth` — for the session's own login and for the built-in
 //! source's admin connection alike.
 
-use crate::support::harness::{Harness, Options, server_error};
+use crate::support::harness::{Harness, Options, server_error, session_user};
 use pgwarden::dev::{ADMIN_ROLE, OWNER_ROLE};
 
 /// pg_hba lines: the admin connection authenticates with `admin`, the issued
@@ -118,4 +118,33 @@ async fn the_admin_connection_dials_host_and_verifies_server_name() {
     let client = h.connect().await;
     let user = crate::support::harness::session_user(&client).await;
     assert!(user.starts_with("pgwarden_"), "{user}");
+}
+
+/// The built-in source gives its roles verifiers of `scram_iterations` rounds (16 unless
+/// set: PostgreSQL runs PBKDF2 at that count on every CREATE ROLE), and the session's
+/// login proves the password with the keys made for the verifier, whatever the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issued_roles_have_verifiers_of_the_configured_iteration_count() {
+    for (configured, expected) in [(None, 16), (Some(4096), 4096)] {
+        let h = Harness::start(Options {
+            scram_iterations: configured,
+            ..Options::default()
+        })
+        .await;
+        let c = h.connect().await;
+        let user = session_user(&c).await;
+        let verifier: String = h
+            .direct()
+            .query_one(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+                &[&user],
+            )
+            .await
+            .expect("the role's verifier")
+            .get(0);
+        // Only the method and count are shown: the rest is secret.
+        let head = verifier.split(':').next().unwrap_or_default();
+        assert_eq!(head, format!("SCRAM-SHA-256${expected}"));
+        c.simple_query("SELECT 1").await.expect("the session works");
+    }
 }

@@ -11,6 +11,7 @@ use super::super::{
     CredentialsConfig, PostgresSourceConfig, VaultAuthConfig, VaultConfig, VaultSourceConfig,
 };
 use super::Validator;
+use crate::auth::verifier::MAX_SCRAM_ITERATIONS;
 
 /// The most credentials a source issues ahead (per upstream for the built-in
 /// source): each is a live role or lease waiting to be used.
@@ -133,6 +134,11 @@ impl Validator<'_> {
                     self.err(format!("{what}: role_prefix must be 1 to 32 characters"));
                 }
                 self.prefetch(&what, p.prefetch, p.prefetch_max_age);
+                if !(1..=MAX_SCRAM_ITERATIONS).contains(&p.scram_iterations) {
+                    self.err(format!(
+                        "{what}: scram_iterations must be 1 to {MAX_SCRAM_ITERATIONS}"
+                    ));
+                }
                 if p.prefetch > 0 && p.prefetch_max_age >= p.ttl {
                     self.err(format!(
                         "{what}: prefetch_max_age must be shorter than ttl (a credential \
@@ -150,6 +156,7 @@ impl Validator<'_> {
                     prefetch: p.prefetch,
                     prefetch_max_age: p.prefetch_max_age,
                     on_lease_end: p.on_lease_end,
+                    scram_iterations: p.scram_iterations,
                 }))
             }
             raw::Credentials::Vault(v) => {

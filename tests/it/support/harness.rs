@@ -104,6 +104,8 @@ pub struct Options {
     pub role_prefix: Option<String>,
     /// The built-in source's `prefetch` and `prefetch_max_age`; `None`: not set.
     pub prefetch: Option<(usize, String)>,
+    /// The built-in source's `scram_iterations`; `None`: not set.
+    pub scram_iterations: Option<u32>,
     /// Credentials from a Vault double instead of the built-in source.
     pub vault: Option<VaultOptions>,
     /// Credentials from a real OpenBao set up by `config/vault/setup.sh` (on a cluster
@@ -196,6 +198,7 @@ impl Default for Options {
             on_lease_end: None,
             role_prefix: None,
             prefetch: None,
+            scram_iterations: None,
             vault: None,
             openbao: None,
             admin: false,
@@ -794,6 +797,9 @@ fn config_text(opts: &Options, pg_port: u16) -> String {
     }
     if let Some((n, max_age)) = &opts.prefetch {
         t += &format!("prefetch = {n}\nprefetch_max_age = {}\n", q(max_age));
+    }
+    if let Some(i) = opts.scram_iterations {
+        t += &format!("scram_iterations = {i}\n");
     }
     t
 }
