@@ -65,14 +65,14 @@ pub async fn run(c: &Counting, max_sessions: usize) -> serde_json::Value {
         warm_up(&bench, target, c);
         let switches = measure(&bench, target, c, |pid, run| {
             let before = context_switches(pid);
-            let cpu_before = run::cpu_seconds(pid);
+            let cpu_before = run::cpu_user_system(pid);
             run();
             let after = context_switches(pid);
-            let cpu_after = run::cpu_seconds(pid);
-            (
-                after - before,
-                cpu_after.zip(cpu_before).map_or(0.0, |(a, b)| a - b),
-            )
+            let cpu_after = run::cpu_user_system(pid);
+            let (user, system) = cpu_after
+                .zip(cpu_before)
+                .map_or((0.0, 0.0), |((ua, sa), (ub, sb))| (ua - ub, sa - sb));
+            (after - before, (user + system, user))
         })
         .await;
         let syscalls = measure(&bench, target, c, |pid, run| strace_calls(pid, run)).await;
@@ -82,8 +82,12 @@ pub async fn run(c: &Counting, max_sessions: usize) -> serde_json::Value {
             two_n: switches.1.0,
         };
         let cpu = Pair {
-            n: switches.0.1,
-            two_n: switches.1.1,
+            n: switches.0.1.0,
+            two_n: switches.1.1.0,
+        };
+        let cpu_user = Pair {
+            n: switches.0.1.1,
+            two_n: switches.1.1.1,
         };
         let calls = Pair {
             n: syscalls.0.0,
@@ -104,6 +108,11 @@ pub async fn run(c: &Counting, max_sessions: usize) -> serde_json::Value {
             cpu.per_transaction(per) * 1e6,
             0.0,
         ));
+        table.push((
+            format!("{key}: of which user space, us"),
+            cpu_user.per_transaction(per) * 1e6,
+            0.0,
+        ));
         eprintln!(
             "{key}: system calls by kind, {} transactions:\n{}",
             2 * c.transactions * c.clients,
@@ -120,6 +129,10 @@ pub async fn run(c: &Counting, max_sessions: usize) -> serde_json::Value {
         rows.insert(
             format!("{key}_cpu_us_per_transaction"),
             (cpu.per_transaction(per) * 1e6).into(),
+        );
+        rows.insert(
+            format!("{key}_user_cpu_us_per_transaction"),
+            (cpu_user.per_transaction(per) * 1e6).into(),
         );
     }
     bench.stop().await;
@@ -204,6 +217,7 @@ pub async fn run(c: &Counting, max_sessions: usize) -> serde_json::Value {
         "syscalls_per_transaction",
         "context_switches_per_transaction",
         "cpu_us_per_transaction",
+        "user_cpu_us_per_transaction",
         "instructions_per_connection",
     ] {
         let get = |k: String| rows.get(&k).and_then(serde_json::Value::as_f64);

@@ -155,13 +155,19 @@ pub fn copy_in(bench: &Bench, target: Target, file: &Path) -> Duration {
 
 /// CPU time a process (all its threads) has used so far, in seconds, from `/proc`.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    cpu_user_system(pid).map(|(user, system)| user + system)
+}
+
+/// A process's CPU time in user space and in the kernel, in seconds.
+pub fn cpu_user_system(pid: u32) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) start at state, field 3;
     // utime and stime are fields 14 and 15.
     let rest = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / clock_ticks_per_second())
+    let tick = clock_ticks_per_second();
+    let field = |i: usize| Some(fields.get(i)?.parse::<f64>().ok()? / tick);
+    Some((field(11)?, field(12)?))
 }
 
 fn clock_ticks_per_second() -> f64 {
