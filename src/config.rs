@@ -287,7 +287,7 @@ pub struct PostgresSourceConfig {
     pub prefetch_max_age: Duration,
     pub on_lease_end: OnLeaseEnd,
     /// The SCRAM iteration count of the issued roles' verifiers.
-    pub scram_iterations: u32,
+    pub scram_iterations: std::num::NonZeroU32,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -97,7 +97,7 @@ mod tests {
             prefetch: 0,
             prefetch_max_age: Duration::from_secs(300),
             on_lease_end: OnLeaseEnd::default(),
-            scram_iterations: 16,
+            scram_iterations: std::num::NonZeroU32::new(16).unwrap(),
         }
     }
 

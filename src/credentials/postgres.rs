@@ -68,7 +68,22 @@ impl PostgresSource {
         );
         let password = generate_password(GENERATED_PASSWORD_LEN);
         // The keys made here serve the verifier and, later, the upstream login.
-        let keys = ScramKeys::for_new_password(&password, self.config.scram_iterations);
+        // A count above the default runs PBKDF2 long enough to belong on the
+        // blocking pool, off the runtime workers that relay sessions.
+        let iterations = self.config.scram_iterations;
+        let keys = if iterations.get() <= 1024 {
+            ScramKeys::for_new_password(&password, iterations)
+        } else {
+            let password = password.clone();
+            tokio::task::spawn_blocking(move || ScramKeys::for_new_password(&password, iterations))
+                .await
+                .map_err(|_| {
+                    CredentialError::new(
+                        ErrorKind::Unavailable,
+                        "SCRAM key derivation did not finish",
+                    )
+                })?
+        };
         let verifier = keys.verifier().to_text();
         let mut sql = format!(
             "CREATE ROLE {} LOGIN PASSWORD {} VALID UNTIL {}",

@@ -146,13 +146,17 @@ async fn authenticate(
                 let s = scram
                     .as_mut()
                     .ok_or_else(|| auth_err("SASLContinue before SASL"))?;
+                // Refuses a second server-first before deriving anything for it.
                 let first = s.server_first(data).map_err(|e| auth_err(&e.to_string()))?;
                 let keys = keys_for(credential, &first).await?;
-                frontend::sasl_response(&s.client_final(&first, &keys), &mut out)
+                let client_final = s
+                    .client_final(&first, &keys)
+                    .map_err(|e| auth_err(&e.to_string()))?;
+                frontend::sasl_response(&client_final, &mut out)
                     .map_err(|e| auth_err(&e.to_string()))?;
             }
             AUTH_SASL_FINAL => {
-                let s = scram
+                let mut s = scram
                     .take()
                     .ok_or_else(|| auth_err("SASLFinal before SASL"))?;
                 // Verifies the server signature: the server knew our verifier.
@@ -330,7 +334,7 @@ mod tests {
     }
 
     fn server_first(salt: &[u8], iterations: u32) -> (ScramClient, ServerFirst) {
-        let client = ScramClient::new(Binding::Unsupported);
+        let mut client = ScramClient::new(Binding::Unsupported);
         let nonce = String::from_utf8(client.client_first()).unwrap();
         let nonce = nonce.rsplit("r=").next().unwrap().to_owned();
         let message = format!("r={nonce}server,s={},i={iterations}", STANDARD.encode(salt));
@@ -342,7 +346,8 @@ mod tests {
     /// otherwise the password's keys are derived for what the server asks.
     #[tokio::test]
     async fn keys_that_fit_are_used_and_others_derived() {
-        let own = Arc::new(ScramKeys::derive(b"password", b"salt-of-the-role", 4096));
+        let n4096 = std::num::NonZeroU32::new(4096).unwrap();
+        let own = Arc::new(ScramKeys::derive(b"password", b"salt-of-the-role", n4096));
         let (_, first) = server_first(b"salt-of-the-role", 4096);
         let got = keys_for(&credential(Some(own.clone())), &first)
             .await
@@ -356,7 +361,7 @@ mod tests {
         assert!(!Arc::ptr_eq(&got, &own));
         assert_eq!(
             got.verifier(),
-            ScramKeys::derive(b"password", b"another salt", 4096).verifier()
+            ScramKeys::derive(b"password", b"another salt", n4096).verifier()
         );
         // No keys of its own (Vault's credentials).
         let (_, first) = server_first(b"salt-of-the-role", 4096);
@@ -370,7 +375,7 @@ mod tests {
     async fn scram_key_derivation_leaves_the_runtime_thread_free() {
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-        let (_, first) = server_first(b"saltsalt", super::super::scram::MAX_SCRAM_ITERATIONS);
+        let (_, first) = server_first(b"saltsalt", 100_000);
         let hashing = Arc::new(AtomicBool::new(false));
         let ticks = Arc::new(AtomicU64::new(0));
         let ticker = {
@@ -393,5 +398,124 @@ mod tests {
             ticks.load(Ordering::SeqCst) > 0,
             "the runtime thread ran nothing else while hashing"
         );
+    }
+
+    /// How the fake server below deviates from PostgreSQL.
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Server {
+        Honest,
+        WrongSignature,
+        /// AuthenticationOk right after the client-final, without SASLFinal.
+        OkWithoutFinal,
+        /// A second server-first instead of the SASLFinal.
+        ChallengesTwice,
+        /// `e=invalid-proof` in the SASLFinal.
+        RefusesProof,
+    }
+
+    /// Plays a PostgreSQL server's side of a SCRAM-SHA-256 login (16 rounds, the
+    /// role's verifier made from `password`) on `tcp`, as `server` says.
+    async fn fake_server(mut tcp: tokio::net::TcpStream, password: &'static [u8], server: Server) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        async fn auth(tcp: &mut tokio::net::TcpStream, code: i32, data: &[u8]) {
+            let mut m = vec![b'R'];
+            m.extend_from_slice(&((8 + data.len()) as i32).to_be_bytes());
+            m.extend_from_slice(&code.to_be_bytes());
+            m.extend_from_slice(data);
+            tcp.write_all(&m).await.unwrap();
+        }
+        async fn read_p(tcp: &mut tokio::net::TcpStream) -> Vec<u8> {
+            let tag = tcp.read_u8().await.unwrap();
+            assert_eq!(tag, b'p');
+            let len = tcp.read_i32().await.unwrap() as usize;
+            let mut body = vec![0; len - 4];
+            tcp.read_exact(&mut body).await.unwrap();
+            body
+        }
+        let sign = |key: &[u8], text: &[u8]| {
+            use aws_lc_rs::hmac;
+            hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), text)
+                .as_ref()
+                .to_vec()
+        };
+        let verifier = ScramKeys::derive(
+            password,
+            b"role-salt",
+            std::num::NonZeroU32::new(16).unwrap(),
+        )
+        .verifier();
+        auth(&mut tcp, AUTH_SASL, b"SCRAM-SHA-256\0\0").await;
+        let initial = read_p(&mut tcp).await;
+        let client_first = String::from_utf8(initial[14 + 4..].to_vec()).unwrap();
+        let bare = client_first.strip_prefix("n,,").unwrap().to_owned();
+        let nonce = format!("{}SERVER", bare.strip_prefix("n=,r=").unwrap());
+        let server_first = format!("r={nonce},s={},i=16", STANDARD.encode(b"role-salt"));
+        auth(&mut tcp, AUTH_SASL_CONTINUE, server_first.as_bytes()).await;
+        let client_final = String::from_utf8(read_p(&mut tcp).await).unwrap();
+        let (without_proof, proof) = client_final.rsplit_once(",p=").unwrap();
+        let auth_message = format!("{bare},{server_first},{without_proof}");
+        // The proof must show the password: ClientKey = proof XOR ClientSignature,
+        // whose hash is the StoredKey.
+        let client_signature = sign(&verifier.stored_key, auth_message.as_bytes());
+        let client_key: Vec<u8> = STANDARD
+            .decode(proof)
+            .unwrap()
+            .iter()
+            .zip(&client_signature)
+            .map(|(p, s)| p ^ s)
+            .collect();
+        let proven = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &client_key).as_ref()
+            == verifier.stored_key.as_slice();
+        assert!(proven, "the client's proof does not verify");
+        let mut signature = sign(&verifier.server_key, auth_message.as_bytes());
+        match server {
+            Server::Honest | Server::WrongSignature => {
+                if server == Server::WrongSignature {
+                    signature[0] ^= 1;
+                }
+                let v = format!("v={}", STANDARD.encode(&signature));
+                auth(&mut tcp, AUTH_SASL_FINAL, v.as_bytes()).await;
+                auth(&mut tcp, AUTH_OK, b"").await;
+            }
+            Server::OkWithoutFinal => auth(&mut tcp, AUTH_OK, b"").await,
+            Server::ChallengesTwice => {
+                let again = format!("r={nonce},s={},i=1000000", STANDARD.encode(b"other-salt"));
+                auth(&mut tcp, AUTH_SASL_CONTINUE, again.as_bytes()).await;
+            }
+            Server::RefusesProof => auth(&mut tcp, AUTH_SASL_FINAL, b"e=invalid-proof").await,
+        }
+        // The server is done: pgwarden must have concluded from what it got.
+    }
+
+    /// `authenticate` against a server that plays by the rules and against ones that
+    /// do not: only the honest one, proving it holds the verifier, lets it through.
+    #[tokio::test]
+    async fn authenticate_accepts_only_a_server_that_proves_itself() {
+        for (server, expect) in [
+            (Server::Honest, None),
+            (Server::WrongSignature, Some("signature did not verify")),
+            (Server::OkWithoutFinal, Some("without a password")),
+            (Server::ChallengesTwice, Some("out of order")),
+            (Server::RefusesProof, Some("invalid-proof")),
+        ] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let fake = tokio::spawn(async move {
+                let (tcp, _) = listener.accept().await.unwrap();
+                fake_server(tcp, b"password", server).await;
+            });
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut framed = FramedStream::new(MaybeTls::Plain(tcp));
+            let got = authenticate(&mut framed, &credential(None), None, false).await;
+            drop(framed);
+            fake.await.expect("the fake server saw a valid proof");
+            match (expect, got) {
+                (None, Ok(())) => {}
+                (Some(text), Err(e)) => {
+                    assert!(e.detail.contains(text), "{server:?}: {}", e.detail)
+                }
+                (expect, got) => panic!("{server:?}: expected {expect:?}, got {:?}", got.err()),
+            }
+        }
     }
 }

@@ -449,7 +449,7 @@ fn without_a_log_section_pgwarden_logs_at_info() {
     assert_eq!(config.log.level, pgwarden::config::raw::DEFAULT_LOG_LEVEL);
 }
 
-/// The built-in source's `scram_iterations`: 1 to 100 000 (the most pgwarden's own
+/// The built-in source's `scram_iterations`: 1 to 1 000 000 (the most pgwarden's own
 /// login computes), 16 when not set.
 #[test]
 fn scram_iterations_of_the_built_in_source_are_bounded() {
@@ -457,13 +457,13 @@ fn scram_iterations_of_the_built_in_source_are_bounded() {
         ("0", false),
         ("1", true),
         ("4096", true),
-        ("100000", true),
-        ("100001", false),
+        ("1000000", true),
+        ("1000001", false),
     ] {
         let text = format!("{BASE}admin_password = \"fine\"\nscram_iterations = {value}\n");
         let errs = errors(&text, &[]);
         let refused = errs.iter().any(|e| {
-            e.contains("[credentials.pg]") && e.contains("scram_iterations must be 1 to 100000")
+            e.contains("[credentials.pg]") && e.contains("scram_iterations must be 1 to 1000000")
         });
         assert_eq!(refused, !ok, "scram_iterations = {value}: {errs:#?}");
     }
@@ -474,7 +474,7 @@ fn scram_iterations_of_the_built_in_source_are_bounded() {
         .credentials
         .values()
         .filter_map(|c| match c {
-            config::CredentialsConfig::Postgres(p) => Some(p.scram_iterations),
+            config::CredentialsConfig::Postgres(p) => Some(p.scram_iterations.get()),
             _ => None,
         })
         .collect();

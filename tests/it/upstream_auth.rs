@@ -121,8 +121,9 @@ async fn the_admin_connection_dials_host_and_verifies_server_name() {
 }
 
 /// The built-in source gives its roles verifiers of `scram_iterations` rounds (16 unless
-/// set: PostgreSQL runs PBKDF2 at that count on every CREATE ROLE), and the session's
-/// login proves the password with the keys made for the verifier, whatever the count.
+/// set: PostgreSQL runs PBKDF2 at that count on every CREATE ROLE), and the session logs
+/// in with them, whatever the count. (That the login then uses the keys made for the
+/// verifier rather than deriving them again is `upstream::login`'s unit test.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issued_roles_have_verifiers_of_the_configured_iteration_count() {
     for (configured, expected) in [(None, 16), (Some(4096), 4096)] {

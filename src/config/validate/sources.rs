@@ -156,7 +156,9 @@ impl Validator<'_> {
                     prefetch: p.prefetch,
                     prefetch_max_age: p.prefetch_max_age,
                     on_lease_end: p.on_lease_end,
-                    scram_iterations: p.scram_iterations,
+                    // 0 was reported above; the configuration is refused then.
+                    scram_iterations: std::num::NonZeroU32::new(p.scram_iterations)
+                        .unwrap_or(std::num::NonZeroU32::MIN),
                 }))
             }
             raw::Credentials::Vault(v) => {
