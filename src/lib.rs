@@ -91,4 +91,43 @@ pub mod fuzzing {
             }),
         }
     }
+
+    /// What pgwarden's upstream SCRAM client made of a server's messages.
+    #[derive(Debug)]
+    pub struct ScramRun {
+        /// The server-first was taken: its salt and iteration count.
+        pub first: Option<(Vec<u8>, u32)>,
+        /// The same server-first sent again was refused as out of order.
+        pub second_refused: bool,
+        /// The client-final, when the count was at most `max_iterations`.
+        pub client_final: Option<Vec<u8>>,
+        /// Whether the server-final was accepted, when a client-final was made.
+        pub accepted: Option<bool>,
+    }
+
+    /// `upstream::scram::ScramClient` with client nonce `nonce`, channel binding
+    /// `n` (0), `y` (1) or `p` with a 32-byte hash of `binding` (2 and up).
+    pub fn scram_client(
+        binding: u8,
+        nonce: &str,
+        password: &[u8],
+        server_first: &[u8],
+        server_final: &[u8],
+        max_iterations: u32,
+    ) -> ScramRun {
+        use crate::upstream::scram::{Binding, fuzz_run};
+        let binding = match binding {
+            0 => Binding::Unsupported,
+            1 => Binding::Unrequested,
+            b => Binding::TlsServerEndPoint(vec![b; 32]),
+        };
+        fuzz_run(
+            binding,
+            nonce,
+            password,
+            server_first,
+            server_final,
+            max_iterations,
+        )
+    }
 }

@@ -8,7 +8,7 @@
 //! Upstream error text goes to the log only; the client sees a generic message.
 
 mod login;
-mod scram;
+pub(crate) mod scram;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -20,7 +20,7 @@ use crate::auth::verifier::{ScramKeys, random_bytes};
 pub(super) use crate::auth::verifier::MAX_SCRAM_ITERATIONS;
 
 /// Channel binding, as RFC 5802's GS2 header says it.
-pub(super) enum Binding {
+pub(crate) enum Binding {
     /// The leg has no TLS certificate to bind to (`n`).
     Unsupported,
     /// pgwarden could bind but the server does not offer -PLUS (`y`).
@@ -32,7 +32,7 @@ pub(super) enum Binding {
 
 /// Why an exchange failed; never carries key material.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub(super) enum ScramError {
+pub(crate) enum ScramError {
     #[error("invalid SCRAM server-first-message")]
     ServerFirst,
     #[error("SCRAM server-first-message has no usable iteration count")]
@@ -219,6 +219,38 @@ impl ScramClient {
         constant_time::verify_slices_are_equal(&signature, &expected)
             .map_err(|_| ScramError::Signature)
     }
+}
+
+/// One exchange as [`crate::fuzzing::scram_client`] drives it: the server-first
+/// (and a second one, which must be refused), keys for `password` when the count
+/// is at most `max_iterations`, then the server-final.
+pub(crate) fn fuzz_run(
+    binding: Binding,
+    nonce: &str,
+    password: &[u8],
+    server_first: &[u8],
+    server_final: &[u8],
+    max_iterations: u32,
+) -> crate::fuzzing::ScramRun {
+    let mut client = ScramClient::with_nonce(binding, nonce.to_owned());
+    let first = client.server_first(server_first);
+    let mut run = crate::fuzzing::ScramRun {
+        first: None,
+        second_refused: client.server_first(server_first).err() == Some(ScramError::OutOfOrder),
+        client_final: None,
+        accepted: None,
+    };
+    let Ok(first) = first else {
+        return run;
+    };
+    run.first = Some((first.salt.clone(), first.iterations.get()));
+    if first.iterations.get() > max_iterations {
+        return run;
+    }
+    let keys = ScramKeys::derive(password, &first.salt, first.iterations);
+    run.client_final = client.client_final(&first, &keys).ok();
+    run.accepted = Some(client.server_final(server_final).is_ok());
+    run
 }
 
 fn sign(key: &[u8], text: &[u8]) -> [u8; 32] {
