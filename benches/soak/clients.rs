@@ -72,11 +72,17 @@ pub async fn churn(soak: &Soak, knobs: &Knobs) -> Outcome {
         tokio::spawn(vault_faults(double, stop))
     });
 
-    tokio::time::sleep(warmup).await;
-    eprintln!("soak: warm-up over after {warmup:?}; sampling pgwarden's memory");
+    // With the Vault double, load follows its weather: the first sample is taken at the
+    // same point of the fault cycle as the last, so the two see the same kind of load.
+    let end_sampling = Duration::from_secs(30);
+    let first_sample = match soak.vault {
+        Some(_) => same_phase(warmup, run_for.saturating_sub(end_sampling), FAULT_CYCLE),
+        None => warmup,
+    };
+    tokio::time::sleep(first_sample).await;
+    eprintln!("soak: warm-up over after {first_sample:?}; sampling pgwarden's memory");
     let rss_warm_kib = sample_rss(soak).await;
     let sampled = started.elapsed();
-    let end_sampling = Duration::from_secs(30);
     if run_for > sampled + end_sampling {
         tokio::time::sleep(run_for - sampled - end_sampling).await;
     }
@@ -121,15 +127,28 @@ async fn sample_rss(soak: &Soak) -> u64 {
 }
 
 /// The double's weather: up 60 s, slow (past `[vault] timeout`) 20 s, up 60 s, down 20 s, …
+const WEATHER: [(Mode, u64); 4] = [
+    (Mode::Up, 60),
+    (Mode::Slow(Duration::from_secs(4)), 20),
+    (Mode::Up, 60),
+    (Mode::Down, 20),
+];
+/// One turn of [`WEATHER`].
+const FAULT_CYCLE: Duration = Duration::from_secs(160);
+
+/// The first moment at or after `earliest` at the same point of a `cycle` as `at`.
+fn same_phase(earliest: Duration, at: Duration, cycle: Duration) -> Duration {
+    let phase = at.as_secs() % cycle.as_secs();
+    let mut t = earliest.as_secs() - earliest.as_secs() % cycle.as_secs() + phase;
+    if t < earliest.as_secs() {
+        t += cycle.as_secs();
+    }
+    Duration::from_secs(t)
+}
+
 async fn vault_faults(double: VaultDouble, stop: Arc<AtomicBool>) {
-    let cycle = [
-        (Mode::Up, 60),
-        (Mode::Slow(Duration::from_secs(4)), 20),
-        (Mode::Up, 60),
-        (Mode::Down, 20),
-    ];
     'outer: loop {
-        for (mode, secs) in cycle {
+        for (mode, secs) in WEATHER {
             double.set_mode(mode);
             for _ in 0..secs {
                 if stop.load(Ordering::Relaxed) {
