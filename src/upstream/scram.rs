@@ -190,30 +190,29 @@ impl ScramClient {
         Ok(format!("{without_proof},p={}", STANDARD.encode(proof)).into_bytes())
     }
 
-    /// Checks the server-final-message, once: `v=<signature>` matching what
-    /// the keys predict (the server knew the verifier), or `e=<error>` (which
-    /// PostgreSQL never sends: it answers a bad proof with an ErrorResponse).
+    /// Checks the server-final-message, once: exactly `v=<signature>` (libpq
+    /// refuses anything after it too) matching what the keys predict (the
+    /// server knew the verifier), or `e=<error>` (which PostgreSQL never sends:
+    /// it answers a bad proof with an ErrorResponse).
     pub(super) fn server_final(&mut self, message: &[u8]) -> Result<(), ScramError> {
         let Step::Proven(expected) = std::mem::replace(&mut self.step, Step::Done) else {
             return Err(ScramError::OutOfOrder);
         };
-        let text = std::str::from_utf8(message).map_err(|_| ScramError::ServerFinal)?;
-        let first = text.split(',').next().unwrap_or_default();
-        if let Some(error) = first.strip_prefix("e=") {
+        if let Some(error) = message.strip_prefix(b"e=") {
             // RFC 5802's server-error-value names (`invalid-proof`, …) only: any
             // other text from the server is not repeated into pgwarden's log.
+            let error = error.split(|&b| b == b',').next().unwrap_or_default();
             let named = !error.is_empty()
                 && error.len() <= 64
-                && error.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
-            let error = if named {
-                error
-            } else {
-                "<not an RFC 5802 error name>"
+                && error.iter().all(|&b| b.is_ascii_lowercase() || b == b'-');
+            let error = match std::str::from_utf8(error) {
+                Ok(name) if named => name,
+                _ => "<not an RFC 5802 error name>",
             };
             return Err(ScramError::Refused(error.to_owned()));
         }
-        let signature = first
-            .strip_prefix("v=")
+        let signature = message
+            .strip_prefix(b"v=")
             .and_then(|v| STANDARD.decode(v).ok())
             .ok_or(ScramError::ServerFinal)?;
         constant_time::verify_slices_are_equal(&signature, &expected)
@@ -300,6 +299,13 @@ mod tests {
         assert_eq!(
             client.server_final(b"e=invalid-proof"),
             Err(ScramError::Refused("invalid-proof".into()))
+        );
+        // Nothing may follow the signature (a fuzzing find: the check had looked at
+        // the first attribute only).
+        let (mut client, _) = rfc();
+        assert_eq!(
+            client.server_final(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=,s=c2\xff"),
+            Err(ScramError::ServerFinal)
         );
         // Anything but an RFC 5802 error name is not repeated.
         let (mut client, _) = rfc();
