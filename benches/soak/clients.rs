@@ -39,6 +39,8 @@ pub struct Outcome {
     /// both under the full load.
     pub rss_warm_kib: u64,
     pub rss_end_kib: u64,
+    /// pgwarden's RSS (KiB) every 20 s of the churn, by seconds since it began.
+    pub rss_timeline: Vec<(u64, u64)>,
     pub elapsed: Duration,
 }
 
@@ -67,6 +69,19 @@ pub async fn churn(soak: &Soak, knobs: &Knobs) -> Outcome {
             })
         })
         .collect();
+    let timeline = {
+        let (stop, pid) = (stop.clone(), soak.pgwarden_pid());
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(kib) = crate::setup::rss_kib_of(pid) {
+                    samples.push((started.elapsed().as_secs(), kib));
+                }
+                tokio::time::sleep(Duration::from_secs(20)).await;
+            }
+            samples
+        })
+    };
     let faults = soak.vault.clone().map(|double| {
         let stop = stop.clone();
         tokio::spawn(vault_faults(double, stop))
@@ -111,6 +126,7 @@ pub async fn churn(soak: &Soak, knobs: &Knobs) -> Outcome {
     let mut out = std::mem::take(&mut *tally.lock().unwrap());
     out.rss_warm_kib = rss_warm_kib;
     out.rss_end_kib = rss_end_kib;
+    out.rss_timeline = timeline.await.unwrap_or_default();
     out.elapsed = started.elapsed();
     out
 }

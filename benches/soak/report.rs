@@ -109,6 +109,12 @@ pub fn print(knobs: &Knobs, soak: &Soak, o: &Outcome, end: &End) -> bool {
         "sessions {} (connected {}, long {}, killed mid-query {}), queries {}",
         o.sessions, o.connected, o.long, o.killed, o.queries
     );
+    let timeline: Vec<String> = o
+        .rss_timeline
+        .iter()
+        .map(|(s, kib)| format!("{s}s {:.1}", *kib as f64 / 1024.0))
+        .collect();
+    println!("pgwarden RSS, MiB, every 20 s: {}", timeline.join(", "));
     println!("client errors by SQLSTATE: {:?}", o.errors);
     for (kind, texts) in &o.examples {
         for text in texts {

@@ -174,13 +174,11 @@ impl Soak {
 
     /// pgwarden's resident set, in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pgwarden.id()))
-            .expect("pgwarden's /proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in pgwarden's /proc status")
+        rss_kib_of(self.pgwarden.id()).expect("VmRSS in pgwarden's /proc status")
+    }
+
+    pub fn pgwarden_pid(&self) -> u32 {
+        self.pgwarden.id()
     }
 
     /// The sum of a metric's series on pgwarden's admin endpoint.
@@ -317,6 +315,15 @@ async fn start_double(cluster: &Cluster, root_token: String) -> VaultDouble {
     );
     config.root_token = Some(root_token);
     VaultDouble::start(config).await
+}
+
+/// A process's resident set, in KiB, from /proc.
+pub fn rss_kib_of(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 fn start_pgwarden(config: &std::path::Path, log_path: &std::path::Path, port: u16) -> Child {
