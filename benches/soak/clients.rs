@@ -247,10 +247,17 @@ async fn session(
         }
         (result, _) => result,
     };
+    // How the connection itself ended, for the example of an error without SQLSTATE.
+    let connection_end = match &ended {
+        Ok(Ok(Ok(()))) => "ended cleanly".to_owned(),
+        Ok(Ok(Err(c))) => format!("ended with {c:?}"),
+        Ok(Err(_)) => "panicked".to_owned(),
+        Err(_) => "still open".to_owned(),
+    };
     match (result, ended) {
         (Err(e), _) | (_, Ok(Ok(Err(e)))) => {
             let step = format!(
-                "{} ({:.1} s after connecting)",
+                "{} ({:.1} s after connecting; the connection {connection_end})",
                 plan.name(),
                 connected.elapsed().as_secs_f64()
             );
