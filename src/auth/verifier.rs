@@ -96,10 +96,7 @@ impl ScramVerifier {
     /// The verifier of `password` with a fresh random salt and 4096 iterations,
     /// computed the way PostgreSQL does (SASLprep when the password allows it).
     pub fn from_password(password: &SecretString) -> ScramVerifier {
-        let text = postgres_protocol::password::scram_sha_256(password.expose_secret().as_bytes());
-        // postgres-protocol writes exactly the format parsed above.
-        text.parse()
-            .unwrap_or_else(|_| unreachable!("postgres-protocol wrote an unparsable verifier"))
+        ScramKeys::for_new_password(password, SCRAM_ITERATIONS).verifier()
     }
 
     /// The verifier in PostgreSQL's text form (it reveals no password, but it is
@@ -135,7 +132,7 @@ pub const SCRAM_ITERATIONS: NonZeroU32 = NonZeroU32::new(4096).expect("not zero"
 /// The most SCRAM iterations pgwarden computes, for an upstream login
 /// (PostgreSQL's `scram_iterations` may raise the count: OWASP's 600 000
 /// fits) or a verifier it makes. It bounds the PBKDF2 a server can make
-/// pgwarden run: about half a second of one core on the bench machine.
+/// pgwarden run, on the blocking pool.
 pub const MAX_SCRAM_ITERATIONS: u32 = 1_000_000;
 
 impl ScramKeys {
@@ -156,16 +153,11 @@ impl ScramKeys {
             password,
             &mut salted[..],
         );
-        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &salted[..]);
-        let tag = |text: &[u8]| -> [u8; 32] {
-            let t = aws_lc_rs::hmac::sign(&key, text);
-            t.as_ref().try_into().expect("HMAC-SHA-256 is 32 bytes")
-        };
         ScramKeys {
             iterations,
             salt: salt.to_vec(),
-            client_key: tag(b"Client Key"),
-            server_key: tag(b"Server Key"),
+            client_key: hmac_sha256(&salted[..], b"Client Key"),
+            server_key: hmac_sha256(&salted[..], b"Server Key"),
         }
     }
 
@@ -226,6 +218,13 @@ impl fmt::Debug for ScramKeys {
             .field("iterations", &self.iterations)
             .finish_non_exhaustive()
     }
+}
+
+/// HMAC-SHA-256 of `text` under `key`, as SCRAM uses it.
+pub(crate) fn hmac_sha256(key: &[u8], text: &[u8]) -> [u8; 32] {
+    use aws_lc_rs::hmac;
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), text);
+    tag.as_ref().try_into().expect("HMAC-SHA-256 is 32 bytes")
 }
 
 /// A random password of `len` letters and digits from the operating system's CSPRNG.
@@ -322,7 +321,10 @@ mod tests {
             "pen\u{7}cil",
             "\u{627}1",
         ] {
-            let theirs = ScramVerifier::from_password(&pw.to_owned().into());
+            // postgres-protocol's verifier: made independently of ours.
+            let theirs: ScramVerifier = postgres_protocol::password::scram_sha_256(pw.as_bytes())
+                .parse()
+                .unwrap();
             let count = n(theirs.iterations);
             let ours = ScramKeys::derive(pw.as_bytes(), &theirs.salt, count);
             assert_eq!(ours.verifier(), theirs, "{pw:?}");

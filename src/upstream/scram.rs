@@ -10,12 +10,12 @@
 
 use std::num::NonZeroU32;
 
-use aws_lc_rs::{constant_time, digest, hmac};
+use aws_lc_rs::{constant_time, digest};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use zeroize::Zeroizing;
 
-use crate::auth::verifier::{ScramKeys, random_bytes};
+use crate::auth::verifier::{ScramKeys, hmac_sha256, random_bytes};
 
 pub(super) use crate::auth::verifier::MAX_SCRAM_ITERATIONS;
 
@@ -181,12 +181,13 @@ impl ScramClient {
             <[u8; 32]>::try_from(digest::digest(&digest::SHA256, keys.client_key()).as_ref())
                 .expect("SHA-256 is 32 bytes"),
         );
-        let client_signature = Zeroizing::new(sign(&stored_key[..], auth_message.as_bytes()));
+        let client_signature =
+            Zeroizing::new(hmac_sha256(&stored_key[..], auth_message.as_bytes()));
         let mut proof = *keys.client_key();
         for (p, s) in proof.iter_mut().zip(client_signature.iter()) {
             *p ^= s;
         }
-        self.step = Step::Proven(sign(keys.server_key(), auth_message.as_bytes()));
+        self.step = Step::Proven(hmac_sha256(keys.server_key(), auth_message.as_bytes()));
         Ok(format!("{without_proof},p={}", STANDARD.encode(proof)).into_bytes())
     }
 
@@ -250,11 +251,6 @@ pub(crate) fn fuzz_run(
     run.client_final = client.client_final(&first, &keys).ok();
     run.accepted = Some(client.server_final(server_final).is_ok());
     run
-}
-
-fn sign(key: &[u8], text: &[u8]) -> [u8; 32] {
-    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), text);
-    tag.as_ref().try_into().expect("HMAC-SHA-256 is 32 bytes")
 }
 
 #[cfg(test)]
@@ -356,7 +352,7 @@ mod tests {
                 "{},{server_first},{without_proof}",
                 client.client_first_bare
             );
-            let signature = sign(&verifier.server_key, auth_message.as_bytes());
+            let signature = hmac_sha256(&verifier.server_key, auth_message.as_bytes());
             let server_final = format!("v={}", STANDARD.encode(signature));
             theirs.finish(server_final.as_bytes()).unwrap();
             client.server_final(server_final.as_bytes()).unwrap();
